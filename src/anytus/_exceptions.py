@@ -1,0 +1,219 @@
+"""The anytus exception tree.
+
+Every error a store or the protocol handler raises on purpose is a :class:`TusError`. Each class carries
+the HTTP status and a stable machine-readable error code that the protocol handler sends, so that
+applications calling the store directly and HTTP clients see the same vocabulary (tusd's ``error.go``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = (
+    "ChecksumMismatch",
+    "CorruptUploadInfo",
+    "HookRejected",
+    "InvalidHeader",
+    "InvalidUploadId",
+    "LengthAlreadyDeclared",
+    "LockTimeout",
+    "MaxSizeExceeded",
+    "MethodNotAllowed",
+    "OffsetMismatch",
+    "SizeExceeded",
+    "TusError",
+    "UnsupportedChecksumAlgorithm",
+    "UnsupportedMediaType",
+    "UnsupportedVersion",
+    "UploadExpired",
+    "UploadInterrupted",
+    "UploadIsFinal",
+    "UploadNotFinished",
+    "UploadNotFound",
+)
+
+
+class TusError(Exception):
+    """Root of every error anytus raises on purpose.
+
+    Not instantiable itself: raise one of the subclasses, which name the caller's decision.
+    """
+
+    #: the HTTP status a protocol handler answers with
+    status_code: ClassVar[int] = 500
+    #: a stable code that clients and logs can match on (tusd's vocabulary where it has one)
+    error_code: ClassVar[str] = "ERR_INTERNAL_SERVER_ERROR"
+    #: the message used when none is given
+    default_message: ClassVar[str] = "internal server error"
+
+    def __init__(self, message: str | None = None) -> None:
+        if type(self) is TusError:
+            raise TypeError("TusError is abstract: raise one of its subclasses")
+        self.message = message if message is not None else self.default_message
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class UploadNotFound(TusError):
+    """Raised when no upload exists under the given ID (or its files are gone)."""
+
+    status_code = 404
+    error_code = "ERR_UPLOAD_NOT_FOUND"
+    default_message = "upload not found"
+
+
+class InvalidUploadId(UploadNotFound):
+    """Raised when an upload ID is not well-formed; raised before any path is built from it.
+
+    It is an :class:`UploadNotFound`: to a client, a malformed ID names no upload.
+    """
+
+    error_code = "ERR_INVALID_UPLOAD_ID"
+    default_message = "invalid upload ID"
+
+
+class UploadExpired(TusError):
+    """Raised when an unfinished upload has passed its expiry time."""
+
+    status_code = 410
+    error_code = "ERR_UPLOAD_EXPIRED"
+    default_message = "upload has expired"
+
+
+class CorruptUploadInfo(TusError):
+    """Raised when an upload's ``.info`` file is unreadable (torn, truncated or not tusd's JSON)."""
+
+    status_code = 500
+    error_code = "ERR_CORRUPT_UPLOAD_INFO"
+    default_message = "upload information is corrupt"
+
+
+class LockTimeout(TusError):
+    """Raised when an upload's lock could not be acquired before the timeout ran out.
+
+    Answered with 423 Locked, which tus clients retry.
+    """
+
+    status_code = 423
+    error_code = "ERR_LOCK_TIMEOUT"
+    default_message = "upload is locked by another request"
+
+
+class OffsetMismatch(TusError):
+    """Raised when a write starts at an offset other than the upload's current offset."""
+
+    status_code = 409
+    error_code = "ERR_MISMATCHED_OFFSET"
+    default_message = "mismatched offset"
+
+
+class SizeExceeded(TusError):
+    """Raised when data would go past the upload's declared size (what fits is stored first)."""
+
+    status_code = 413
+    error_code = "ERR_UPLOAD_SIZE_EXCEEDED"
+    default_message = "upload's size exceeded"
+
+
+class MaxSizeExceeded(TusError):
+    """Raised when an upload or a request body is larger than the server's maximum size."""
+
+    status_code = 413
+    error_code = "ERR_MAX_SIZE_EXCEEDED"
+    default_message = "maximum size exceeded"
+
+
+class UploadIsFinal(TusError):
+    """Raised when data is written to a final (concatenated) upload, which is immutable."""
+
+    status_code = 403
+    error_code = "ERR_MODIFY_FINAL"
+    default_message = "modifying a final upload is not allowed"
+
+
+class UploadNotFinished(TusError):
+    """Raised when a partial upload used for concatenation is not complete."""
+
+    status_code = 400
+    error_code = "ERR_UPLOAD_NOT_FINISHED"
+    default_message = "one of the partial uploads is not finished"
+
+
+class LengthAlreadyDeclared(TusError):
+    """Raised when a length is declared for an upload whose length is already known, or is invalid."""
+
+    status_code = 400
+    error_code = "ERR_INVALID_UPLOAD_LENGTH"
+    default_message = "upload length is already declared or invalid"
+
+
+class UploadInterrupted(TusError):
+    """Raised when a request's upload was stopped because another request asked for its lock."""
+
+    status_code = 400
+    error_code = "ERR_UPLOAD_INTERRUPTED"
+    default_message = "upload has been interrupted by another request for this upload"
+
+
+class InvalidHeader(TusError):
+    """Raised when a request header is missing, malformed or out of range."""
+
+    status_code = 400
+    error_code = "ERR_INVALID_HEADER"
+    default_message = "invalid header"
+
+
+class UnsupportedVersion(TusError):
+    """Raised when a request's ``Tus-Resumable`` is missing or names a version we do not speak."""
+
+    status_code = 412
+    error_code = "ERR_UNSUPPORTED_VERSION"
+    default_message = "missing, invalid or unsupported Tus-Resumable header"
+
+
+class UnsupportedMediaType(TusError):
+    """Raised when a request body has the wrong ``Content-Type``."""
+
+    status_code = 415
+    error_code = "ERR_INVALID_CONTENT_TYPE"
+    default_message = "missing or invalid Content-Type header"
+
+
+class UnsupportedChecksumAlgorithm(TusError):
+    """Raised when ``Upload-Checksum`` names an algorithm we do not support."""
+
+    status_code = 400
+    error_code = "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM"
+    default_message = "unsupported checksum algorithm"
+
+
+class ChecksumMismatch(TusError):
+    """Raised when a chunk's checksum does not match ``Upload-Checksum``; the chunk is discarded."""
+
+    status_code = 460
+    error_code = "ERR_CHECKSUM_MISMATCH"
+    default_message = "checksum mismatch"
+
+
+class MethodNotAllowed(TusError):
+    """Raised when a request's method is not supported on its URL."""
+
+    status_code = 405
+    error_code = "ERR_METHOD_NOT_ALLOWED"
+    default_message = "method not allowed"
+
+
+class HookRejected(TusError):
+    """Raised by an application hook (such as ``on_create``) to refuse a request.
+
+    Unlike the other errors, the status code is chosen per instance.
+    """
+
+    error_code = "ERR_REJECTED_BY_HOOK"
+    default_message = "request rejected by the server"
+
+    def __init__(self, status_code: int = 400, message: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code  # type: ignore[misc]
