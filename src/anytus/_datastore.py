@@ -8,13 +8,14 @@ extensions whose interface the store implements.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 import anyio
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Callable, Sequence
+
     from anyio.abc import ByteReceiveStream
 
     from ._info import UploadInfo
@@ -54,9 +55,7 @@ class DataStore(ABC):
         """
 
     @abstractmethod
-    async def write_chunk(
-        self, upload_id: str, offset: int, source: AsyncIterable[bytes]
-    ) -> int:
+    async def write_chunk(self, upload_id: str, offset: int, source: AsyncIterable[bytes]) -> int:
         """Append the bytes from *source* at *offset* and return how many were stored.
 
         Every byte taken from *source* before it raises, or before the calling task is

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ("UploadInfo",)
 
@@ -77,7 +79,7 @@ class UploadInfo:
         """
         document: Any = json.loads(data)
         if not isinstance(document, dict):
-            raise ValueError("upload info is not a JSON object")
+            raise ValueError("upload info is not a JSON object")  # noqa: TRY004
         upload_id = _typed(document, "ID", str, "")
         size = _typed(document, "Size", int, 0)
         deferred = _typed(document, "SizeIsDeferred", bool, False)

@@ -1,0 +1,658 @@
+"""`FileStore`: tusd's ``filestore`` on the local file system, on anyio.
+
+Every blocking system call runs in a worker thread, limited by a :class:`anyio.CapacityLimiter`
+that the store owns, and each logical step is one thread hop (open, write and close a buffer; read
+``.info`` and stat the data file). The offset is never stored: it is the size of the data file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._datastore import (
+    DEFAULT_LOCK_TIMEOUT,
+    ConcatenatableStore,
+    DataStore,
+    ExpiringStore,
+    LengthDeferrableStore,
+    Locker,
+    StoreComposer,
+    TerminatableStore,
+    TruncatableStore,
+)
+from ._exceptions import (
+    CorruptUploadInfo,
+    LengthAlreadyDeclared,
+    LockTimeout,
+    OffsetMismatch,
+    SizeExceeded,
+    UploadIsFinal,
+    UploadNotFinished,
+    UploadNotFound,
+)
+from ._ids import new_upload_id, validate_upload_id
+from ._info import UploadInfo
+from ._locks import FileLocker
+from ._streams import UploadReadStream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
+    from types import TracebackType
+
+__all__ = ("Durability", "FileStore")
+
+#: when data is flushed to stable storage (``fsync``): ``"none"`` leaves it to the OS,
+#: ``"finish"`` syncs when an upload completes, ``"always"`` before every write returns
+Durability = Literal["none", "finish", "always"]
+
+_FILE_MODE = 0o664  # tusd's default (tus/tusd#56), before the umask
+_TEMP_MARK = ".tmp-"
+_STALE_TEMP_AGE = 3600.0
+
+
+class FileStore(
+    DataStore,
+    TerminatableStore,
+    ConcatenatableStore,
+    LengthDeferrableStore,
+    TruncatableStore,
+    ExpiringStore,
+):
+    """Uploads as files in one directory, in tusd's layout: ``[id].bin`` holds the bytes,
+    ``[id].info`` the upload's JSON, ``[id].lock`` the lock while there is one.
+
+    The directory (and its parents) is created on first use if it is missing.
+
+    :param path: the directory
+    :param locker: the locks; by default a :class:`~anytus.FileLocker` on the same directory,
+        exclusive across processes
+    :param buffer_size: writes are gathered into buffers of this size before they go to disk,
+        and reads return chunks of this size
+    :param durability: when data is fsynced (``.info`` files are always written atomically,
+        and fsynced unless durability is ``"none"``)
+    :param max_threads: how many worker threads the store uses at once
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        locker: Locker | None = None,
+        buffer_size: int = 1 << 20,
+        durability: Durability = "finish",
+        max_threads: int = 16,
+    ) -> None:
+        if durability not in ("none", "finish", "always"):
+            raise ValueError(f"durability must be 'none', 'finish' or 'always', not {durability!r}")
+        if buffer_size <= 0:
+            raise ValueError("buffer_size must be positive")
+        self.path = Path(path).absolute()
+        self.locker: Locker = locker if locker is not None else FileLocker(self.path)
+        self.buffer_size = buffer_size
+        self.durability: Durability = durability
+        self._limiter = anyio.CapacityLimiter(max_threads)
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.path)!r}, durability={self.durability!r})"
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def _info_path(self, upload_id: str) -> str:
+        return os.path.join(self.path, validate_upload_id(upload_id) + ".info")
+
+    def _bin_path(self, upload_id: str) -> str:
+        return os.path.join(self.path, upload_id + ".bin")
+
+    # -- core -------------------------------------------------------------------------------
+
+    async def new_upload(self, info: UploadInfo) -> UploadInfo:
+        """Create an empty upload described by *info*; return it with its ID and storage paths.
+
+        *info* may carry an ID of its own (it is validated); otherwise a new one is made.
+
+        :raises ~anytus.InvalidUploadId: if *info* carries a malformed ID
+        :raises FileExistsError: if *info* carries the ID of an existing upload
+        """
+        upload_id = validate_upload_id(info.id) if info.id else new_upload_id()
+        return await anyio.to_thread.run_sync(
+            self._create_sync, info, upload_id, limiter=self._limiter
+        )
+
+    async def get_info(self, upload_id: str) -> UploadInfo:
+        """Return the upload's state, with ``offset`` = the data file's size.
+
+        :raises ~anytus.InvalidUploadId: if the ID is not well-formed
+        :raises ~anytus.UploadNotFound: if there is no such upload
+        :raises ~anytus.CorruptUploadInfo: if ``[id].info`` is unreadable
+        """
+        self._info_path(upload_id)
+        # a read-only query: safe to abandon on cancellation
+        info, _ = await anyio.to_thread.run_sync(
+            self._load_sync, upload_id, limiter=self._limiter, abandon_on_cancel=True
+        )
+        return info
+
+    async def write_chunk(self, upload_id: str, offset: int, source: AsyncIterable[bytes]) -> int:
+        """Append the bytes of *source* to the upload, starting at *offset*.
+
+        Small chunks are gathered into buffers of ``buffer_size``; while one buffer is written by a
+        worker thread the next is received, so at most about two buffers per upload are in memory.
+        Bytes taken from *source* are stored even when *source* raises or the task is cancelled:
+        the exception then propagates, and the offset counts them.
+
+        :return: the number of bytes stored
+        :raises ~anytus.OffsetMismatch: if *offset* is not the upload's offset
+        :raises ~anytus.SizeExceeded: if *source* holds more than the upload's remaining length;
+            what fits is stored first
+        :raises ~anytus.UploadIsFinal: if the upload is a final upload
+        :raises ~anytus.UploadNotFound: if there is no such upload
+        """
+        self._info_path(upload_id)
+        fd, info = await anyio.to_thread.run_sync(
+            self._open_for_append_sync, upload_id, offset, limiter=self._limiter
+        )
+        remaining = None if info.size is None else info.size - offset
+        taken = 0  # bytes accepted from the source
+        written = 0  # bytes in the file
+        failures: list[OSError] = []
+        in_flight: anyio.Event | None = None
+
+        async def write(buffer: bytes | bytearray, done: anyio.Event) -> None:
+            nonlocal written
+            # a write in progress always finishes, so the offset stays the file's true size
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.to_thread.run_sync(_write_all, fd, buffer, limiter=self._limiter)
+                    written += len(buffer)
+                except OSError as exc:  # raised once the received bytes are stored
+                    failures.append(exc)
+                finally:
+                    done.set()
+
+        exceeded = False
+        buffer: bytes | bytearray = bytearray()
+        try:
+            async with anyio.create_task_group() as tg:
+                try:
+                    async for chunk in source:
+                        if remaining is not None and len(chunk) > remaining - taken:
+                            chunk, exceeded = chunk[: remaining - taken], True
+                        taken += len(chunk)
+                        if not buffer and len(chunk) >= self.buffer_size:
+                            buffer = chunk  # already large: hand it over without a copy
+                        else:
+                            if not isinstance(buffer, bytearray):
+                                buffer = bytearray(buffer)
+                            buffer += chunk
+                        if len(buffer) >= self.buffer_size:
+                            if in_flight is not None:
+                                await in_flight.wait()
+                            if failures:
+                                break
+                            in_flight = anyio.Event()
+                            # start_soon is synchronous: the buffer is handed over or not at all
+                            tg.start_soon(write, buffer, in_flight)
+                            buffer = bytearray()
+                        if exceeded:
+                            break
+                finally:
+                    # what was received is stored, also when the source failed or we were cancelled
+                    if buffer and not failures:
+                        with anyio.CancelScope(shield=True):
+                            if in_flight is not None:
+                                await in_flight.wait()
+                            if not failures:
+                                tg.start_soon(write, buffer, anyio.Event())
+        finally:
+            complete = info.size is not None and offset + written == info.size
+            sync = self.durability == "always" or (self.durability == "finish" and complete)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close_file, fd, sync, limiter=self._limiter)
+
+        if failures:
+            raise failures[0]
+        if exceeded:
+            raise SizeExceeded(
+                f"upload {upload_id} is {info.size} bytes long: stored the {written} bytes that "
+                f"fit and refused the rest"
+            )
+        return written
+
+    def get_reader(
+        self, upload_id: str, *, start: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[UploadReadStream]:
+        """Open a stream over the stored bytes ``[start, end)``; *end* defaults to the offset
+        when the stream is opened.
+
+        Use it as ``async with store.get_reader(id) as stream: async for chunk in stream: ...``.
+        Entering the context is a checkpoint; exiting closes the file, shielded from
+        cancellation.
+
+        :raises ~anytus.UploadNotFound: on entering, if there is no such upload
+        :raises ValueError: on entering, if the range is not within the stored bytes
+        """
+        self._info_path(upload_id)
+        return _ReaderContext(self, upload_id, start, end)
+
+    # -- extensions -------------------------------------------------------------------------
+
+    async def terminate(self, upload_id: str) -> None:
+        """Delete the upload: its data first, then ``[id].info``, so that no half-deleted upload
+        looks whole. Missing files are tolerated (a previous attempt may have stopped half way).
+
+        :raises ~anytus.UploadNotFound: if there is no such upload
+        """
+        self._info_path(upload_id)
+        await anyio.to_thread.run_sync(self._terminate_sync, upload_id, limiter=self._limiter)
+
+    async def concat_uploads(self, final_id: str, partial_ids: Sequence[str]) -> None:
+        """Fill the empty final upload with the partial uploads' bytes, in order.
+
+        The copy runs in the kernel where it can (``copy_file_range``, else a read/write loop). Every
+        file is closed, and a failed copy leaves the final upload empty rather than half filled.
+        If the final upload's size is deferred, it is set to the sum of the partials'.
+
+        :raises ~anytus.UploadNotFinished: if a partial upload is not complete
+        :raises ~anytus.UploadNotFound: if the final or a partial upload does not exist
+        :raises ValueError: if the final upload is not empty, or its size is not the sum
+        """
+        self._info_path(final_id)
+        for partial_id in partial_ids:
+            self._info_path(partial_id)
+        await anyio.to_thread.run_sync(
+            self._concat_sync, final_id, list(partial_ids), limiter=self._limiter
+        )
+
+    async def declare_length(self, upload_id: str, length: int) -> UploadInfo:
+        """Set the length of an upload created without one (creation-defer-length).
+
+        :raises ~anytus.LengthAlreadyDeclared: if the length is known already, or *length* is
+            smaller than the bytes already stored
+        """
+        self._info_path(upload_id)
+        return await anyio.to_thread.run_sync(
+            self._declare_length_sync, upload_id, length, limiter=self._limiter
+        )
+
+    async def truncate(self, upload_id: str, offset: int) -> None:
+        """Discard every stored byte after *offset* (the checksum extension's rollback).
+
+        :raises ValueError: if *offset* is negative or beyond the upload's offset
+        """
+        self._info_path(upload_id)
+        await anyio.to_thread.run_sync(
+            self._truncate_sync, upload_id, offset, limiter=self._limiter
+        )
+
+    async def list_uploads(self) -> list[str]:
+        """Return the IDs of every upload in the store directory."""
+        return await anyio.to_thread.run_sync(
+            self._list_sync, limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    async def cleanup(self, expire_after: float, *, now: float | None = None) -> list[str]:
+        """Remove every unfinished upload whose data was last written *expire_after* seconds
+        ago or earlier, and leftover temporary files.
+
+        Each upload is removed under its lock. A request still holding it is asked to let go (it
+        has been idle that long); if it does not within a second, the upload is skipped.
+
+        :return: the IDs removed
+        """
+        now = time.time() if now is None else now
+        removed = []
+        for upload_id in await self.list_uploads():
+            if not await self._is_expired(upload_id, expire_after, now):
+                continue
+            try:
+                async with self.locker.lock(upload_id, timeout=1.0):
+                    # look again under the lock: it may have been resumed meanwhile
+                    if await self._is_expired(upload_id, expire_after, now):
+                        await self.terminate(upload_id)
+                        removed.append(upload_id)
+            except (LockTimeout, UploadNotFound):
+                continue
+        await anyio.to_thread.run_sync(self._remove_stale_temps_sync, now, limiter=self._limiter)
+        return removed
+
+    async def _is_expired(self, upload_id: str, expire_after: float, now: float) -> bool:
+        try:
+            info = await self.get_info(upload_id)
+        except (UploadNotFound, CorruptUploadInfo):
+            return False
+        return (
+            not info.is_complete
+            and info.modified_at is not None
+            and now - info.modified_at >= expire_after
+        )
+
+    # -- locks ------------------------------------------------------------------------------
+
+    def lock(
+        self,
+        upload_id: str,
+        *,
+        timeout: float = DEFAULT_LOCK_TIMEOUT,
+        on_release: Callable[[], object] | None = None,
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold the upload's lock for an ``async with`` block (see :class:`~anytus.Locker`).
+
+        :raises ~anytus.LockTimeout: on entering, if the lock was not acquired in *timeout* s
+        """
+        return self.locker.lock(upload_id, timeout=timeout, on_release=on_release)
+
+    async def lock_upload(
+        self,
+        upload_id: str,
+        *,
+        timeout: float = DEFAULT_LOCK_TIMEOUT,
+        on_release: Callable[[], object] | None = None,
+    ) -> None:
+        """Take the upload's lock (tusd's ``LockUpload``); pair with :meth:`unlock_upload`.
+
+        :raises ~anytus.LockTimeout: if the lock was not acquired in *timeout* seconds
+        """
+        await self.locker.acquire(upload_id, timeout=timeout, on_release=on_release)
+
+    async def unlock_upload(self, upload_id: str) -> None:
+        """Release the upload's lock (tusd's ``UnlockUpload``)."""
+        await self.locker.release(upload_id)
+
+    def use_in(self, composer: StoreComposer) -> None:
+        """Register the core and every extension this store has, and its locker."""
+        composer.use_core(self)
+        composer.use_terminater(self)
+        composer.use_concater(self)
+        composer.use_length_deferrer(self)
+        composer.use_truncater(self)
+        composer.use_expirer(self)
+        composer.use_locker(self.locker)
+
+    # -- the blocking parts, run in worker threads ------------------------------------------
+
+    def _locate_data_sync(self, upload_id: str, info: UploadInfo) -> tuple[str, os.stat_result]:
+        """Find the data file: ours and tusd 0.x's ``[id].bin``, tusd v1/v2's ``[id]``, or
+        wherever ``Storage.Path`` says (tusd's custom paths)."""
+        candidates = [self._bin_path(upload_id), os.path.join(self.path, upload_id)]
+        recorded = info.storage.get("Path")
+        if recorded:
+            candidates.append(os.path.join(self.path, recorded))
+        for candidate in candidates:
+            try:
+                return candidate, os.stat(candidate)
+            except FileNotFoundError:
+                continue
+        raise UploadNotFound(f"upload {upload_id} has no data file")
+
+    def _load_sync(self, upload_id: str) -> tuple[UploadInfo, str]:
+        try:
+            with open(self._info_path(upload_id), "rb") as f:
+                document = f.read()
+        except FileNotFoundError:
+            raise UploadNotFound(f"upload {upload_id} not found") from None
+        try:
+            info = UploadInfo.from_json(document)
+        except ValueError as exc:
+            raise CorruptUploadInfo(
+                f"upload {upload_id}: {upload_id}.info is unreadable ({exc})"
+            ) from exc
+        data_path, stat = self._locate_data_sync(upload_id, info)
+        info = dataclasses.replace(
+            info, id=upload_id, offset=stat.st_size, modified_at=stat.st_mtime
+        )
+        return info, data_path
+
+    def _create_sync(self, info: UploadInfo, upload_id: str) -> UploadInfo:
+        self.path.mkdir(parents=True, exist_ok=True)
+        bin_path = self._bin_path(upload_id)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        os.close(os.open(bin_path, flags, _FILE_MODE))
+        info = dataclasses.replace(
+            info,
+            id=upload_id,
+            offset=0,
+            storage={"Type": "filestore", "Path": bin_path, "InfoPath": self._info_path(upload_id)},
+        )
+        try:
+            self._write_info_sync(info)
+            if info.size == 0 and self.durability != "none":
+                _fsync_path(bin_path)
+        except BaseException:
+            _unlink_quietly(bin_path)  # leave no orphaned data file behind
+            raise
+        return info
+
+    def _write_info_sync(self, info: UploadInfo) -> None:
+        """Replace ``[id].info`` atomically: write a temporary file, fsync it, rename it."""
+        info_path = self._info_path(info.id)
+        temp_path = f"{info_path}{_TEMP_MARK}{secrets.token_hex(4)}"
+        sync = self.durability != "none"
+        try:
+            fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            try:
+                _write_all(fd, info.to_json())
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp_path, info_path)
+        except BaseException:
+            _unlink_quietly(temp_path)
+            raise
+        if sync:
+            _fsync_path(str(self.path))  # makes the rename itself durable
+
+    def _open_for_append_sync(self, upload_id: str, offset: int) -> tuple[int, UploadInfo]:
+        info, data_path = self._load_sync(upload_id)
+        if info.is_final:
+            raise UploadIsFinal(f"upload {upload_id} is a final upload and accepts no data")
+        if offset != info.offset:
+            raise OffsetMismatch(f"upload {upload_id} is at offset {info.offset}, not {offset}")
+        fd = os.open(data_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        return fd, info
+
+    def _open_reader_sync(self, upload_id: str, start: int, end: int | None) -> tuple[int, int]:
+        info, data_path = self._load_sync(upload_id)
+        end = info.offset if end is None else end
+        if not 0 <= start <= end <= info.offset:
+            raise ValueError(f"range {start}-{end} is not within the {info.offset} bytes stored")
+        return os.open(data_path, os.O_RDONLY | os.O_CLOEXEC), end
+
+    def _terminate_sync(self, upload_id: str) -> None:
+        info_path = self._info_path(upload_id)
+        if not os.path.exists(info_path):
+            raise UploadNotFound(f"upload {upload_id} not found")
+        try:
+            _, data_path = self._load_sync(upload_id)
+            candidates = [data_path]
+        except (UploadNotFound, CorruptUploadInfo):
+            candidates = [self._bin_path(upload_id)]
+        for path in candidates:
+            _unlink_quietly(path)
+        _unlink_quietly(info_path)
+
+    def _concat_sync(self, final_id: str, partial_ids: list[str]) -> None:
+        final, final_path = self._load_sync(final_id)
+        if final.offset != 0:
+            raise ValueError(f"final upload {final_id} is not empty")
+        sources = []
+        for partial_id in partial_ids:
+            partial, partial_path = self._load_sync(partial_id)
+            if not partial.is_complete:
+                raise UploadNotFinished(f"partial upload {partial_id} is not complete")
+            sources.append((partial_path, partial.offset))
+        total = sum(size for _, size in sources)
+        if final.size is None:
+            final = dataclasses.replace(final, size=total)
+            self._write_info_sync(final)
+        elif final.size != total:
+            raise ValueError(
+                f"final upload {final_id} is {final.size} bytes, its partials {total} bytes"
+            )
+
+        out = os.open(final_path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            position = 0
+            for path, size in sources:
+                source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _copy_range(source, out, size, position)
+                finally:
+                    os.close(source)
+                position += size
+            if self.durability != "none":
+                os.fsync(out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(out, 0)  # an empty final upload, never a half-filled one
+            os.close(out)
+            raise
+        os.close(out)  # a failed close (lost data) raises, unlike tusd before #698
+
+    def _declare_length_sync(self, upload_id: str, length: int) -> UploadInfo:
+        info, _ = self._load_sync(upload_id)
+        if info.size is not None:
+            raise LengthAlreadyDeclared(f"upload {upload_id}'s length is already {info.size}")
+        if length < info.offset:
+            raise LengthAlreadyDeclared(
+                f"length {length} is smaller than the {info.offset} bytes already stored"
+            )
+        info = dataclasses.replace(info, size=length)
+        self._write_info_sync(info)
+        return info
+
+    def _truncate_sync(self, upload_id: str, offset: int) -> None:
+        info, data_path = self._load_sync(upload_id)
+        if not 0 <= offset <= info.offset:
+            raise ValueError(f"cannot truncate upload {upload_id} at {offset} > {info.offset}")
+        fd = os.open(data_path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, offset)
+            if self.durability == "always":
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _list_sync(self) -> list[str]:
+        try:
+            entries = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        ids = []
+        for name in entries:
+            upload_id, dot, suffix = name.partition(".")
+            if suffix == "info" and dot:
+                try:
+                    ids.append(validate_upload_id(upload_id))
+                except UploadNotFound:
+                    continue
+        return sorted(ids)
+
+    def _remove_stale_temps_sync(self, now: float) -> None:
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.path) as entries:
+            for entry in entries:
+                if _TEMP_MARK in entry.name:
+                    with contextlib.suppress(OSError):
+                        if now - entry.stat().st_mtime > _STALE_TEMP_AGE:
+                            os.unlink(entry.path)
+
+
+class _ReaderContext:
+    def __init__(self, store: FileStore, upload_id: str, start: int, end: int | None) -> None:
+        self._store = store
+        self._upload_id = upload_id
+        self._start = start
+        self._end = end
+        self._stream: UploadReadStream | None = None
+
+    async def __aenter__(self) -> UploadReadStream:
+        store = self._store
+        fd, end = await anyio.to_thread.run_sync(
+            store._open_reader_sync,
+            self._upload_id,
+            self._start,
+            self._end,
+            limiter=store._limiter,
+        )
+        self._stream = UploadReadStream(
+            fd, self._start, end, chunk_size=store.buffer_size, limiter=store._limiter
+        )
+        return self._stream
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _close_file(fd: int, sync: bool) -> None:
+    try:
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def _copy_range(source: int, out: int, size: int, position: int) -> None:
+    """Copy *size* bytes from the start of *source* to *position* in *out*, in the kernel where
+    it can."""
+    copied = 0
+    try:
+        while copied < size:
+            n = os.copy_file_range(source, out, size - copied, copied, position + copied)
+            if n == 0:
+                raise OSError(errno.EIO, "partial upload ended early")
+            copied += n
+        return
+    except OSError as exc:
+        # not across these file systems, or not on this kernel: fall back
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    except AttributeError:  # pragma: no cover - no copy_file_range on this platform
+        pass
+    while copied < size:
+        chunk = os.pread(source, min(1 << 20, size - copied), copied)
+        if not chunk:
+            raise OSError(errno.EIO, "partial upload ended early")
+        written = 0
+        while written < len(chunk):
+            written += os.pwrite(out, chunk[written:], position + copied + written)
+        copied += len(chunk)

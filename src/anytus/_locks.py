@@ -1,0 +1,448 @@
+"""Upload locks: `FileLocker` (across tasks and processes) and `MemoryLocker` (one process).
+
+`FileLocker` keeps tusd's lock file, ``[id].lock`` with the holder's PID on its first line, present
+only while the upload is locked, so that tools which know tusd's layout keep working. What decides
+who holds the lock is an ``flock()`` on that file, which the kernel drops when the holder dies: a
+crashed server's locks are free again at once, whatever PID the restarted server gets (a container's
+server is always PID 1, tus/tusd#437). The second line records the holder's host, boot and process
+start time, which covers file systems where ``flock()`` does not reach across hosts: a lock from
+another host counts as held while its holder keeps touching it.
+
+Release requests work as in tusd v2: a waiter asks the holder to let go, directly when both are in
+this process, or through an ``[id].stop`` file across processes, which a watcher thread polls for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._datastore import DEFAULT_LOCK_TIMEOUT, Locker
+from ._exceptions import LockTimeout
+from ._ids import validate_upload_id
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ("FileLocker", "MemoryLocker")
+
+logger = logging.getLogger("anytus")
+
+#: identifies this process among all processes that ever had its PID
+PROCESS_TOKEN = secrets.token_hex(8)
+
+
+def _call_release_callback(callback: Callable[[], object] | None, upload_id: str) -> None:
+    if callback is None:
+        return
+    try:
+        callback()
+    except Exception:
+        logger.exception("on_release callback for upload %s failed", upload_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# MemoryLocker
+
+
+@dataclass(eq=False)
+class _MemoryHolder:
+    on_release: Callable[[], object] | None
+    released: anyio.Event = field(default_factory=anyio.Event)
+    # next() on a count is atomic, so the callback fires once however many waiters ask
+    _asks: itertools.count[int] = field(default_factory=itertools.count)
+
+    def request_release(self, upload_id: str) -> None:
+        if next(self._asks) == 0:
+            _call_release_callback(self.on_release, upload_id)
+
+
+class MemoryLocker(Locker):
+    """Locks that live in memory: exclusive between the tasks of one process (tusd's
+    ``memorylocker``). Use :class:`FileLocker` when several processes share a store.
+
+    Not FIFO: when a lock is released, whichever waiter runs first takes it.
+    """
+
+    def __init__(self) -> None:
+        self._holders: dict[str, _MemoryHolder] = {}
+
+    async def acquire(
+        self,
+        upload_id: str,
+        *,
+        timeout: float = DEFAULT_LOCK_TIMEOUT,
+        on_release: Callable[[], object] | None = None,
+    ) -> None:
+        validate_upload_id(upload_id)
+        await anyio.lowlevel.checkpoint()
+        try:
+            with anyio.fail_after(timeout):
+                while (holder := self._holders.get(upload_id)) is not None:
+                    holder.request_release(upload_id)
+                    await holder.released.wait()
+        except TimeoutError:
+            raise LockTimeout(
+                f"timed out after {timeout:g} s waiting for upload {upload_id}"
+            ) from None
+
+        self._holders[upload_id] = _MemoryHolder(on_release)
+
+    async def release(self, upload_id: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        holder = self._holders.pop(upload_id, None)
+        if holder is not None:
+            holder.released.set()
+
+    def is_locked(self, upload_id: str) -> bool:
+        return upload_id in self._holders
+
+
+# ---------------------------------------------------------------------------------------------
+# FileLocker
+
+
+@dataclass(eq=False)
+class _FileHolder:
+    upload_id: str
+    fd: int
+    lock_path: str
+    stop_path: str
+    on_release: Callable[[], object] | None
+    token: anyio.lowlevel.EventLoopToken
+    poll_interval: float
+    heartbeat_interval: float
+    released: anyio.Event = field(default_factory=anyio.Event)
+    next_poll: float = 0.0
+    next_heartbeat: float = 0.0
+    _asks: itertools.count[int] = field(default_factory=itertools.count)
+
+    def claim_release(self) -> bool:
+        """True for exactly one caller: the one that gets to run the callback."""
+        return next(self._asks) == 0
+
+
+#: every lock this process holds, by lock file path; read by the watcher thread. Single dict
+#: operations are atomic, so neither side needs a threading lock (which would block the loop).
+_held_locks: dict[str, _FileHolder] = {}
+_watcher: threading.Thread | None = None
+_WATCH_TICK = 0.05
+_WATCHER_IDLE_EXIT = 2.0
+
+
+def _ensure_watcher() -> None:
+    global _watcher
+    if _watcher is None or not _watcher.is_alive():
+        _watcher = threading.Thread(target=_watch, name="anytus-lock-watcher", daemon=True)
+        _watcher.start()
+
+
+def _watch() -> None:
+    """Poll for release requests (``.stop`` files) and refresh the held locks' heartbeat."""
+    global _watcher
+    idle_since: float | None = None
+    while True:
+        holders = list(_held_locks.values())
+        now = time.monotonic()
+        if not holders:
+            idle_since = idle_since or now
+            if now - idle_since > _WATCHER_IDLE_EXIT:
+                _watcher = None
+                # a lock may have been registered while we decided to leave
+                if not _held_locks or _watcher is not None:
+                    return
+                _watcher = threading.current_thread()
+            time.sleep(_WATCH_TICK)
+            continue
+
+        idle_since = None
+        for holder in holders:
+            if now >= holder.next_poll:
+                holder.next_poll = now + holder.poll_interval
+                if os.path.exists(holder.stop_path) and holder.claim_release():
+                    # don't let a busy event loop stall the watcher: hand over from a thread
+                    threading.Thread(target=_deliver_release, args=(holder,), daemon=True).start()
+            if holder.heartbeat_interval and now >= holder.next_heartbeat:
+                holder.next_heartbeat = now + holder.heartbeat_interval
+                with contextlib.suppress(OSError):
+                    os.utime(holder.fd)
+        time.sleep(_WATCH_TICK)
+
+
+def _deliver_release(holder: _FileHolder) -> None:
+    try:
+        anyio.from_thread.run_sync(
+            _call_release_callback, holder.on_release, holder.upload_id, token=holder.token
+        )
+    except Exception:  # the holder's event loop is gone: nobody is left to tell
+        logger.debug("could not deliver release request for %s", holder.upload_id, exc_info=True)
+
+
+_boot_id: str | None = None
+
+
+def _read_boot_id() -> str:
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _boot_id = f.read().strip() or "-"
+        except OSError:
+            _boot_id = "-"
+    return _boot_id
+
+
+def _process_start_ticks(pid: int) -> str | None:
+    """A process's start time since boot, which tells a PID's incarnations apart (Linux only)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name may contain spaces and parentheses: fields resume after the last ")"
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user: tusd's lockfile wrongly calls it dead
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class FileLocker(Locker):
+    """Locks as ``[id].lock`` files in a directory: exclusive between tasks *and* processes.
+
+    :param path: the directory, normally the store's
+    :param holder_poll_interval: how often a holder looks for a release request from another
+        process
+    :param acquirer_poll_interval: how often a waiter retries a lock held by another process
+    :param heartbeat_interval: how often a holder touches its lock file, so that processes on
+        other hosts sharing the directory see it is alive (0 disables)
+    :param stale_after: how old the heartbeat of another host's lock may be before that lock
+        counts as abandoned
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        holder_poll_interval: float = 0.5,
+        acquirer_poll_interval: float = 0.25,
+        heartbeat_interval: float = 5.0,
+        stale_after: float = 60.0,
+    ) -> None:
+        if fcntl is None:  # pragma: no cover
+            raise RuntimeError("FileLocker needs fcntl.flock(), which this platform lacks")
+        self.path = Path(path).absolute()
+        self.holder_poll_interval = holder_poll_interval
+        self.acquirer_poll_interval = acquirer_poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self._hostname = socket.gethostname()
+        # lock files are small and quick: keep them off the store's data-transfer threads
+        self._limiter = anyio.CapacityLimiter(8)
+
+    def _lock_path(self, upload_id: str) -> str:
+        return str(self.path / f"{upload_id}.lock")
+
+    def is_locked(self, upload_id: str) -> bool:
+        return self._lock_path(validate_upload_id(upload_id)) in _held_locks
+
+    async def acquire(
+        self,
+        upload_id: str,
+        *,
+        timeout: float = DEFAULT_LOCK_TIMEOUT,
+        on_release: Callable[[], object] | None = None,
+    ) -> None:
+        validate_upload_id(upload_id)
+        lock_path = self._lock_path(upload_id)
+        stop_path = str(self.path / f"{upload_id}.stop")
+        token = anyio.lowlevel.current_token()
+        asked_by_file = False
+        try:
+            with anyio.fail_after(timeout):
+                while True:
+                    holder = _held_locks.get(lock_path)
+                    if holder is not None and holder.token == token:
+                        # the holder runs in our event loop: ask it directly, wake on its release
+                        if holder.claim_release():
+                            _call_release_callback(holder.on_release, upload_id)
+                        await holder.released.wait()
+                        continue
+
+                    fd = await anyio.to_thread.run_sync(
+                        self._try_lock, lock_path, stop_path, limiter=self._limiter
+                    )
+                    if fd is not None:
+                        break
+                    asked_by_file = True
+                    await anyio.sleep(self.acquirer_poll_interval)
+        except BaseException as exc:
+            if asked_by_file:
+                # don't leave a release request behind for a lock we no longer want (tusd#1372)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(
+                        _unlink_quietly, stop_path, limiter=self._limiter
+                    )
+            if isinstance(exc, TimeoutError):
+                raise LockTimeout(
+                    f"timed out after {timeout:g} s waiting for upload {upload_id}"
+                ) from None
+            raise
+
+        now = time.monotonic()
+        _held_locks[lock_path] = _FileHolder(
+            upload_id=upload_id,
+            fd=fd,
+            lock_path=lock_path,
+            stop_path=stop_path,
+            on_release=on_release,
+            token=token,
+            poll_interval=self.holder_poll_interval,
+            heartbeat_interval=self.heartbeat_interval,
+            next_poll=now + self.holder_poll_interval,
+            next_heartbeat=now + self.heartbeat_interval,
+        )
+        _ensure_watcher()
+
+    async def release(self, upload_id: str) -> None:
+        lock_path = self._lock_path(validate_upload_id(upload_id))
+        holder = _held_locks.pop(lock_path, None)
+        if holder is None:
+            await anyio.lowlevel.checkpoint()
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._unlock, holder, limiter=self._limiter)
+        finally:
+            holder.released.set()
+
+    # -- the blocking parts, run in worker threads -------------------------------------------
+
+    def _try_lock(self, lock_path: str, stop_path: str) -> int | None:
+        """Take the lock and return its file descriptor, or ask for release and return None."""
+        assert fcntl is not None
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    self._request_release(stop_path)
+                    os.close(fd)
+                    return None
+
+                # the previous holder may have removed the file between our open and our flock
+                ours = os.fstat(fd)
+                try:
+                    current = os.stat(lock_path)
+                except FileNotFoundError:
+                    os.close(fd)
+                    continue
+                if (current.st_dev, current.st_ino) != (ours.st_dev, ours.st_ino):
+                    os.close(fd)
+                    continue
+
+                if self._held_elsewhere(lock_path, os.pread(fd, 4096, 0), ours.st_mtime):
+                    self._request_release(stop_path)
+                    os.close(fd)
+                    return None
+
+                record = (
+                    f"{os.getpid()}\n"
+                    f"anytus {self._hostname} {_read_boot_id()} "
+                    f"{_process_start_ticks(os.getpid()) or '-'} {PROCESS_TOKEN}\n"
+                ).encode()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, record, 0)
+                # a release request left for the previous holder is not meant for us; a waiter
+                # that still wants the lock asks again on its next poll
+                _unlink_quietly(stop_path)
+                return fd
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+
+    def _held_elsewhere(self, lock_path: str, record: bytes, mtime: float) -> bool:
+        """Judge the record of a lock file whose flock() we just got."""
+        lines = record.decode(errors="replace").splitlines()
+        try:
+            pid = int(lines[0])
+        except (IndexError, ValueError):
+            return False  # empty or garbage: its writer died before finishing it
+        if pid <= 0:
+            return False
+
+        if len(lines) > 1 and lines[1].startswith("anytus "):
+            host, boot_id, start_ticks, token = ([*lines[1].split()[1:], "", "", "", ""])[:4]
+            if host != self._hostname:
+                # flock() may not reach across hosts on this file system: trust the heartbeat
+                return time.time() - mtime < self.stale_after
+            if boot_id != _read_boot_id() or start_ticks in ("", "-"):
+                return False
+            if pid == os.getpid():
+                # only a lock this process has on record is held by it; any other lock file with
+                # our PID was left by a previous incarnation (or leaked by a dead event loop)
+                return token == PROCESS_TOKEN and lock_path in _held_locks
+            # the holder's flock() is gone, yet its very process is alive: flock() is not
+            # enforced on this file system, so honour the lock file
+            return _process_start_ticks(pid) == start_ticks
+
+        # a tusd lock file: tusd takes no flock(), so judge by its PID, as tusd does; a lock
+        # with our own PID cannot be tusd's live lock, since we are not tusd
+        return pid != os.getpid() and _pid_alive(pid)
+
+    @staticmethod
+    def _request_release(stop_path: str) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(stop_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+
+    @staticmethod
+    def _unlock(holder: _FileHolder) -> None:
+        try:
+            # remove the file only while it is still ours: never a lock someone else took over
+            with contextlib.suppress(FileNotFoundError):
+                current = os.stat(holder.lock_path)
+                ours = os.fstat(holder.fd)
+                if (current.st_dev, current.st_ino) == (ours.st_dev, ours.st_ino):
+                    os.unlink(holder.lock_path)
+            _unlink_quietly(holder.stop_path)
+        finally:
+            os.close(holder.fd)  # drops the flock()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
