@@ -138,7 +138,8 @@ class ExpiringStore(ABC):
     async def cleanup(self, expire_after: float, *, now: float | None = None) -> list[str]:
         """Remove every unfinished upload not written to for *expire_after* seconds.
 
-        Uploads that are locked (in use) are skipped. Returns the IDs removed.
+        Uploads that are locked (in use) are skipped, without disturbing their holders.
+        Returns the IDs removed.
         """
 
 
@@ -162,6 +163,15 @@ class Locker(ABC):
 
         :raises ~anytus.LockTimeout: if the lock could not be taken in time
         :raises ~anytus.InvalidUploadId: if the ID is not well-formed
+        """
+
+    @abstractmethod
+    async def try_acquire(self, upload_id: str) -> bool:
+        """Take the upload's lock if it is free now; never wait, never ask a holder to let go.
+
+        Always a checkpoint.
+
+        :return: whether the lock was taken
         """
 
     @abstractmethod

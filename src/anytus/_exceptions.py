@@ -20,6 +20,9 @@ __all__ = (
     "MaxSizeExceeded",
     "MethodNotAllowed",
     "OffsetMismatch",
+    "OriginNotAllowed",
+    "RangeNotSatisfiable",
+    "RequestBodyTimeout",
     "SizeExceeded",
     "TusError",
     "UnsupportedChecksumAlgorithm",
@@ -217,3 +220,35 @@ class HookRejected(TusError):
     def __init__(self, status_code: int = 400, message: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code  # type: ignore[misc]
+
+
+class RangeNotSatisfiable(TusError):
+    """Raised when a download's ``Range`` lies wholly outside the stored bytes."""
+
+    status_code = 416
+    error_code = "ERR_RANGE_NOT_SATISFIABLE"
+    default_message = "requested range not satisfiable"
+
+    def __init__(self, size: int, message: str | None = None) -> None:
+        super().__init__(message)
+        #: the number of bytes there are, for ``Content-Range: bytes */size``
+        self.size = size
+
+
+class RequestBodyTimeout(TusError):
+    """Raised when a request body stalls for longer than the server's idle timeout.
+
+    Answered with 500, as tusd does, because tus clients retry on 5xx and not on most 4xx.
+    """
+
+    status_code = 500
+    error_code = "ERR_READ_TIMEOUT"
+    default_message = "timeout while reading request body"
+
+
+class OriginNotAllowed(TusError):
+    """Raised when a cross-origin request comes from an origin the server does not allow."""
+
+    status_code = 403
+    error_code = "ERR_ORIGIN_NOT_ALLOWED"
+    default_message = "origin is not allowed"

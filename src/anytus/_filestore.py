@@ -34,7 +34,6 @@ from ._datastore import (
 from ._exceptions import (
     CorruptUploadInfo,
     LengthAlreadyDeclared,
-    LockTimeout,
     OffsetMismatch,
     SizeExceeded,
     UploadIsFinal,
@@ -60,6 +59,7 @@ Durability = Literal["none", "finish", "always"]
 _FILE_MODE = 0o664  # tusd's default (tus/tusd#56), before the umask
 _TEMP_MARK = ".tmp-"
 _STALE_TEMP_AGE = 3600.0
+_MIN_READ_CHUNK = 64 * 1024
 
 
 class FileStore(
@@ -182,6 +182,7 @@ class FileStore(
                     done.set()
 
         exceeded = False
+        interruption: BaseException | None = None
         buffer: bytes | bytearray = bytearray()
         try:
             async with anyio.create_task_group() as tg:
@@ -207,20 +208,25 @@ class FileStore(
                             buffer = bytearray()
                         if exceeded:
                             break
-                finally:
-                    # what was received is stored, also when the source failed or we were cancelled
-                    if buffer and not failures:
-                        with anyio.CancelScope(shield=True):
-                            if in_flight is not None:
-                                await in_flight.wait()
-                            if not failures:
-                                tg.start_soon(write, buffer, anyio.Event())
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    # raised again below, once the task group is closed: raising it here would
+                    # wrap it in an exception group
+                    interruption = exc
+                # what was received is stored, also when the source failed or we were cancelled
+                if buffer and not failures:
+                    with anyio.CancelScope(shield=True):
+                        if in_flight is not None:
+                            await in_flight.wait()
+                        if not failures:
+                            tg.start_soon(write, buffer, anyio.Event())
         finally:
             complete = info.size is not None and offset + written == info.size
             sync = self.durability == "always" or (self.durability == "finish" and complete)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_close_file, fd, sync, limiter=self._limiter)
 
+        if interruption is not None:
+            raise interruption
         if failures:
             raise failures[0]
         if exceeded:
@@ -306,8 +312,8 @@ class FileStore(
         """Remove every unfinished upload whose data was last written *expire_after* seconds
         ago or earlier, and leftover temporary files.
 
-        Each upload is removed under its lock. A request still holding it is asked to let go (it
-        has been idle that long); if it does not within a second, the upload is skipped.
+        Each upload is removed under its lock; uploads that are locked (in use) are skipped, and
+        their holders are not disturbed.
 
         :return: the IDs removed
         """
@@ -316,14 +322,19 @@ class FileStore(
         for upload_id in await self.list_uploads():
             if not await self._is_expired(upload_id, expire_after, now):
                 continue
-            try:
-                async with self.locker.lock(upload_id, timeout=1.0):
-                    # look again under the lock: it may have been resumed meanwhile
-                    if await self._is_expired(upload_id, expire_after, now):
-                        await self.terminate(upload_id)
-                        removed.append(upload_id)
-            except (LockTimeout, UploadNotFound):
+            # an upload in use is skipped, without asking its holder to let go
+            if not await self.locker.try_acquire(upload_id):
                 continue
+            try:
+                # look again under the lock: it may have been resumed meanwhile
+                if await self._is_expired(upload_id, expire_after, now):
+                    await self.terminate(upload_id)
+                    removed.append(upload_id)
+            except UploadNotFound:
+                pass
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.locker.release(upload_id)
         await anyio.to_thread.run_sync(self._remove_stale_temps_sync, now, limiter=self._limiter)
         return removed
 
@@ -587,7 +598,12 @@ class _ReaderContext:
             limiter=store._limiter,
         )
         self._stream = UploadReadStream(
-            fd, self._start, end, chunk_size=store.buffer_size, limiter=store._limiter
+            fd,
+            self._start,
+            end,
+            # a tiny write buffer is no reason for a thread hop per few bytes read
+            chunk_size=max(store.buffer_size, _MIN_READ_CHUNK),
+            limiter=store._limiter,
         )
         return self._stream
 

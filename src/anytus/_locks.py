@@ -108,6 +108,14 @@ class MemoryLocker(Locker):
 
         self._holders[upload_id] = _MemoryHolder(on_release)
 
+    async def try_acquire(self, upload_id: str) -> bool:
+        validate_upload_id(upload_id)
+        await anyio.lowlevel.checkpoint()
+        if upload_id in self._holders:
+            return False
+        self._holders[upload_id] = _MemoryHolder(None)
+        return True
+
     async def release(self, upload_id: str) -> None:
         await anyio.lowlevel.checkpoint()
         holder = self._holders.pop(upload_id, None)
@@ -318,12 +326,33 @@ class FileLocker(Locker):
                 ) from None
             raise
 
+        self._register(upload_id, fd, on_release, token)
+
+    async def try_acquire(self, upload_id: str) -> bool:
+        validate_upload_id(upload_id)
+        lock_path = self._lock_path(upload_id)
+        if lock_path in _held_locks:
+            await anyio.lowlevel.checkpoint()
+            return False
+        fd = await anyio.to_thread.run_sync(self._try_lock, lock_path, None, limiter=self._limiter)
+        if fd is None:
+            return False
+        self._register(upload_id, fd, None, anyio.lowlevel.current_token())
+        return True
+
+    def _register(
+        self,
+        upload_id: str,
+        fd: int,
+        on_release: Callable[[], object] | None,
+        token: anyio.lowlevel.EventLoopToken,
+    ) -> None:
         now = time.monotonic()
-        _held_locks[lock_path] = _FileHolder(
+        _held_locks[self._lock_path(upload_id)] = _FileHolder(
             upload_id=upload_id,
             fd=fd,
-            lock_path=lock_path,
-            stop_path=stop_path,
+            lock_path=self._lock_path(upload_id),
+            stop_path=str(self.path / f"{upload_id}.stop"),
             on_release=on_release,
             token=token,
             poll_interval=self.holder_poll_interval,
@@ -347,11 +376,17 @@ class FileLocker(Locker):
 
     # -- the blocking parts, run in worker threads -------------------------------------------
 
-    def _try_lock(self, lock_path: str, stop_path: str) -> int | None:
-        """Take the lock and return its file descriptor, or ask for release and return None."""
+    def _try_lock(self, lock_path: str, stop_path: str | None) -> int | None:
+        """Take the lock and return its file descriptor, or return None (after asking the
+        holder to let go through *stop_path*, if given)."""
         assert fcntl is not None
         while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                # the store directory is created on first use, and this may be it
+                os.makedirs(self.path, exist_ok=True)
+                continue
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -385,7 +420,7 @@ class FileLocker(Locker):
                 os.pwrite(fd, record, 0)
                 # a release request left for the previous holder is not meant for us; a waiter
                 # that still wants the lock asks again on its next poll
-                _unlink_quietly(stop_path)
+                _unlink_quietly(lock_path[: -len(".lock")] + ".stop")
                 return fd
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -422,7 +457,9 @@ class FileLocker(Locker):
         return pid != os.getpid() and _pid_alive(pid)
 
     @staticmethod
-    def _request_release(stop_path: str) -> None:
+    def _request_release(stop_path: str | None) -> None:
+        if stop_path is None:
+            return
         with contextlib.suppress(FileExistsError):
             os.close(os.open(stop_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
 

@@ -1,0 +1,139 @@
+"""Types for the ASGI messages the tus app uses (after hypercorn's ``typing.py``).
+
+``TypedDict``s rather than ``MutableMapping[str, Any]``: mypy then checks every key we read or
+send. Only what :mod:`anytus.asgi` touches is typed; the ``http`` scope keys a server may leave
+out are ``NotRequired``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+if TYPE_CHECKING:
+    # only ever read by type checkers: annotations are strings here (PEP 563)
+    import sys
+
+    if sys.version_info >= (3, 11):
+        from typing import NotRequired
+    else:
+        from typing_extensions import NotRequired
+
+__all__ = (
+    "ASGIReceiveCallable",
+    "ASGIReceiveEvent",
+    "ASGISendCallable",
+    "ASGISendEvent",
+    "ASGIVersions",
+    "HTTPDisconnectEvent",
+    "HTTPRequestEvent",
+    "HTTPResponseBodyEvent",
+    "HTTPResponseStartEvent",
+    "HTTPScope",
+    "LifespanScope",
+    "LifespanShutdownCompleteEvent",
+    "LifespanShutdownEvent",
+    "LifespanShutdownFailedEvent",
+    "LifespanStartupCompleteEvent",
+    "LifespanStartupEvent",
+    "LifespanStartupFailedEvent",
+    "Scope",
+    "WebsocketScope",
+)
+
+
+class ASGIVersions(TypedDict, total=False):
+    spec_version: str
+    version: Literal["2.0", "3.0"]
+
+
+class HTTPScope(TypedDict):
+    type: Literal["http"]
+    asgi: ASGIVersions
+    http_version: str
+    method: str
+    scheme: NotRequired[str]
+    path: str
+    raw_path: NotRequired[bytes | None]
+    query_string: bytes
+    root_path: NotRequired[str]
+    headers: Iterable[tuple[bytes, bytes]]
+    client: NotRequired[tuple[str, int] | None]
+    server: NotRequired[tuple[str, int | None] | None]
+
+
+class WebsocketScope(TypedDict):
+    """Only so that the app's signature accepts every scope a server may send."""
+
+    type: Literal["websocket"]
+
+
+class LifespanScope(TypedDict):
+    type: Literal["lifespan"]
+    asgi: ASGIVersions
+
+
+Scope = HTTPScope | WebsocketScope | LifespanScope
+
+
+class HTTPRequestEvent(TypedDict):
+    type: Literal["http.request"]
+    body: bytes
+    more_body: bool
+
+
+class HTTPDisconnectEvent(TypedDict):
+    type: Literal["http.disconnect"]
+
+
+class HTTPResponseStartEvent(TypedDict):
+    type: Literal["http.response.start"]
+    status: int
+    headers: Iterable[tuple[bytes, bytes]]
+
+
+class HTTPResponseBodyEvent(TypedDict):
+    type: Literal["http.response.body"]
+    body: bytes
+    more_body: bool
+
+
+class LifespanStartupEvent(TypedDict):
+    type: Literal["lifespan.startup"]
+
+
+class LifespanShutdownEvent(TypedDict):
+    type: Literal["lifespan.shutdown"]
+
+
+class LifespanStartupCompleteEvent(TypedDict):
+    type: Literal["lifespan.startup.complete"]
+
+
+class LifespanStartupFailedEvent(TypedDict):
+    type: Literal["lifespan.startup.failed"]
+    message: str
+
+
+class LifespanShutdownCompleteEvent(TypedDict):
+    type: Literal["lifespan.shutdown.complete"]
+
+
+class LifespanShutdownFailedEvent(TypedDict):
+    type: Literal["lifespan.shutdown.failed"]
+    message: str
+
+
+ASGIReceiveEvent = (
+    HTTPRequestEvent | HTTPDisconnectEvent | LifespanStartupEvent | LifespanShutdownEvent
+)
+ASGISendEvent = (
+    HTTPResponseStartEvent
+    | HTTPResponseBodyEvent
+    | LifespanStartupCompleteEvent
+    | LifespanStartupFailedEvent
+    | LifespanShutdownCompleteEvent
+    | LifespanShutdownFailedEvent
+)
+ASGIReceiveCallable = Callable[[], Awaitable[ASGIReceiveEvent]]
+ASGISendCallable = Callable[[ASGISendEvent], Awaitable[None]]
