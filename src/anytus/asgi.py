@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from ._asgi_types import (
         ASGIReceiveCallable,
         ASGISendCallable,
+        HTTPResponseBodyEvent,
         HTTPScope,
         Scope,
     )
@@ -91,6 +92,10 @@ _EXPOSE_HEADERS: Final = (
     "Tus-Extension, Tus-Checksum-Algorithm, Upload-Metadata, Upload-Defer-Length, "
     "Upload-Concat, Upload-Expires, Content-Range, Content-Disposition"
 )
+# after an early answer, the rest of a request body up to this size is read and dropped, so that
+# clients that write the whole body before reading (httpx, requests...) get the answer on a healthy
+# connection; a longer or unknown rest is not worth it, and the connection is closed instead
+_DRAIN_LIMIT: Final = 16 << 20
 # statuses whose responses carry no body and no Content-Length (RFC 9110 §8.6)
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 
@@ -132,8 +137,11 @@ class _Request:
     """One HTTP request: parsed headers, and the state of its connection."""
 
     __slots__ = (
+        "body_received",
+        "body_stalled",
         "body_unread",
         "disconnected",
+        "drain",
         "extra_headers",
         "headers",
         "method",
@@ -175,9 +183,24 @@ class _Request:
         self.body_unread = "transfer-encoding" in headers or headers.get(
             "content-length", "0"
         ) not in ("", "0")
+        #: body bytes received so far
+        self.body_received = 0
+        #: the client stopped sending (idle timeout) or was interrupted: do not wait for the rest
+        self.body_stalled = False
+        #: read and drop the rest of the body after the response (see _DRAIN_LIMIT)
+        self.drain = False
         self.response_started = False
         #: headers every response to this request carries, errors included (``Location``)
         self.extra_headers: list[tuple[str, str]] = []
+
+    def unread_length(self) -> int | None:
+        """How much of the body is still to come, if ``Content-Length`` says."""
+        if "transfer-encoding" in self.headers:
+            return None
+        try:
+            return max(int(self.headers.get("content-length", "0")) - self.body_received, 0)
+        except ValueError:
+            return None
 
     @property
     def scheme(self) -> str:
@@ -270,6 +293,7 @@ class _BodyReader:
                 self._done = True
                 break
             body = message.get("body", b"")
+            self._request.body_received += len(body)
             if not message.get("more_body", False):
                 self._request.body_unread = False
                 self._done = True
@@ -291,6 +315,7 @@ class _BodyReader:
         while True:
             idle = time.monotonic() - self.last_activity
             if idle >= timeout:
+                self._request.body_stalled = True
                 self.error = RequestBodyTimeout(f"no data received for {timeout:g} seconds")
                 body_scope.cancel()
                 return
@@ -452,6 +477,9 @@ class TusApp:
 
     async def _dispatch(self, request: _Request) -> _Response | None:
         self._check_origin(request)
+        target = proto.route(request.raw_path, self.base_path)
+        if target is None:
+            raise UploadNotFound("no such resource")
         if request.method == "OPTIONS":
             return self._options(request)
         # "If the version specified by the Client is not supported by the Server, it MUST respond
@@ -459,9 +487,6 @@ class TusApp:
         # GET is no tus request (downloads come from browsers, <a href>), OPTIONS is exempt.
         if request.method != "GET":
             proto.check_tus_resumable(request.headers.get("tus-resumable"))
-        target = proto.route(request.raw_path, self.base_path)
-        if target is None:
-            raise UploadNotFound("no such resource")
         method = request.method
         if target.kind == "collection":
             if method == "POST":
@@ -526,25 +551,83 @@ class TusApp:
             raise OriginNotAllowed(f"origin {origin!r:.80} is not allowed")
 
     async def _send_response(self, request: _Request, response: _Response) -> None:
+        is_head = request.scope["method"].upper() == "HEAD"
         headers = [("Tus-Resumable", proto.TUS_VERSION)]
         headers += self._cors_headers(request)
         headers += request.extra_headers
-        headers += response.headers
+        # a HEAD response may announce the length a GET would have; any other response's
+        # Content-Length is its body's (a POST overridden to HEAD included)
+        headers += [
+            (name, value)
+            for name, value in response.headers
+            if is_head or name.lower() != "content-length"
+        ]
         if response.status not in _NO_BODY_STATUSES and not any(
-            name.lower() == "content-length" for name, _ in response.headers
+            name.lower() == "content-length" for name, _ in headers
         ):
             headers.append(("Content-Length", str(len(response.body))))
         if request.body_unread and request.scope.get("http_version") in ("1.0", "1.1"):
-            # The rest of the body is still on its way (a 413, 409, 415...): the connection
-            # cannot carry another request until it is read, and reading what we refused is
-            # waste (tus/tusd#1371). Closing tells the client at once; a kept-alive connection
-            # would stall the next request (hypercorn stops reading once the app is done).
-            # HTTP/2 forbids this header and has its own way: the stream is reset.
-            headers.append(("Connection", "close"))
+            # The rest of the body is still on its way (an early 409, 413, 415...). A server
+            # that closes with bytes unread makes the kernel send a reset, which loses the answer
+            # for clients that write the whole body before they read (httpx, requests). So a
+            # short rest is read and dropped (below; a chunked one up to the same budget); a long
+            # or stalled one is not worth it (tus/tusd#1371): the connection is closed instead.
+            # HTTP/2 needs neither (the server resets just the stream) and forbids the header.
+            unread = request.unread_length()
+            if (unread is None or unread <= _DRAIN_LIMIT) and not request.body_stalled:
+                request.drain = True
+            else:
+                headers.append(("Connection", "close"))
         await self._start(request, response.status, headers)
         # a HEAD response has no body, only the headers a GET would have
-        body = b"" if request.scope["method"].upper() == "HEAD" else response.body
-        await request.send({"type": "http.response.body", "body": body, "more_body": False})
+        body = b"" if is_head else response.body
+        if request.drain:
+            # Everything the client needs goes out now (it knows the length); the response ends
+            # only once the request body has been read, so that the server sees both messages
+            # complete and keeps the connection (hypercorn closes it if the request is not).
+            if body:
+                await request.send({"type": "http.response.body", "body": body, "more_body": True})
+            await self._drain(request)
+            if request.disconnected:
+                return
+            body = b""
+        await self._send_last(request, body)
+
+    async def _drain(self, request: _Request) -> None:
+        # Bounded in bytes and, overall, by the idle timeout. Past either bound the body stays
+        # unread and the server closes the connection after the response.
+        budget = _DRAIN_LIMIT
+        with anyio.move_on_after(self.idle_timeout):
+            while request.body_unread and budget >= 0:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    request.disconnected = True
+                    return
+                budget -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    request.body_unread = False
+
+    async def _send_last(self, request: _Request, body: bytes) -> None:
+        message: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": body,
+            "more_body": False,
+        }
+        if not request.body_unread:
+            await request.send(message)
+            return
+        # The final send must not wait on a request body nobody reads: hypercorn stops reading
+        # once the app's queue is full, and the final send waits to queue http.disconnect
+        # behind it, which would wedge the connection for good. So keep taking it meanwhile.
+        async with anyio.create_task_group() as tg:
+
+            async def consume() -> None:
+                while (await request.receive())["type"] == "http.request":
+                    pass
+
+            tg.start_soon(consume)
+            await request.send(message)
+            tg.cancel_scope.cancel()
 
     async def _start(self, request: _Request, status: int, headers: list[tuple[str, str]]) -> None:
         request.response_started = True
@@ -831,6 +914,7 @@ class TusApp:
             error = reader.error
             if error is None and body_scope.cancelled_caught:
                 logger.info("upload %s interrupted by another request", upload_id)
+                request.body_stalled = True
                 error = UploadInterrupted()
             after = await self._core.get_info(upload_id)
 

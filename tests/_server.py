@@ -1,0 +1,479 @@
+"""Helpers for the end-to-end tests: real servers on 127.0.0.1 and small tus client helpers.
+
+Not collected by pytest (the name does not start with ``test_``). Two ways to get a server:
+
+- :func:`serve_app` serves an ASGI app with hypercorn *inside the current test's event loop*
+  (hypercorn's asyncio or trio worker, whichever backend the test runs on), so every async test
+  exercises the app on both backends;
+- :func:`run_server_process` runs ``python -m anytus serve`` as a real subprocess, as users run it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import httpx
+import sniffio
+from hypercorn.config import Config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+
+__all__ = (
+    "ConnectionClosedError",
+    "OFFSET_CONTENT_TYPE",
+    "TUS",
+    "RawResponse",
+    "ServerProcess",
+    "TusClient",
+    "decode_metadata",
+    "encode_metadata",
+    "raw_request",
+    "read_raw_response",
+    "race_to_completion",
+    "run_server_process",
+    "serve_app",
+    "upload_id_of",
+    "wait_for",
+)
+
+#: the header every tus request but OPTIONS and GET must carry
+TUS: Mapping[str, str] = {"Tus-Resumable": "1.0.0"}
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+
+_BANNER = re.compile(r"anytus: serving (?P<dir>.+) on (?P<url>http://[^\s/]+:(?P<port>\d+)/\S*)")
+_ID = re.compile(r"/([A-Za-z0-9_-]+)/?$")
+
+
+def _project_pythonpath() -> str:
+    """The ``PYTHONPATH`` under which a subprocess imports the same anytus as this test process."""
+    import anytus
+
+    source_root = str(Path(anytus.__file__).resolve().parent.parent)
+    existing = os.environ.get("PYTHONPATH")
+    return source_root if not existing else f"{source_root}{os.pathsep}{existing}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# in-process server
+
+
+@contextlib.asynccontextmanager
+async def serve_app(
+    app: object,
+    *,
+    host: str = "127.0.0.1",
+    path: str = "/files/",
+    graceful_timeout: float = 2.0,
+) -> AsyncIterator[str]:
+    """Serve *app* with hypercorn on *host*, on a free port, in the running event loop.
+
+    Yields the URL of *path* on that server. The listening socket is bound and listening before the
+    URL is yielded (connections queue in the backlog until hypercorn accepts them), so no readiness
+    polling is needed. On exit hypercorn is shut down through its ``shutdown_trigger``.
+    """
+    # Bind ourselves so that the real port is known; hypercorn adopts the socket via ``fd://``.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+    except BaseException:
+        sock.close()
+        raise
+
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.graceful_timeout = graceful_timeout
+    config.accesslog = None
+    config.errorlog = None  # the app's own errors must surface as responses, not log noise
+
+    serve: Callable[..., Awaitable[None]]
+    if sniffio.current_async_library() == "trio":
+        from hypercorn.trio import serve as trio_serve
+
+        serve = trio_serve
+    else:
+        from hypercorn.asyncio import serve as asyncio_serve
+
+        serve = asyncio_serve
+
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(serve, cast("Any", app), config, shutdown_trigger=shutdown.wait))
+        try:
+            yield f"http://{host}:{port}{path}"
+        finally:
+            shutdown.set()
+
+
+# ---------------------------------------------------------------------------------------------------
+# `anytus serve` as a subprocess
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    """A running ``anytus serve`` subprocess."""
+
+    process: subprocess.Popen[bytes]
+    #: the creation URL the server announced, e.g. ``http://127.0.0.1:41234/files/``
+    url: str
+    directory: Path
+    #: every stderr line so far (the reader thread appends to it)
+    stderr_lines: list[str]
+
+    @property
+    def origin(self) -> str:
+        """``http://HOST:PORT`` of the server."""
+        match = re.match(r"http://[^/]+", self.url)
+        assert match is not None
+        return match.group(0)
+
+    @property
+    def port(self) -> int:
+        return int(self.origin.rsplit(":", 1)[1])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send *sig*, wait for the exit and return the exit code (kill after *timeout*)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
+
+
+def _read_lines(stream: Any, sink: list[str], announced: threading.Event) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\n")
+        sink.append(line)
+        if _BANNER.search(line):
+            announced.set()
+    announced.set()  # EOF: the process died before announcing; the caller checks
+
+
+@contextlib.contextmanager
+def run_server_process(
+    directory: Path,
+    *args: str,
+    startup_timeout: float = 30.0,
+) -> Iterator[ServerProcess]:
+    """Run ``python -m anytus serve --port 0 --dir DIRECTORY *ARGS`` and yield it once it listens.
+
+    The announced ``anytus: serving DIR on http://HOST:PORT/files/`` line gives the URL. stderr is
+    drained by a thread for the whole lifetime (the server logs every request there). Teardown sends
+    SIGTERM, waits, then kills.
+    """
+    env = dict(os.environ, PYTHONPATH=_project_pythonpath(), PYTHONUNBUFFERED="1")
+    command = [
+        sys.executable,
+        "-m",
+        "anytus",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--dir",
+        str(directory),
+        *args,
+    ]
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    lines: list[str] = []
+    announced = threading.Event()
+    reader = threading.Thread(
+        target=_read_lines, args=(process.stderr, lines, announced), daemon=True
+    )
+    reader.start()
+    try:
+        if not announced.wait(startup_timeout):
+            raise AssertionError(f"anytus serve did not announce itself: {lines!r}")
+        url = next((m.group("url") for line in lines if (m := _BANNER.search(line))), None)
+        if url is None:
+            raise AssertionError(
+                f"anytus serve exited ({process.poll()}) without announcing: {lines!r}"
+            )
+        yield ServerProcess(process=process, url=url, directory=directory, stderr_lines=lines)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(5)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# tus helpers
+
+
+def encode_metadata(metadata: Mapping[str, bytes | None]) -> str:
+    """Build an ``Upload-Metadata`` value; ``None`` means a key without a value."""
+    pairs = []
+    for key, value in metadata.items():
+        if value is None:
+            pairs.append(key)
+        else:
+            pairs.append(f"{key} {base64.b64encode(value).decode()}")
+    return ",".join(pairs)
+
+
+def decode_metadata(header: str) -> dict[str, bytes]:
+    """Parse an ``Upload-Metadata`` value into raw bytes (a key without a value maps to ``b""``)."""
+    result: dict[str, bytes] = {}
+    for pair in header.split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, _, value = pair.partition(" ")
+        result[key] = base64.b64decode(value.strip(), validate=True)
+    return result
+
+
+def upload_id_of(location: str) -> str:
+    """The upload ID at the end of an upload URL."""
+    match = _ID.search(location)
+    assert match is not None, location
+    return match.group(1)
+
+
+@dataclasses.dataclass
+class TusClient:
+    """A thin tus client over :class:`httpx.AsyncClient` for tests that want exact control."""
+
+    http: httpx.AsyncClient
+    #: the creation URL, e.g. ``http://127.0.0.1:1234/files/``
+    url: str
+
+    def upload_url(self, upload_id: str) -> str:
+        return f"{self.url}{upload_id}"
+
+    async def create(
+        self,
+        length: int | None,
+        *,
+        metadata: Mapping[str, bytes | None] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> httpx.Response:
+        """POST a new upload (``length=None`` defers the length); the caller checks the status."""
+        all_headers = dict(TUS)
+        if length is None:
+            all_headers["Upload-Defer-Length"] = "1"
+        else:
+            all_headers["Upload-Length"] = str(length)
+        if metadata is not None:
+            all_headers["Upload-Metadata"] = encode_metadata(metadata)
+        if body is not None:
+            all_headers["Content-Type"] = OFFSET_CONTENT_TYPE
+        all_headers.update(headers or {})
+        return await self.http.post(self.url, headers=all_headers, content=body)
+
+    async def new(self, length: int | None, **kwargs: Any) -> str:
+        """Create an upload, insist on 201, and return its ID."""
+        response = await self.create(length, **kwargs)
+        assert response.status_code == 201, (response.status_code, response.text)
+        return upload_id_of(response.headers["Location"])
+
+    async def patch(
+        self,
+        upload_id: str,
+        offset: int | str,
+        body: bytes | AsyncIterator[bytes],
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        all_headers = dict(TUS)
+        all_headers["Upload-Offset"] = str(offset)
+        all_headers["Content-Type"] = OFFSET_CONTENT_TYPE
+        all_headers.update(headers or {})
+        return await self.http.patch(
+            self.upload_url(upload_id),
+            headers=all_headers,
+            content=body,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+
+    async def head(self, upload_id: str, *, timeout: float | None = None) -> httpx.Response:
+        return await self.http.head(
+            self.upload_url(upload_id),
+            headers=TUS,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+
+    async def offset(self, upload_id: str) -> int:
+        response = await self.head(upload_id)
+        assert response.status_code in (200, 204), response.status_code
+        return int(response.headers["Upload-Offset"])
+
+    async def upload(self, data: bytes, *, chunk: int = 1 << 16, **create: Any) -> str:
+        """Create an upload of *data* and send it in PATCHes of *chunk* bytes; return its ID."""
+        upload_id = await self.new(len(data), **create)
+        for start in range(0, len(data), chunk):
+            response = await self.patch(upload_id, start, data[start : start + chunk])
+            assert response.status_code == 204, (response.status_code, response.text)
+            assert int(response.headers["Upload-Offset"]) == min(start + chunk, len(data))
+        return upload_id
+
+
+async def compete(
+    tus: TusClient, upload_id: str, offset: int, bodies: list[bytes]
+) -> list[httpx.Response]:
+    """Send one PATCH per body, all at *offset*, concurrently; return the responses in order."""
+    responses: list[httpx.Response | None] = [None] * len(bodies)
+
+    async def one(i: int) -> None:
+        responses[i] = await tus.patch(upload_id, offset, bodies[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(bodies)):
+            tg.start_soon(one, i)
+    return [r for r in responses if r is not None]
+
+
+async def race_to_completion(
+    tus: TusClient,
+    upload_id: str,
+    size: int,
+    data_of: Callable[[str], bytes],
+    contenders: int,
+    chunk: int,
+) -> None:
+    """Drive an upload to *size* with *contenders* competing PATCHes per offset.
+
+    Contender ``i`` always sends bytes of value ``i``. After each round the new bytes must come from
+    exactly one contender, at most one request may succeed, and a success must have stored its
+    whole body.
+    """
+    offset = 0
+    for _ in range(200):
+        if offset == size:
+            return
+        length = min(chunk, size - offset)
+        bodies = [bytes([i]) * length for i in range(contenders)]
+        responses = await compete(tus, upload_id, offset, bodies)
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {204, 400, 409, 423}, [(r.status_code, r.text) for r in responses]
+        for r in responses:
+            if r.status_code == 400:
+                assert r.text.startswith("ERR_UPLOAD_INTERRUPTED"), r.text
+        winners = [i for i, s in enumerate(statuses) if s == 204]
+        assert len(winners) <= 1, statuses
+
+        new_offset = await tus.offset(upload_id)
+        data: bytes = data_of(upload_id)
+        assert len(data) == new_offset
+        assert new_offset >= offset
+        written = data[offset:new_offset]
+        if winners:
+            (winner,) = winners
+            assert int(responses[winner].headers["Upload-Offset"]) == new_offset
+            assert written == bodies[winner]
+        if written:
+            writer = written[0]
+            assert written == bytes([writer]) * len(written), "two writers interleaved"
+            assert statuses[writer] in (204, 400), statuses
+        offset = new_offset
+    raise AssertionError("the upload made no progress")
+
+
+# ---------------------------------------------------------------------------------------------------
+# raw HTTP/1.1 over anyio sockets: malformed requests, bodies cut short, stalled bodies
+
+
+class ConnectionClosedError(Exception):
+    """Raised by :func:`read_raw_response` when the server closes without a response."""
+
+
+@dataclasses.dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+
+def raw_request(
+    method: str,
+    target: str,
+    host: str,
+    headers: Mapping[str, str] | None = None,
+    content_length: int | None = None,
+) -> bytes:
+    """Serialize a request head exactly as given (no normalisation of *target*)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if content_length is not None:
+        lines.append(f"Content-Length: {content_length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def read_raw_response(
+    stream: anyio.abc.ByteStream, *, head_only: bool = False
+) -> RawResponse:
+    """Read one HTTP/1.1 response (Content-Length bodies only, as our server sends them)."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        try:
+            chunk = await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            raise ConnectionClosedError(f"connection closed before a response: {buffer!r}") from exc
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ")[1])
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if head_only else int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        try:
+            rest += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            break
+    return RawResponse(status=status, headers=headers, body=rest[:length])
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.05,
+) -> bool:
+    """Poll *predicate* until it is true or *timeout* passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result or time.monotonic() >= deadline:
+            return result
+        await anyio.sleep(interval)

@@ -1,0 +1,516 @@
+"""FileLocker and MemoryLocker: exclusion, timeouts, release requests, and stale lock files.
+
+Lock files are built by hand in the documented formats: tusd's (``"<pid>\\n"``) and anytus's
+(``"<pid>\\n" + "anytus <hostname> <boot_id> <start-ticks> <token>\\n"``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker
+
+UPLOAD_ID = "0123456789abcdef0123456789abcdef"
+
+
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def start_ticks(pid: int) -> int:
+    # field 22 of /proc/<pid>/stat, counted after the parenthesised command name
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text.rsplit(")", 1)[1].split()[19])
+
+
+def anytus_lock(pid: int, host: str | None = None, ticks: int | None = None) -> bytes:
+    host = host if host is not None else socket.gethostname()
+    ticks = ticks if ticks is not None else 12345
+    return f"{pid}\nanytus {host} {boot_id()} {ticks} deadbeefdeadbeefdeadbeefdeadbeef\n".encode()
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def is_flocked(path: Path) -> bool:
+    """Whether someone holds an flock() on *path* (a new open file description conflicts)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+@pytest.fixture
+def lock_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "locks"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(params=["file", "memory"])
+def locker(request: pytest.FixtureRequest, lock_dir: Path) -> Locker:
+    if request.param == "file":
+        return FileLocker(lock_dir)
+    return MemoryLocker()
+
+
+@pytest.fixture
+def file_locker(lock_dir: Path) -> FileLocker:
+    return FileLocker(lock_dir)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that is not us."""
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def acquire_timed(locker: Locker, upload_id: str, timeout: float) -> float:
+    start = time.monotonic()
+    await locker.acquire(upload_id, timeout=timeout)
+    return time.monotonic() - start
+
+
+# --------------------------------------------------------------------------------------------------
+# both lockers
+
+
+class TestBothLockers:
+    async def test_lock_unlock_leaves_nothing(self, locker: Locker, lock_dir: Path) -> None:
+        async with locker.lock(UPLOAD_ID):
+            assert locker.is_locked(UPLOAD_ID)
+        assert not locker.is_locked(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_explicit_pair(self, locker: Locker, lock_dir: Path) -> None:
+        await locker.acquire(UPLOAD_ID)
+        assert locker.is_locked(UPLOAD_ID)
+        await locker.release(UPLOAD_ID)
+        assert not locker.is_locked(UPLOAD_ID)
+        # and again, at once
+        with anyio.fail_after(1):
+            await locker.acquire(UPLOAD_ID, timeout=0.5)
+        await locker.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_release_of_unheld_lock_is_a_no_op(self, locker: Locker, lock_dir: Path) -> None:
+        await locker.release(UPLOAD_ID)
+        await locker.release("never-locked")
+        assert names(lock_dir) == []
+
+    async def test_locks_are_per_upload(self, locker: Locker) -> None:
+        async with locker.lock("a"), locker.lock("b", timeout=0.5):
+            assert locker.is_locked("a")
+            assert locker.is_locked("b")
+
+    async def test_exclusive_between_tasks(self, locker: Locker, lock_dir: Path) -> None:
+        active = 0
+        most = 0
+        finished = 0
+
+        async def worker() -> None:
+            nonlocal active, most, finished
+            async with locker.lock(UPLOAD_ID, timeout=20):
+                active += 1
+                most = max(most, active)
+                await anyio.sleep(0.02)
+                assert active == 1
+                active -= 1
+            finished += 1
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(worker)
+
+        assert finished == 5
+        assert most == 1
+        assert names(lock_dir) == []
+
+    async def test_second_lock_times_out(self, locker: Locker, lock_dir: Path) -> None:
+        async with locker.lock(UPLOAD_ID):
+            start = time.monotonic()
+            with pytest.raises(LockTimeout) as exc_info:
+                await locker.acquire(UPLOAD_ID, timeout=0.2)
+            elapsed = time.monotonic() - start
+            assert exc_info.value.status_code == 423
+            assert 0.15 <= elapsed < 1.5
+            # the holder still holds it
+            assert locker.is_locked(UPLOAD_ID)
+            with pytest.raises(LockTimeout):
+                await locker.acquire(UPLOAD_ID, timeout=0)
+        # no request file is left behind by the timed-out waiter (tus/tusd#1372)
+        assert names(lock_dir) == []
+        with anyio.fail_after(1):
+            await locker.acquire(UPLOAD_ID, timeout=0.5)
+        await locker.release(UPLOAD_ID)
+
+    async def test_release_request_handover(self, locker: Locker, lock_dir: Path) -> None:
+        calls: list[int] = []
+        loop_thread = threading.get_ident()
+        asked = anyio.Event()
+        holder_exited = anyio.Event()
+
+        def on_release() -> None:
+            calls.append(threading.get_ident())
+            asked.set()
+
+        async def holder(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            async with locker.lock(UPLOAD_ID, on_release=on_release):
+                task_status.started()
+                await asked.wait()
+                # linger, so a polling waiter asks more than once
+                await anyio.sleep(0.6)
+            holder_exited.set()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(holder)
+            elapsed = await acquire_timed(locker, UPLOAD_ID, timeout=10)
+            assert holder_exited.is_set()
+
+        assert calls == [loop_thread]  # exactly once, in the holder's event loop
+        assert elapsed < 0.6 + 1.0
+        await locker.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_release_request_cancels_holder(self, locker: Locker, lock_dir: Path) -> None:
+        """The protocol handler's use: on_release cancels the holder's request."""
+        held = anyio.Event()
+        interrupted = False
+
+        async def holder() -> None:
+            nonlocal interrupted
+            with anyio.CancelScope() as scope:
+                async with locker.lock(UPLOAD_ID, on_release=scope.cancel):
+                    held.set()
+                    await anyio.sleep_forever()
+            interrupted = scope.cancelled_caught
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await held.wait()
+            elapsed = await acquire_timed(locker, UPLOAD_ID, timeout=10)
+
+        assert interrupted
+        assert elapsed < 1.0
+        assert locker.is_locked(UPLOAD_ID)
+        await locker.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_cancelled_waiter_leaves_nothing(self, locker: Locker, lock_dir: Path) -> None:
+        async with locker.lock(UPLOAD_ID):
+            with anyio.move_on_after(0.3) as scope:
+                await locker.acquire(UPLOAD_ID, timeout=10)
+            assert scope.cancelled_caught
+            assert locker.is_locked(UPLOAD_ID)
+        assert not locker.is_locked(UPLOAD_ID)
+        assert names(lock_dir) == []
+        with anyio.fail_after(1.5):
+            await locker.acquire(UPLOAD_ID, timeout=1)
+        await locker.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_cancelled_while_holding_releases(self, locker: Locker, lock_dir: Path) -> None:
+        with anyio.move_on_after(0.1):
+            async with locker.lock(UPLOAD_ID):
+                await anyio.sleep_forever()
+        assert not locker.is_locked(UPLOAD_ID)
+        assert names(lock_dir) == []
+        with anyio.fail_after(1):
+            await locker.acquire(UPLOAD_ID, timeout=0.5)
+        await locker.release(UPLOAD_ID)
+
+    async def test_timed_out_waiter_then_holder_hands_over(self, locker: Locker) -> None:
+        # a waiter that gave up must not leave the next waiter or the holder in a bad state
+        async with locker.lock(UPLOAD_ID):
+            with pytest.raises(LockTimeout):
+                await locker.acquire(UPLOAD_ID, timeout=0.1)
+        async with locker.lock(UPLOAD_ID, timeout=1):
+            pass
+
+    @pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 200, "a\x00", "ü", "..", "a.b"])
+    async def test_invalid_ids(self, locker: Locker, tmp_path: Path, bad: str) -> None:
+        with pytest.raises(InvalidUploadId):
+            await locker.acquire(bad, timeout=0.1)
+        with pytest.raises(InvalidUploadId):
+            async with locker.lock(bad, timeout=0.1):
+                pass
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["locks"]
+
+
+class TestMemoryLocker:
+    async def test_timeout_still_asks_holder(self) -> None:
+        locker = MemoryLocker()
+        calls = 0
+
+        def on_release() -> None:
+            nonlocal calls
+            calls += 1
+
+        async with locker.lock(UPLOAD_ID, on_release=on_release):
+            with pytest.raises(LockTimeout):
+                await locker.acquire(UPLOAD_ID, timeout=0.1)
+            assert calls == 1
+
+    async def test_instances_are_independent(self) -> None:
+        first, second = MemoryLocker(), MemoryLocker()
+        async with first.lock(UPLOAD_ID), second.lock(UPLOAD_ID, timeout=0.1):
+            assert first.is_locked(UPLOAD_ID)
+            assert second.is_locked(UPLOAD_ID)
+
+
+# --------------------------------------------------------------------------------------------------
+# FileLocker: the lock file
+
+
+class TestFileLockerFile:
+    async def test_lock_file_format(self, file_locker: FileLocker, lock_dir: Path) -> None:
+        async with file_locker.lock(UPLOAD_ID):
+            assert names(lock_dir) == [f"{UPLOAD_ID}.lock"]
+            lines = (lock_dir / f"{UPLOAD_ID}.lock").read_text().splitlines()
+            # line 1 is the PID, as tusd writes it, so tusd reads us correctly
+            assert lines[0] == str(os.getpid())
+            fields = lines[1].split()
+            assert len(fields) == 6, fields
+            assert fields[0] == "anytus"
+            assert fields[1] == socket.gethostname()
+            assert fields[2] == boot_id()
+            assert fields[3] == str(start_ticks(os.getpid()))
+            assert len(fields[5]) >= 16
+            assert is_flocked(lock_dir / f"{UPLOAD_ID}.lock")
+        assert names(lock_dir) == []
+
+    async def test_tokens_differ_per_acquisition(self, file_locker: FileLocker, lock_dir: Path) -> None:
+        tokens = set()
+        for _ in range(3):
+            async with file_locker.lock(UPLOAD_ID):
+                tokens.add((lock_dir / f"{UPLOAD_ID}.lock").read_text().splitlines()[1].split()[5])
+        assert len(tokens) == 3
+
+    async def test_two_instances_exclude_each_other(self, lock_dir: Path) -> None:
+        first = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+        second = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+        async with first.lock(UPLOAD_ID):
+            with pytest.raises(LockTimeout):
+                await second.acquire(UPLOAD_ID, timeout=0.3)
+            assert not second.is_locked(UPLOAD_ID)
+            # a rogue release from the other instance does not free it
+            await second.release(UPLOAD_ID)
+            assert (lock_dir / f"{UPLOAD_ID}.lock").exists()
+            with pytest.raises(LockTimeout):
+                await second.acquire(UPLOAD_ID, timeout=0.3)
+        with anyio.fail_after(2):
+            await second.acquire(UPLOAD_ID, timeout=1.5)
+        assert second.is_locked(UPLOAD_ID)
+        assert not first.is_locked(UPLOAD_ID)
+        await second.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_two_instances_release_request(self, lock_dir: Path) -> None:
+        first = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+        second = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+        held = anyio.Event()
+        calls = 0
+
+        async def holder() -> None:
+            nonlocal calls
+            with anyio.CancelScope() as scope:
+
+                def on_release() -> None:
+                    nonlocal calls
+                    calls += 1
+                    scope.cancel()
+
+                async with first.lock(UPLOAD_ID, on_release=on_release):
+                    held.set()
+                    await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await held.wait()
+            elapsed = await acquire_timed(second, UPLOAD_ID, timeout=10)
+
+        assert calls == 1
+        assert elapsed < 1.5
+        await second.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_heartbeat_touches_the_lock_file(self, lock_dir: Path) -> None:
+        locker = await anyio.to_thread.run_sync(
+            lambda: FileLocker(lock_dir, heartbeat_interval=0.2)
+        )
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        async with locker.lock(UPLOAD_ID):
+            old = time.time() - 3600
+            await anyio.to_thread.run_sync(os.utime, path, (old, old))
+            await anyio.sleep(0.8)
+            assert time.time() - path.stat().st_mtime < 5
+
+    async def test_stale_stop_file_does_not_interrupt_new_holder(
+        self, file_locker: FileLocker, lock_dir: Path
+    ) -> None:
+        # a waiter that died (or tusd) left a release request behind: tus/tusd#1372
+        (lock_dir / f"{UPLOAD_ID}.stop").write_bytes(b"")
+        calls = 0
+
+        def on_release() -> None:
+            nonlocal calls
+            calls += 1
+
+        async with file_locker.lock(UPLOAD_ID, timeout=2, on_release=on_release):
+            await anyio.sleep(1.2)  # longer than two holder polls
+        assert calls == 0
+        assert names(lock_dir) == []
+
+    async def test_missing_directory(self, tmp_path: Path) -> None:
+        locker = await anyio.to_thread.run_sync(FileLocker, tmp_path / "nope")
+        # either the directory is made, or the lock fails cleanly; it must not hang or crash oddly
+        try:
+            async with locker.lock(UPLOAD_ID, timeout=0.5):
+                pass
+        except (LockTimeout, OSError):
+            pass
+
+
+# --------------------------------------------------------------------------------------------------
+# FileLocker: lock files left by others
+
+
+class TestFileLockerStale:
+    @pytest.mark.parametrize("fmt", ["tusd", "anytus"])
+    async def test_dead_pid_is_reclaimed(
+        self, file_locker: FileLocker, lock_dir: Path, fmt: str
+    ) -> None:
+        pid = await anyio.to_thread.run_sync(dead_pid)
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        path.write_bytes(f"{pid}\n".encode() if fmt == "tusd" else anytus_lock(pid))
+        with anyio.fail_after(5):
+            await file_locker.acquire(UPLOAD_ID, timeout=3)
+        assert path.read_text().splitlines()[0] == str(os.getpid())
+        await file_locker.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            pytest.param(lambda: f"{os.getpid()}\n".encode(), id="tusd"),
+            pytest.param(lambda: anytus_lock(os.getpid()), id="anytus-other-start"),
+            pytest.param(
+                lambda: anytus_lock(os.getpid(), ticks=start_ticks(os.getpid())),
+                id="anytus-same-start-other-token",
+            ),
+        ],
+    )
+    async def test_own_pid_from_previous_incarnation_is_reclaimed(
+        self, file_locker: FileLocker, lock_dir: Path, content: object
+    ) -> None:
+        # a container restarts: the server is PID 1 again and finds its old lock (tus/tusd#437)
+        assert callable(content)
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        path.write_bytes(content())
+        with anyio.fail_after(5):
+            await file_locker.acquire(UPLOAD_ID, timeout=3)
+        await file_locker.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    @pytest.mark.parametrize("pid_kind", ["own", "dead", "init"])
+    async def test_fresh_foreign_host_lock_is_honoured(
+        self, file_locker: FileLocker, lock_dir: Path, pid_kind: str
+    ) -> None:
+        pid = {"own": os.getpid(), "init": 1}.get(pid_kind) or await anyio.to_thread.run_sync(dead_pid)
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        content = anytus_lock(pid, host="some-other-host.example")
+        path.write_bytes(content)
+        with pytest.raises(LockTimeout):
+            await file_locker.acquire(UPLOAD_ID, timeout=0.6)
+        assert path.read_bytes() == content
+        assert not file_locker.is_locked(UPLOAD_ID)
+
+    async def test_old_foreign_host_lock_is_reclaimed(
+        self, file_locker: FileLocker, lock_dir: Path
+    ) -> None:
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        path.write_bytes(anytus_lock(4242, host="some-other-host.example"))
+        old = time.time() - 3600
+        await anyio.to_thread.run_sync(os.utime, path, (old, old))
+        with anyio.fail_after(5):
+            await file_locker.acquire(UPLOAD_ID, timeout=3)
+        assert path.read_text().splitlines()[1].split()[1] == socket.gethostname()
+        await file_locker.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_stale_after_is_honoured(self, lock_dir: Path) -> None:
+        locker = await anyio.to_thread.run_sync(lambda: FileLocker(lock_dir, stale_after=2.0))
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        path.write_bytes(anytus_lock(4242, host="some-other-host.example"))
+        five_seconds_ago = time.time() - 5
+        await anyio.to_thread.run_sync(os.utime, path, (five_seconds_ago, five_seconds_ago))
+        with anyio.fail_after(5):
+            await locker.acquire(UPLOAD_ID, timeout=3)
+        await locker.release(UPLOAD_ID)
+
+    async def test_live_tusd_holder_is_honoured(
+        self, file_locker: FileLocker, lock_dir: Path, sleeper: subprocess.Popen[bytes]
+    ) -> None:
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        path.write_bytes(f"{sleeper.pid}\n".encode())
+        with pytest.raises(LockTimeout):
+            await file_locker.acquire(UPLOAD_ID, timeout=0.6)
+        assert path.read_bytes() == f"{sleeper.pid}\n".encode()
+        # even when the tusd lock looks old: tusd never refreshes its lock file
+        old = time.time() - 3600
+        await anyio.to_thread.run_sync(os.utime, path, (old, old))
+        with pytest.raises(LockTimeout):
+            await file_locker.acquire(UPLOAD_ID, timeout=0.6)
+        assert path.read_bytes() == f"{sleeper.pid}\n".encode()
+
+    async def test_live_tusd_holder_then_exit(
+        self, file_locker: FileLocker, lock_dir: Path, sleeper: subprocess.Popen[bytes]
+    ) -> None:
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        path.write_bytes(f"{sleeper.pid}\n".encode())
+        with pytest.raises(LockTimeout):
+            await file_locker.acquire(UPLOAD_ID, timeout=0.3)
+        sleeper.kill()
+        await anyio.to_thread.run_sync(sleeper.wait)
+        with anyio.fail_after(5):
+            await file_locker.acquire(UPLOAD_ID, timeout=3)
+        await file_locker.release(UPLOAD_ID)
+
+    async def test_release_does_not_remove_a_foreign_lock(
+        self, file_locker: FileLocker, lock_dir: Path, sleeper: subprocess.Popen[bytes]
+    ) -> None:
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        path.write_bytes(f"{sleeper.pid}\n".encode())
+        await file_locker.release(UPLOAD_ID)
+        assert path.read_bytes() == f"{sleeper.pid}\n".encode()
+

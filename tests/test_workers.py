@@ -1,0 +1,209 @@
+"""``anytus serve`` as a real process: several worker processes on one socket, and shutdown.
+
+The locks that keep one upload consistent must hold *across processes* here: competing requests
+for one upload land on different workers, and only the file system is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+import pytest
+
+from _server import (
+    OFFSET_CONTENT_TYPE,
+    TUS,
+    ServerProcess,
+    TusClient,
+    race_to_completion,
+    raw_request,
+    read_raw_response,
+    run_server_process,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+# "[2026-01-01 10:00:00,000] [1234] [INFO] 127.0.0.1:5678 PATCH /files/abc 204 0.001s"
+_REQUEST_LOG = re.compile(r"\[(\d+)\] \[INFO\] \S+ (HEAD|PATCH|POST|GET|DELETE|OPTIONS) ")
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[ServerProcess]:
+    with run_server_process(tmp_path / "uploads", "--workers", "2") as process:
+        yield process
+
+
+def serving_pids(server: ServerProcess) -> set[int]:
+    """PIDs of the processes that logged a request."""
+    return {int(m.group(1)) for line in server.stderr_lines if (m := _REQUEST_LOG.search(line))}
+
+
+def request_pids(server: ServerProcess, method: str, status: str | None = None) -> set[int]:
+    """PIDs of the processes that logged a *method* request (answered with *status*)."""
+    pattern = re.compile(
+        rf"\[(\d+)\] \[INFO\] \S+ {method} \S+ {re.escape(status) if status else r'\d+'} "
+    )
+    return {int(m.group(1)) for line in server.stderr_lines if (m := pattern.search(line))}
+
+
+def child_pids(pid: int) -> set[int]:
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.add(int(entry))
+    return children
+
+
+async def test_competing_patches_across_workers(workers: ServerProcess) -> None:
+    if os.path.isdir("/proc"):
+        assert len(child_pids(workers.process.pid)) >= 2, workers.stderr_lines
+
+    def data_of(upload_id: str) -> bytes:
+        return (workers.directory / f"{upload_id}.bin").read_bytes()
+
+    size = 512 * 1024
+    # no keep-alive: every request opens a new connection, which either worker may accept
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        tus = TusClient(http, workers.url)
+        upload_id = await tus.new(size)
+        await race_to_completion(tus, upload_id, size, data_of, contenders=6, chunk=128 * 1024)
+        head = await tus.head(upload_id)
+
+    assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == str(size)
+    assert (workers.directory / f"{upload_id}.bin").stat().st_size == size
+    assert not list(workers.directory.glob("*.lock"))
+    assert len(serving_pids(workers)) == 2, "only one worker served requests"
+
+
+async def test_full_upload_through_workers(workers: ServerProcess) -> None:
+    data = os.urandom(8 * 1024 * 1024 + 17)
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        tus = TusClient(http, workers.url)
+        upload_id = await tus.upload(data, chunk=512 * 1024, metadata={"filename": b"big.bin"})
+        for _ in range(4):  # whichever worker answers, it reads the same state
+            head = await tus.head(upload_id)
+            assert head.headers["Upload-Offset"] == str(len(data))
+        download = await http.get(tus.upload_url(upload_id))
+
+    assert download.content == data
+    assert (workers.directory / f"{upload_id}.bin").read_bytes() == data
+    info = json.loads((workers.directory / f"{upload_id}.info").read_bytes())
+    assert info["Size"] == len(data)
+    assert info["MetaData"] == {"filename": "big.bin"}
+
+
+async def test_release_request_across_workers(workers: ServerProcess) -> None:
+    """A HEAD for an upload whose PATCH is stalled in *another* process gets its answer soon."""
+    data = os.urandom(100_000)
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=15, limits=limits) as http:
+        tus = TusClient(http, workers.url)
+        upload_id = await tus.new(len(data))
+        stream = await anyio.connect_tcp("127.0.0.1", workers.port)
+        async with stream:
+            await stream.send(
+                raw_request(
+                    "PATCH",
+                    f"/files/{upload_id}",
+                    f"127.0.0.1:{workers.port}",
+                    {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE},
+                    content_length=len(data),
+                )
+                + data[:20_000]
+            )
+            await anyio.sleep(0.5)
+
+            # several HEADs on fresh connections: some land on the other worker
+            for _ in range(4):
+                started = time.monotonic()
+                head = await tus.head(upload_id)
+                assert time.monotonic() - started < 4
+                assert head.headers["Upload-Offset"] == "20000"
+            with anyio.fail_after(5):
+                interrupted = await read_raw_response(stream)
+            assert interrupted.status == 400
+            assert interrupted.body.startswith(b"ERR_UPLOAD_INTERRUPTED")
+
+        resumed = await tus.patch(upload_id, 20_000, data[20_000:])
+        assert resumed.status_code == 204
+    assert (workers.directory / f"{upload_id}.bin").read_bytes() == data
+    # the point of the test: at least one HEAD ran in the process that did not hold the PATCH
+    patch_pids = request_pids(workers, "PATCH", "400")
+    head_pids = request_pids(workers, "HEAD")
+    assert len(patch_pids) == 1, workers.stderr_lines
+    assert head_pids - patch_pids, "every HEAD happened to land on the PATCH's worker"
+
+
+@pytest.mark.parametrize(
+    ("sig", "worker_count"),
+    [
+        pytest.param(signal.SIGINT, 1, id="SIGINT"),
+        pytest.param(signal.SIGTERM, 1, id="SIGTERM"),
+        pytest.param(signal.SIGTERM, 2, id="SIGTERM-2-workers"),
+    ],
+)
+def test_signal_shuts_down_cleanly(tmp_path: Path, sig: int, worker_count: int) -> None:
+    directory = tmp_path / "uploads"
+    data = os.urandom(100_000)
+    with run_server_process(directory, "--workers", str(worker_count)) as server:
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+        assert created.status_code == 201
+        upload_id = created.headers["Location"].rsplit("/", 1)[1]
+
+        # an upload in flight: 20 000 of 100 000 bytes sent, then the client goes quiet
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(
+                raw_request(
+                    "PATCH",
+                    f"/files/{upload_id}",
+                    f"127.0.0.1:{server.port}",
+                    {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE},
+                    content_length=len(data),
+                )
+                + data[:20_000]
+            )
+            time.sleep(0.5)  # let the server read it
+
+            started = time.monotonic()
+            exit_code = server.stop(sig, timeout=20)
+            elapsed = time.monotonic() - started
+
+    assert exit_code == 0, server.stderr_lines[-20:]
+    assert elapsed < 15
+    assert (directory / f"{upload_id}.bin").read_bytes() == data[:20_000]
+    info = json.loads((directory / f"{upload_id}.info").read_bytes())
+    assert info["Size"] == len(data)
+    assert not list(directory.glob("*.lock"))
+
+    # a new server picks the upload up where the old one left it
+    with run_server_process(directory) as server:
+        url = f"{server.url}{upload_id}"
+        head = httpx.head(url, headers=TUS)
+        assert head.headers["Upload-Offset"] == "20000"
+        resumed = httpx.patch(
+            url,
+            headers={**TUS, "Upload-Offset": "20000", "Content-Type": OFFSET_CONTENT_TYPE},
+            content=data[20_000:],
+        )
+        assert resumed.status_code == 204
+    assert (directory / f"{upload_id}.bin").read_bytes() == data
