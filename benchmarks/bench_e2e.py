@@ -97,15 +97,39 @@ def percentile(values: Sequence[float], pct: int) -> float:
 # --- process accounting ---------------------------------------------------------------------------
 
 
-def main_thread_cpu_seconds(pid: int) -> float:
-    """CPU seconds of the main thread of *pid* (the event loop's thread in one server process)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def main_threads_cpu_seconds(root_pid: int) -> float:
+    """CPU seconds of the main threads of *root_pid* and its descendants: the event loops' threads
+    (with --workers, the supervisor's main thread is idle and each worker's is its loop)."""
+    total = 0.0
+    for pid in tree_pids(root_pid):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def tree_pids(root_pid: int) -> list[int]:
+    """*root_pid* and its live descendants."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    found, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return found
 
 
 def tree_cpu_seconds(root_pid: int) -> tuple[float, float]:
@@ -180,7 +204,7 @@ class CpuMeter:
     def measure(self) -> Iterator[CpuMeter]:
         wall, client = time.perf_counter(), time.process_time()
         user, system = tree_cpu_seconds(self.server_pid)
-        main = main_thread_cpu_seconds(self.server_pid)
+        main = main_threads_cpu_seconds(self.server_pid)
         try:
             yield self
         finally:
@@ -188,7 +212,7 @@ class CpuMeter:
             self.client = time.process_time() - client
             end_user, end_system = tree_cpu_seconds(self.server_pid)
             self.server_user, self.server_system = end_user - user, end_system - system
-            self.server_main = main_thread_cpu_seconds(self.server_pid) - main
+            self.server_main = main_threads_cpu_seconds(self.server_pid) - main
 
     def describe(self) -> str:
         if self.wall <= 0:
@@ -198,7 +222,7 @@ class CpuMeter:
             f"server CPU {server / self.wall * 100:.0f}% "
             f"(user {self.server_user / self.wall * 100:.0f}%, "
             f"system {self.server_system / self.wall * 100:.0f}%; "
-            f"its main thread {self.server_main / self.wall * 100:.0f}%), "
+            f"event-loop threads {self.server_main / self.wall * 100:.0f}%), "
             f"client CPU {self.client / self.wall * 100:.0f}%"
         )
 
@@ -240,13 +264,24 @@ class HttpError(Exception):
 
 
 class Connection:
-    """One keep-alive HTTP/1.1 connection, used by one thread."""
+    """One keep-alive HTTP/1.1 connection, used by one thread.
+
+    A response with ``Connection: close`` (hypercorn sends one after ``keep_alive_max_requests``,
+    1000 requests on a connection) makes the next request open a new connection.
+    """
 
     def __init__(self, host: str, port: int, timeout: float = 120.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.address = (host, port)
+        self.timeout = timeout
         self.host = f"{host}:{port}"
+        self.reconnects = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(self.address, timeout=self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = bytearray()
+        self.must_reconnect = False
 
     def close(self) -> None:
         self.sock.close()
@@ -271,6 +306,10 @@ class Connection:
         if length or method in ("POST", "PATCH"):
             lines.append(f"Content-Length: {length}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self.must_reconnect:
+            self.sock.close()
+            self._connect()
+            self.reconnects += 1
         if payload is None:
             self.sock.sendall(head + body)
         else:
@@ -281,7 +320,8 @@ class Connection:
     def _fill(self) -> None:
         data = self.sock.recv(65536)
         if not data:
-            raise HttpError("connection closed by the server")
+            port = self.sock.getsockname()[1]
+            raise HttpError(f"connection closed by the server (client port {port})")
         self.buffer += data
 
     def _read_response(self, method: str) -> Response:
@@ -294,6 +334,7 @@ class Connection:
         for line in head[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        self.must_reconnect = headers.get("connection", "").lower() == "close"
         if method == "HEAD" or status in (204, 304) or status < 200:
             return Response(status, headers, b"")
         if headers.get("transfer-encoding", "").lower() == "chunked":
@@ -645,8 +686,11 @@ def leg_head_latency(
     return latencies, streams * each / MIB / elapsed
 
 
-def leg_small(url: str, payload: Payload, clients_count: int, seconds: float) -> tuple[int, float]:
-    """POST + 1 KiB PATCH + HEAD in a loop on keep-alive connections; return uploads, seconds."""
+def leg_small(
+    url: str, payload: Payload, clients_count: int, seconds: float
+) -> tuple[int, float, int]:
+    """POST + 1 KiB PATCH + HEAD in a loop on keep-alive connections; return uploads, seconds and
+    how many times the server closed a connection (hypercorn: after 1000 requests)."""
     body = os.urandom(KIB)
     clients = [TusClient(url, payload) for _ in range(clients_count)]
     counts = [0] * clients_count
@@ -666,7 +710,7 @@ def leg_small(url: str, payload: Payload, clients_count: int, seconds: float) ->
     finally:
         for client in clients:
             client.close()
-    return sum(counts), elapsed
+    return sum(counts), elapsed, sum(client.conn.reconnects for client in clients)
 
 
 # --- profile summary --------------------------------------------------------------------------------
@@ -844,6 +888,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples/s (200)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--keep-log", type=Path, help="copy the server's log here if a leg fails")
     parser.add_argument("--receiver", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--receiver-fsync", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -979,14 +1024,21 @@ def main(argv: list[str] | None = None) -> int:
         # (d) small uploads (no warm-up: they need little memory)
         clear(root / "anytus")
         with profiling(server.process.pid, args.profile_small, args.profile_rate), meter.measure():
-            uploads, elapsed = leg_small(server.url, payload, args.small_clients, small_seconds)
+            uploads, elapsed, reconnects = leg_small(
+                server.url, payload, args.small_clients, small_seconds
+            )
         results.append(
             Result(
                 f"(d) small uploads ({args.small_clients} clients)",
                 uploads / elapsed,
                 tusd=TUSD_SMALL_REQUESTS / 3,
                 unit="uploads/s",
-                notes=[f"{uploads} uploads in {elapsed:.1f} s; {meter.describe()}"],
+                notes=[
+                    (
+                        f"{uploads} uploads in {elapsed:.1f} s, {reconnects} reconnects; "
+                        f"{meter.describe()}"
+                    )
+                ],
             )
         )
         results.append(
@@ -1007,10 +1059,15 @@ def main(argv: list[str] | None = None) -> int:
             receiver.terminate()
             receiver.wait()
         if server is not None:
-            log_tail = server.log.read_text(errors="replace").splitlines()
-            errors = [line for line in log_tail if "Traceback" in line or "ERROR" in line]
+            log = server.log.read_text(errors="replace").splitlines()
+            errors = [line for line in log if "Traceback" in line or "ERROR" in line]
             if errors:
                 print(f"   the server logged {len(errors)} error lines, e.g.: {errors[0]}")
+            if sys.exc_info()[0] is not None:
+                # a leg failed: the server's last words may say why
+                print("   the server's log ends with:", *log[-25:], sep="\n   | ")
+                if args.keep_log is not None:
+                    shutil.copy(server.log, args.keep_log)
         payload_file.close()
         shutil.rmtree(root, ignore_errors=True)
 

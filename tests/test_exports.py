@@ -5,19 +5,22 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 
 import anytus
 
+if TYPE_CHECKING:
+    from types import ModuleType
+
 
 def _private_modules() -> list[ModuleType]:
-    modules = []
-    for module_info in pkgutil.iter_modules(anytus.__path__):
-        if module_info.name.startswith("_") and module_info.name != "__main__":
-            modules.append(importlib.import_module(f"anytus.{module_info.name}"))
-    return modules
+    return [
+        importlib.import_module(f"anytus.{module_info.name}")
+        for module_info in pkgutil.iter_modules(anytus.__path__)
+        if module_info.name.startswith("_") and module_info.name != "__main__"
+    ]
 
 
 def _defined_public(module: ModuleType) -> dict[str, object]:

@@ -17,9 +17,8 @@ import stat
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -46,6 +45,9 @@ from anytus import (
     UploadNotFinished,
     UploadNotFound,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -159,7 +161,9 @@ async def make_store(path: Path, **kwargs: Any) -> FileStore:
     return await anyio.to_thread.run_sync(factory)
 
 
-async def read_all(store: FileStore, upload_id: str, start: int = 0, end: int | None = None) -> bytes:
+async def read_all(
+    store: FileStore, upload_id: str, start: int = 0, end: int | None = None
+) -> bytes:
     received = bytearray()
     async with store.get_reader(upload_id, start=start, end=end) as stream:
         async for chunk in stream:
@@ -201,12 +205,27 @@ def store(store_dir: Path) -> FileStore:
 
 
 class TestConstruction:
-    def test_creates_missing_directory_with_parents(self, tmp_path: Path) -> None:
+    async def test_creates_missing_directory_with_parents_on_first_use(
+        self, tmp_path: Path
+    ) -> None:
         path = tmp_path / "a" / "b" / "c"
+        # construction touches no disk, so it may happen on the event loop
         store = FileStore(path)
-        assert path.is_dir()
+        assert not path.exists()
         assert isinstance(store.path, Path)
         assert store.path.resolve() == path.resolve()
+        with pytest.raises(UploadNotFound):
+            await store.get_info("0" * 32)
+        info = await store.new_upload(UploadInfo(size=1))
+        assert path.is_dir()
+        assert (path / f"{info.id}.bin").is_file()
+
+    async def test_first_use_may_be_a_lock(self, tmp_path: Path) -> None:
+        path = tmp_path / "x" / "y"
+        store = FileStore(path)
+        async with store.lock("0" * 32, timeout=5):
+            assert path.is_dir()
+        assert list(path.iterdir()) == []
 
     def test_accepts_str_path(self, tmp_path: Path) -> None:
         store = FileStore(str(tmp_path / "s"))
@@ -361,7 +380,9 @@ class TestRoundTrip:
         info = await upload(store, b"abc", size=10)
         fetched = await store.get_info(info.id)
         assert fetched.modified_at is not None
-        assert fetched.modified_at == pytest.approx(bin_path(store, info.id).stat().st_mtime, abs=0.01)
+        assert fetched.modified_at == pytest.approx(
+            bin_path(store, info.id).stat().st_mtime, abs=0.01
+        )
 
     async def test_zero_length_upload_is_complete_at_once(self, store: FileStore) -> None:
         info = await store.new_upload(UploadInfo(size=0))
@@ -614,7 +635,7 @@ class TestWrite:
         assert exc_info.value.status_code == 403
         assert bin_path(store, final.id).read_bytes() == b""
 
-    @pytest.mark.parametrize("buffer_size", [1 << 20, 1000, 1])
+    @pytest.mark.parametrize("buffer_size", [1 << 20, 4096, 99])
     async def test_many_tiny_chunks_are_stored_in_order(
         self, store_dir: Path, buffer_size: int
     ) -> None:
@@ -694,6 +715,30 @@ class TestWrite:
 
 
 class TestInterruptedWrite:
+    async def test_no_fd_leak_on_failed_writes(self, store: FileStore) -> None:
+        final = await store.new_upload(UploadInfo(size=3, is_final=True))
+        info = await upload(store, b"abc", size=10)
+        await store.get_info(info.id)  # warm up
+        before = fd_count()
+        for _ in range(5):
+            with pytest.raises(OffsetMismatch):
+                await store.write_chunk(info.id, 0, Source([b"x"]))
+            with pytest.raises(UploadIsFinal):
+                await store.write_chunk(final.id, 0, Source([b"x"]))
+            with pytest.raises(RuntimeError):
+                await store.write_chunk(
+                    info.id,
+                    (await store.get_info(info.id)).offset,
+                    Source([b"x"], error=RuntimeError()),
+                )
+            with anyio.move_on_after(0.05):
+                await store.write_chunk(
+                    info.id, (await store.get_info(info.id)).offset, Source([], hang=True)
+                )
+        with pytest.raises(SizeExceeded):
+            await store.write_chunk(info.id, 8, Source([b"yyyyy"]))
+        assert fd_count() == before
+
     async def test_cancel_while_source_waits_keeps_received_bytes(self, store: FileStore) -> None:
         data = pattern(1000 + 70_000 + 5, seed=4)
         info = await store.new_upload(UploadInfo(size=10 * MIB))
@@ -735,7 +780,9 @@ class TestInterruptedWrite:
 
         offset = (await store.get_info(info.id)).offset
         assert offset == 123_457
-        assert await store.write_chunk(info.id, offset, Source([data[offset:]])) == len(data) - offset
+        assert (
+            await store.write_chunk(info.id, offset, Source([data[offset:]])) == len(data) - offset
+        )
         assert bin_path(store, info.id).read_bytes() == data
 
     async def test_source_error_propagates_and_bytes_are_kept(self, store: FileStore) -> None:
@@ -863,7 +910,17 @@ class TestTruncate:
 class TestRead:
     @pytest.mark.parametrize(
         ("start", "end"),
-        [(0, None), (0, 1000), (10, 20), (0, 1), (999, None), (500, 1000), (0, 0), (1000, None), (3, 3)],
+        [
+            (0, None),
+            (0, 1000),
+            (10, 20),
+            (0, 1),
+            (999, None),
+            (500, 1000),
+            (0, 0),
+            (1000, None),
+            (3, 3),
+        ],
     )
     async def test_ranges(self, store: FileStore, start: int, end: int | None) -> None:
         data = pattern(1000, seed=9)
@@ -948,7 +1005,7 @@ class TestRead:
         info = await upload(store, b"abc")
         await read_all(store, info.id)
         before = fd_count()
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError):  # noqa: PT012 - the error must come from inside the block
             async with store.get_reader(info.id) as stream:
                 await stream.receive()
                 raise KeyError("boom")
@@ -989,7 +1046,9 @@ class TestConcat:
 
     async def test_tusd_concat(self, store: FileStore) -> None:
         ids = await self._partials(store, [b"abc", b"def", b"ghi"])
-        final = await store.new_upload(UploadInfo(size=9, is_final=True, partial_uploads=tuple(ids)))
+        final = await store.new_upload(
+            UploadInfo(size=9, is_final=True, partial_uploads=tuple(ids))
+        )
         await store.concat_uploads(final.id, ids)
 
         fetched = await store.get_info(final.id)
@@ -1005,7 +1064,9 @@ class TestConcat:
 
     async def test_concat_into_deferred_final_sets_size(self, store: FileStore) -> None:
         ids = await self._partials(store, [b"ab", b"", b"cde"])
-        final = await store.new_upload(UploadInfo(size=None, is_final=True, partial_uploads=tuple(ids)))
+        final = await store.new_upload(
+            UploadInfo(size=None, is_final=True, partial_uploads=tuple(ids))
+        )
         await store.concat_uploads(final.id, ids)
         fetched = await store.get_info(final.id)
         assert fetched.offset == 5
@@ -1020,7 +1081,9 @@ class TestConcat:
         parts = [pattern(300_000 + i, seed=20 + i) for i in range(3)]
         ids = await self._partials(store, parts)
         total = sum(len(p) for p in parts)
-        final = await store.new_upload(UploadInfo(size=total, is_final=True, partial_uploads=tuple(ids)))
+        final = await store.new_upload(
+            UploadInfo(size=total, is_final=True, partial_uploads=tuple(ids))
+        )
         await store.concat_uploads(final.id, ids)
         assert bin_path(store, final.id).read_bytes() == b"".join(parts)
 
@@ -1037,7 +1100,9 @@ class TestConcat:
 
     async def test_deferred_partial_is_unfinished(self, store: FileStore) -> None:
         deferred = await upload(store, b"abc", size=None, is_partial=True)
-        final = await store.new_upload(UploadInfo(size=None, is_final=True, partial_uploads=(deferred.id,)))
+        final = await store.new_upload(
+            UploadInfo(size=None, is_final=True, partial_uploads=(deferred.id,))
+        )
         with pytest.raises(UploadNotFinished):
             await store.concat_uploads(final.id, [deferred.id])
         assert (await store.get_info(final.id)).offset == 0
@@ -1060,12 +1125,16 @@ class TestConcat:
     async def test_no_fd_leak(self, store: FileStore) -> None:
         ids = await self._partials(store, [b"abc", b"def", b"ghi"])
         # warm up
-        final = await store.new_upload(UploadInfo(size=9, is_final=True, partial_uploads=tuple(ids)))
+        final = await store.new_upload(
+            UploadInfo(size=9, is_final=True, partial_uploads=tuple(ids))
+        )
         await store.concat_uploads(final.id, ids)
 
         before = fd_count()
         for _ in range(10):
-            final = await store.new_upload(UploadInfo(size=9, is_final=True, partial_uploads=tuple(ids)))
+            final = await store.new_upload(
+                UploadInfo(size=9, is_final=True, partial_uploads=tuple(ids))
+            )
             await store.concat_uploads(final.id, ids)
         assert fd_count() == before
 
@@ -1088,8 +1157,13 @@ class TestDurability:
         store = await make_store(store_dir, durability=durability, buffer_size=64 * KIB)
         data = pattern(500_000, seed=30)
         info = await store.new_upload(UploadInfo(size=len(data), metadata={"m": durability}))
-        assert await store.write_chunk(info.id, 0, Source(split(data[:200_000], [30_000]))) == 200_000
-        assert await store.write_chunk(info.id, 200_000, Source(split(data[200_000:], [70_001]))) == 300_000
+        assert (
+            await store.write_chunk(info.id, 0, Source(split(data[:200_000], [30_000]))) == 200_000
+        )
+        assert (
+            await store.write_chunk(info.id, 200_000, Source(split(data[200_000:], [70_001])))
+            == 300_000
+        )
         fetched = await store.get_info(info.id)
         assert fetched.is_complete
         assert dict(fetched.metadata) == {"m": durability}

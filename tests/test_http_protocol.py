@@ -39,6 +39,7 @@ from _server import (
     raw_request,
     read_raw_response,
     serve_app,
+    subprocess_env,
     upload_id_of,
     wait_for,
 )
@@ -511,6 +512,31 @@ class TestPatch:
         assert head.headers["Upload-Offset"] == str(stored)
         assert srv.data(upload_id) == body[:stored]
 
+    @pytest.mark.parametrize("framing", ["content-length", "chunked"])
+    async def test_early_answer_to_a_huge_body(self, srv: Served, framing: str) -> None:
+        """Too much body to drain: the answer must still arrive, and the next request work."""
+        upload_id = await srv.tus.new(10)
+        piece = b"x" * (1 << 20)
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for _ in range(64):
+                yield piece
+
+        body: bytes | AsyncIterator[bytes] = (
+            piece * 64 if framing == "content-length" else chunked()
+        )
+        try:
+            response = await srv.tus.patch(upload_id, 5, body, timeout=10)
+        except httpx.TransportError as exc:
+            pytest.fail(f"PATCH with a 64 MiB body got no answer: {exc!r}")
+        assert_error(response, 409)
+        try:
+            head = await srv.tus.head(upload_id, timeout=5)
+        except httpx.TransportError as exc:
+            pytest.fail(f"the request after the early answer got no answer: {exc!r}")
+        assert head.headers["Upload-Offset"] == "0"
+        assert srv.data(upload_id) == b""
+
     async def test_chunked_body_longer_than_remaining(self, srv: Served) -> None:
         async def body() -> AsyncIterator[bytes]:
             for i in range(50):
@@ -916,11 +942,9 @@ class TestExpiration:
         for upload_id in (stale, finished):
             os.utime(tmp_path / f"{upload_id}.bin", (hour_ago, hour_ago))
 
-        from _server import _project_pythonpath
-
         result = await anyio.run_process(
             [sys.executable, "-m", "anytus", "cleanup", str(tmp_path), "--expire-after", "60"],
-            env={**os.environ, "PYTHONPATH": _project_pythonpath()},
+            env=subprocess_env(),
             check=False,
         )
 

@@ -46,7 +46,14 @@ class TestFields:
 
     @pytest.mark.parametrize(
         ("size", "offset", "complete"),
-        [(None, 0, False), (None, 5, False), (0, 0, True), (10, 0, False), (10, 9, False), (10, 10, True)],
+        [
+            (None, 0, False),
+            (None, 5, False),
+            (0, 0, True),
+            (10, 0, False),
+            (10, 9, False),
+            (10, 10, True),
+        ],
     )
     def test_is_complete(self, size: int | None, offset: int, complete: bool) -> None:
         info = UploadInfo(size=size, offset=offset)
@@ -68,7 +75,7 @@ class TestFields:
 
     def test_keyword_only(self) -> None:
         with pytest.raises(TypeError):
-            UploadInfo(42)  # type: ignore[misc]
+            UploadInfo(42)  # type: ignore[call-arg]
 
 
 class TestToJson:

@@ -13,13 +13,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
 from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 
@@ -266,6 +269,22 @@ class TestBothLockers:
                 pass
         assert sorted(p.name for p in tmp_path.rglob("*")) == ["locks"]
 
+    async def test_release_in_a_cancelled_scope_still_releases(
+        self, locker: Locker, lock_dir: Path
+    ) -> None:
+        # `try: ... finally: await locker.release(id)` in a task that is being cancelled
+        await locker.acquire(UPLOAD_ID)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await locker.release(UPLOAD_ID)
+            finally:
+                assert not locker.is_locked(UPLOAD_ID)
+        assert names(lock_dir) == []
+        with anyio.fail_after(1):
+            await locker.acquire(UPLOAD_ID, timeout=0.5)
+        await locker.release(UPLOAD_ID)
+
 
 class TestMemoryLocker:
     async def test_timeout_still_asks_holder(self) -> None:
@@ -300,21 +319,14 @@ class TestFileLockerFile:
             # line 1 is the PID, as tusd writes it, so tusd reads us correctly
             assert lines[0] == str(os.getpid())
             fields = lines[1].split()
-            assert len(fields) == 6, fields
+            assert len(fields) == 5, fields
             assert fields[0] == "anytus"
             assert fields[1] == socket.gethostname()
             assert fields[2] == boot_id()
             assert fields[3] == str(start_ticks(os.getpid()))
-            assert len(fields[5]) >= 16
+            assert len(fields[4]) >= 16
             assert is_flocked(lock_dir / f"{UPLOAD_ID}.lock")
         assert names(lock_dir) == []
-
-    async def test_tokens_differ_per_acquisition(self, file_locker: FileLocker, lock_dir: Path) -> None:
-        tokens = set()
-        for _ in range(3):
-            async with file_locker.lock(UPLOAD_ID):
-                tokens.add((lock_dir / f"{UPLOAD_ID}.lock").read_text().splitlines()[1].split()[5])
-        assert len(tokens) == 3
 
     async def test_two_instances_exclude_each_other(self, lock_dir: Path) -> None:
         first = await anyio.to_thread.run_sync(FileLocker, lock_dir)
@@ -322,17 +334,34 @@ class TestFileLockerFile:
         async with first.lock(UPLOAD_ID):
             with pytest.raises(LockTimeout):
                 await second.acquire(UPLOAD_ID, timeout=0.3)
-            assert not second.is_locked(UPLOAD_ID)
-            # a rogue release from the other instance does not free it
-            await second.release(UPLOAD_ID)
             assert (lock_dir / f"{UPLOAD_ID}.lock").exists()
-            with pytest.raises(LockTimeout):
-                await second.acquire(UPLOAD_ID, timeout=0.3)
         with anyio.fail_after(2):
             await second.acquire(UPLOAD_ID, timeout=1.5)
-        assert second.is_locked(UPLOAD_ID)
-        assert not first.is_locked(UPLOAD_ID)
+        with pytest.raises(LockTimeout):
+            await first.acquire(UPLOAD_ID, timeout=0.3)
         await second.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_is_locked_is_per_instance(self, lock_dir: Path) -> None:
+        # "whether this locker currently holds the upload's lock"
+        first = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+        second = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+        async with first.lock(UPLOAD_ID):
+            assert first.is_locked(UPLOAD_ID)
+            assert not second.is_locked(UPLOAD_ID)
+
+    async def test_release_by_another_instance_does_nothing(self, lock_dir: Path) -> None:
+        # "releasing a lock that is not held does nothing": another locker's lock is not held
+        first = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+        second = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+        async with first.lock(UPLOAD_ID):
+            record = (lock_dir / f"{UPLOAD_ID}.lock").read_bytes()
+            await second.release(UPLOAD_ID)
+            assert (lock_dir / f"{UPLOAD_ID}.lock").read_bytes() == record
+            assert is_flocked(lock_dir / f"{UPLOAD_ID}.lock")
+            assert first.is_locked(UPLOAD_ID)
+            with pytest.raises(LockTimeout):
+                await second.acquire(UPLOAD_ID, timeout=0.3)
         assert names(lock_dir) == []
 
     async def test_two_instances_release_request(self, lock_dir: Path) -> None:
@@ -362,6 +391,47 @@ class TestFileLockerFile:
         assert calls == 1
         assert elapsed < 1.5
         await second.release(UPLOAD_ID)
+        assert names(lock_dir) == []
+
+    async def test_release_request_from_another_event_loop(
+        self, file_locker: FileLocker, lock_dir: Path, anyio_backend_name: str
+    ) -> None:
+        """Another event loop in this process (a thread running anyio.run, with a locker of its
+        own) asks for the lock."""
+        loop_thread = threading.get_ident()
+        calls: list[int] = []
+        held = anyio.Event()
+        other = "trio" if anyio_backend_name == "asyncio" else "asyncio"
+
+        async def waiter() -> float:
+            other_locker = FileLocker(lock_dir)
+            start = time.monotonic()
+            await other_locker.acquire(UPLOAD_ID, timeout=10)
+            elapsed = time.monotonic() - start
+            await other_locker.release(UPLOAD_ID)
+            return elapsed
+
+        def in_thread() -> float:
+            return anyio.run(waiter, backend=other)
+
+        async def holder() -> None:
+            with anyio.CancelScope() as scope:
+
+                def on_release() -> None:
+                    calls.append(threading.get_ident())
+                    scope.cancel()
+
+                async with file_locker.lock(UPLOAD_ID, on_release=on_release):
+                    held.set()
+                    await anyio.sleep(20)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await held.wait()
+            elapsed = await anyio.to_thread.run_sync(in_thread)
+
+        assert calls == [loop_thread]
+        assert elapsed < 1.5
         assert names(lock_dir) == []
 
     async def test_heartbeat_touches_the_lock_file(self, lock_dir: Path) -> None:
@@ -446,7 +516,12 @@ class TestFileLockerStale:
     async def test_fresh_foreign_host_lock_is_honoured(
         self, file_locker: FileLocker, lock_dir: Path, pid_kind: str
     ) -> None:
-        pid = {"own": os.getpid(), "init": 1}.get(pid_kind) or await anyio.to_thread.run_sync(dead_pid)
+        if pid_kind == "own":
+            pid = os.getpid()
+        elif pid_kind == "init":
+            pid = 1
+        else:
+            pid = await anyio.to_thread.run_sync(dead_pid)
         path = lock_dir / f"{UPLOAD_ID}.lock"
         content = anytus_lock(pid, host="some-other-host.example")
         path.write_bytes(content)
@@ -454,6 +529,32 @@ class TestFileLockerStale:
             await file_locker.acquire(UPLOAD_ID, timeout=0.6)
         assert path.read_bytes() == content
         assert not file_locker.is_locked(UPLOAD_ID)
+
+    async def test_reused_pid_is_reclaimed(
+        self, file_locker: FileLocker, lock_dir: Path, sleeper: subprocess.Popen[bytes]
+    ) -> None:
+        # the holder died and its PID now belongs to another process: start times differ
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        wrong_ticks = start_ticks(sleeper.pid) - 1
+        path.write_bytes(anytus_lock(sleeper.pid, ticks=wrong_ticks))
+        with anyio.fail_after(5):
+            await file_locker.acquire(UPLOAD_ID, timeout=3)
+        assert path.read_text().splitlines()[0] == str(os.getpid())
+        await file_locker.release(UPLOAD_ID)
+
+    async def test_lock_from_a_previous_boot_is_reclaimed(
+        self, file_locker: FileLocker, lock_dir: Path, sleeper: subprocess.Popen[bytes]
+    ) -> None:
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        record = (
+            f"{sleeper.pid}\nanytus {socket.gethostname()} 00000000-0000-0000-0000-000000000000 "
+            f"{start_ticks(sleeper.pid)} cafebabecafebabe\n"
+        )
+        path.write_text(record)
+        with anyio.fail_after(5):
+            await file_locker.acquire(UPLOAD_ID, timeout=3)
+        await file_locker.release(UPLOAD_ID)
+        assert names(lock_dir) == []
 
     async def test_old_foreign_host_lock_is_reclaimed(
         self, file_locker: FileLocker, lock_dir: Path
@@ -486,6 +587,12 @@ class TestFileLockerStale:
         with pytest.raises(LockTimeout):
             await file_locker.acquire(UPLOAD_ID, timeout=0.6)
         assert path.read_bytes() == f"{sleeper.pid}\n".encode()
+        # a waiter that gave up withdraws its release request (tus/tusd#1372)
+        assert names(lock_dir) == [f"{UPLOAD_ID}.lock"]
+        with anyio.move_on_after(0.6) as scope:
+            await file_locker.acquire(UPLOAD_ID, timeout=10)
+        assert scope.cancelled_caught
+        assert names(lock_dir) == [f"{UPLOAD_ID}.lock"]
         # even when the tusd lock looks old: tusd never refreshes its lock file
         old = time.time() - 3600
         await anyio.to_thread.run_sync(os.utime, path, (old, old))
@@ -513,4 +620,3 @@ class TestFileLockerStale:
         path.write_bytes(f"{sleeper.pid}\n".encode())
         await file_locker.release(UPLOAD_ID)
         assert path.read_bytes() == f"{sleeper.pid}\n".encode()
-

@@ -20,6 +20,9 @@ from ._exceptions import LockTimeout as LockTimeout
 from ._exceptions import MaxSizeExceeded as MaxSizeExceeded
 from ._exceptions import MethodNotAllowed as MethodNotAllowed
 from ._exceptions import OffsetMismatch as OffsetMismatch
+from ._exceptions import OriginNotAllowed as OriginNotAllowed
+from ._exceptions import RangeNotSatisfiable as RangeNotSatisfiable
+from ._exceptions import RequestBodyTimeout as RequestBodyTimeout
 from ._exceptions import SizeExceeded as SizeExceeded
 from ._exceptions import TusError as TusError
 from ._exceptions import UnsupportedChecksumAlgorithm as UnsupportedChecksumAlgorithm
@@ -68,6 +71,9 @@ __all__ = (
     "MaxSizeExceeded",
     "MethodNotAllowed",
     "OffsetMismatch",
+    "OriginNotAllowed",
+    "RangeNotSatisfiable",
+    "RequestBodyTimeout",
     "SizeExceeded",
     "TusError",
     "UnsupportedChecksumAlgorithm",

@@ -421,7 +421,18 @@ class FileStore(
             ) from exc
         data_path, stat = self._locate_data_sync(upload_id, info)
         info = dataclasses.replace(
-            info, id=upload_id, offset=stat.st_size, modified_at=stat.st_mtime
+            info,
+            id=upload_id,
+            offset=stat.st_size,
+            modified_at=stat.st_mtime,
+            # where the files are now: a directory tusd wrote may have moved since, and a
+            # rewritten .info must point tusd at the data file that exists
+            storage={
+                **info.storage,
+                "Type": "filestore",
+                "Path": data_path,
+                "InfoPath": self._info_path(upload_id),
+            },
         )
         return info, data_path
 

@@ -117,7 +117,8 @@ class MemoryLocker(Locker):
         return True
 
     async def release(self, upload_id: str) -> None:
-        await anyio.lowlevel.checkpoint()
+        # a schedule point that a cancelled task passes too: it must still let go
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         holder = self._holders.pop(upload_id, None)
         if holder is not None:
             holder.released.set()
@@ -132,6 +133,7 @@ class MemoryLocker(Locker):
 
 @dataclass(eq=False)
 class _FileHolder:
+    owner: FileLocker
     upload_id: str
     fd: int
     lock_path: str
@@ -281,7 +283,8 @@ class FileLocker(Locker):
         return str(self.path / f"{upload_id}.lock")
 
     def is_locked(self, upload_id: str) -> bool:
-        return self._lock_path(validate_upload_id(upload_id)) in _held_locks
+        holder = _held_locks.get(self._lock_path(validate_upload_id(upload_id)))
+        return holder is not None and holder.owner is self
 
     async def acquire(
         self,
@@ -349,6 +352,7 @@ class FileLocker(Locker):
     ) -> None:
         now = time.monotonic()
         _held_locks[self._lock_path(upload_id)] = _FileHolder(
+            owner=self,
             upload_id=upload_id,
             fd=fd,
             lock_path=self._lock_path(upload_id),
@@ -364,10 +368,12 @@ class FileLocker(Locker):
 
     async def release(self, upload_id: str) -> None:
         lock_path = self._lock_path(validate_upload_id(upload_id))
-        holder = _held_locks.pop(lock_path, None)
-        if holder is None:
+        holder = _held_locks.get(lock_path)
+        if holder is None or holder.owner is not self:
+            # not ours to release, even if another locker in this process holds it
             await anyio.lowlevel.checkpoint()
             return
+        del _held_locks[lock_path]
         try:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._unlock, holder, limiter=self._limiter)

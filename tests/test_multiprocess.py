@@ -1,0 +1,410 @@
+"""Locks and writes across real processes: mutual exclusion, release requests, and a writer killed
+with SIGKILL mid-upload.
+
+Children are ``sys.executable -c SCRIPT`` running the public API under ``anyio.run``; the temporary
+directory and everything else they need arrive through ``argv``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+import anytus
+from anytus import FileLocker, FileStore, UploadInfo
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anyio.abc import Process
+
+UPLOAD_ID = "0123456789abcdef0123456789abcdef"
+BLOCK = 64 * 1024
+
+# the children find anytus where this process found it, installed or not
+_SRC = str(Path(anytus.__file__).resolve().parent.parent)
+_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
+}
+
+_PRELUDE = """\
+import os, sys, time
+import anyio
+from anytus import FileLocker, FileStore, UploadInfo
+
+def touch(path, text=""):
+    with open(path, "w") as f:
+        f.write(text)
+
+def append_line(path, line):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\\n").encode())
+    finally:
+        os.close(fd)
+"""
+
+COMPETITOR = """
+lock_dir, work_dir, name, rounds, backend = sys.argv[1:6]
+
+async def main():
+    locker = FileLocker(lock_dir)
+    touch(os.path.join(work_dir, "ready-" + name))
+    while not os.path.exists(os.path.join(work_dir, "go")):
+        await anyio.sleep(0.01)
+    log = os.path.join(work_dir, "log")
+    for i in range(int(rounds)):
+        async with locker.lock("shared", timeout=60):
+            append_line(log, f"start {name} {i} {time.monotonic()}")
+            await anyio.sleep(0.03)
+            append_line(log, f"end {name} {i} {time.monotonic()}")
+        await anyio.sleep(0.01)
+
+anyio.run(main, backend=backend)
+"""
+
+HOLDER = """
+lock_dir, work_dir, upload_id, backend = sys.argv[1:5]
+
+async def main():
+    locker = FileLocker(lock_dir)
+    calls = []
+    with anyio.CancelScope() as scope:
+        def on_release():
+            calls.append(1)
+            scope.cancel()
+        async with locker.lock(upload_id, timeout=10, on_release=on_release):
+            touch(os.path.join(work_dir, "locked"))
+            await anyio.sleep(60)
+    touch(os.path.join(work_dir, "released"), f"{scope.cancelled_caught} {len(calls)}")
+
+anyio.run(main, backend=backend)
+"""
+
+REQUESTER = """
+lock_dir, work_dir, upload_id, backend = sys.argv[1:5]
+
+async def main():
+    locker = FileLocker(lock_dir)
+    start = time.monotonic()
+    async with locker.lock(upload_id, timeout=20):
+        elapsed = time.monotonic() - start
+    touch(os.path.join(work_dir, "acquired"), str(elapsed))
+
+anyio.run(main, backend=backend)
+"""
+
+WRITER = """
+store_dir, work_dir, upload_id, backend = sys.argv[1:5]
+BLOCK = 64 * 1024
+
+def block(i):
+    return (i % 2**32).to_bytes(4, "big") * (BLOCK // 4)
+
+class Endless:
+    def __init__(self):
+        self.i = 0
+    def __aiter__(self):
+        return self
+    async def __anext__(self):
+        await anyio.sleep(0.005)
+        chunk = block(self.i)
+        self.i += 1
+        return chunk
+
+async def main():
+    store = await anyio.to_thread.run_sync(FileStore, store_dir)
+    async with store.lock(upload_id, timeout=10):
+        touch(os.path.join(work_dir, "writing"))
+        await store.write_chunk(upload_id, 0, Endless())
+
+anyio.run(main, backend=backend)
+"""
+
+
+def block(i: int) -> bytes:
+    return (i % 2**32).to_bytes(4, "big") * (BLOCK // 4)
+
+
+def expected_stream(start: int, end: int) -> Iterator[bytes]:
+    """The bytes the writer child produces, positions ``[start, end)``, in pieces."""
+    first = start // BLOCK
+    position = first * BLOCK
+    index = first
+    while position < end:
+        piece = block(index)
+        low = max(start - position, 0)
+        high = min(end - position, BLOCK)
+        yield piece[low:high]
+        position += BLOCK
+        index += 1
+
+
+class Chunks:
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def command(script: str, *args: object) -> list[str]:
+    return [sys.executable, "-c", _PRELUDE + textwrap.dedent(script), *map(str, args)]
+
+
+def open_log(path: Path) -> IO[bytes]:
+    return path.open("wb")
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def other_backend(name: str) -> str:
+    return "trio" if name == "asyncio" else "asyncio"
+
+
+async def spawn(script: str, *args: object, stderr_path: Path) -> Process:
+    stderr = await anyio.to_thread.run_sync(open_log, stderr_path)
+    try:
+        return await anyio.open_process(
+            command(script, *args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=_ENV,
+        )
+    finally:
+        stderr.close()
+
+
+async def wait_for(condition: Any, timeout: float, what: str) -> None:
+    with anyio.move_on_after(timeout):
+        # the file system has no event to wait on: poll it
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    locks = tmp_path / "locks"
+    work = tmp_path / "work"
+    locks.mkdir()
+    work.mkdir()
+    return locks, work
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_competing_processes_exclude_each_other(dirs: tuple[Path, Path]) -> None:
+    lock_dir, work_dir = dirs
+    rounds = 6
+    backends = {"a": "asyncio", "b": "trio", "c": "asyncio"}
+    children = {}
+    logs = {}
+    for name, backend in backends.items():
+        logs[name] = (work_dir / f"stderr-{name}").open("wb")
+        children[name] = subprocess.Popen(
+            command(COMPETITOR, lock_dir, work_dir, name, rounds, backend),
+            stdout=subprocess.DEVNULL,
+            stderr=logs[name],
+            env=_ENV,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not all((work_dir / f"ready-{name}").exists() for name in backends):
+            assert time.monotonic() < deadline, "children did not start"
+            assert all(child.poll() is None for child in children.values())
+            time.sleep(0.01)
+        (work_dir / "go").write_bytes(b"")
+        for name, child in children.items():
+            code = child.wait(timeout=90)
+            assert code == 0, (work_dir / f"stderr-{name}").read_text()
+    finally:
+        for name, child in children.items():
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            logs[name].close()
+
+    lines = [line.split() for line in (work_dir / "log").read_text().splitlines()]
+    assert len(lines) == 2 * rounds * len(backends)
+    # every start is followed by the end of the same round of the same child: no interleaving
+    for begin, end in zip(lines[::2], lines[1::2], strict=True):
+        assert begin[0] == "start", lines
+        assert end[0] == "end", lines
+        assert begin[1:3] == end[1:3], lines
+        assert float(begin[3]) <= float(end[3])
+    # and the intervals, by the clock, do not overlap
+    intervals = sorted(
+        (float(b[3]), float(e[3])) for b, e in zip(lines[::2], lines[1::2], strict=True)
+    )
+    for (_, first_end), (second_start, _) in itertools.pairwise(intervals):
+        assert first_end <= second_start
+    for name in backends:
+        done = sorted(int(b[2]) for b in lines[::2] if b[1] == name)
+        assert done == list(range(rounds))
+    assert names(lock_dir) == []
+
+
+async def test_release_request_reaches_another_process(
+    dirs: tuple[Path, Path], anyio_backend_name: str
+) -> None:
+    lock_dir, work_dir = dirs
+    locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+    process = await spawn(
+        HOLDER,
+        lock_dir,
+        work_dir,
+        UPLOAD_ID,
+        other_backend(anyio_backend_name),
+        stderr_path=work_dir / "stderr",
+    )
+    async with process:
+        await wait_for(
+            lambda: (work_dir / "locked").exists() or process.returncode is not None,
+            20,
+            "child to lock",
+        )
+        assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
+
+        start = time.monotonic()
+        await locker.acquire(UPLOAD_ID, timeout=10)
+        elapsed = time.monotonic() - start
+        try:
+            assert elapsed < 3
+            with anyio.fail_after(10):
+                code = await process.wait()
+            assert code == 0, (work_dir / "stderr").read_text()
+            # the child's on_release ran once and cancelled its work
+            assert (work_dir / "released").read_text() == "True 1"
+        finally:
+            await locker.release(UPLOAD_ID)
+    assert names(lock_dir) == []
+
+
+async def test_release_request_from_another_process(
+    dirs: tuple[Path, Path], anyio_backend_name: str
+) -> None:
+    lock_dir, work_dir = dirs
+    locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+    loop_thread = threading.get_ident()
+    calls: list[int] = []
+    with anyio.CancelScope() as scope:
+
+        def on_release() -> None:
+            calls.append(threading.get_ident())
+            scope.cancel()
+
+        async with locker.lock(UPLOAD_ID, on_release=on_release):
+            process = await spawn(
+                REQUESTER,
+                lock_dir,
+                work_dir,
+                UPLOAD_ID,
+                other_backend(anyio_backend_name),
+                stderr_path=work_dir / "stderr",
+            )
+            await anyio.sleep(20)
+
+    assert scope.cancelled_caught, "the holder was not asked to let go"
+    assert calls == [loop_thread]  # once, in the holder's event loop
+    async with process:
+        with anyio.fail_after(20):
+            code = await process.wait()
+    assert code == 0, (work_dir / "stderr").read_text()
+    assert float((work_dir / "acquired").read_text()) < 3
+    assert names(lock_dir) == []
+
+
+async def test_writer_killed_mid_upload(tmp_path: Path, anyio_backend_name: str) -> None:
+    store_dir = tmp_path / "store"
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    store = await anyio.to_thread.run_sync(FileStore, store_dir)
+    size = 64 * 1024 * 1024
+    info = await store.new_upload(UploadInfo(size=size))
+    data_file = store_dir / f"{info.id}.bin"
+
+    process = await spawn(
+        WRITER,
+        store_dir,
+        work_dir,
+        info.id,
+        other_backend(anyio_backend_name),
+        stderr_path=work_dir / "stderr",
+    )
+    async with process:
+        await wait_for(
+            lambda: data_file.stat().st_size >= 2 * 1024 * 1024 or process.returncode is not None,
+            30,
+            "the child to write 2 MiB",
+        )
+        assert process.returncode is None, (work_dir / "stderr").read_text()
+        process.send_signal(signal.SIGKILL)
+        with anyio.fail_after(10):
+            code = await process.wait()
+    assert code == -signal.SIGKILL
+
+    # the dead writer's lock is still on disk
+    lock_lines = (store_dir / f"{info.id}.lock").read_text().splitlines()
+    assert lock_lines[0] == str(process.pid)
+
+    fetched = await store.get_info(info.id)
+    stored = data_file.stat().st_size
+    assert fetched.offset == stored
+    assert 2 * 1024 * 1024 <= stored < size
+    expected = hashlib.sha256(b"".join(expected_stream(0, stored))).hexdigest()
+    actual = hashlib.sha256()
+    async with store.get_reader(info.id) as stream:
+        async for chunk in stream:
+            actual.update(chunk)
+    assert actual.hexdigest() == expected, "the data is not a prefix of what the child wrote"
+
+    start = time.monotonic()
+    async with store.lock(info.id, timeout=10):
+        assert time.monotonic() - start < 3
+        offset = (await store.get_info(info.id)).offset
+        assert offset == stored
+        written = await store.write_chunk(info.id, offset, Chunks(expected_stream(offset, size)))
+        assert written == size - offset
+
+    final = await store.get_info(info.id)
+    assert final.is_complete
+    full = hashlib.sha256()
+    for piece in expected_stream(0, size):
+        full.update(piece)
+    digest = await anyio.to_thread.run_sync(functools.partial(_file_sha256, data_file))
+    assert digest == full.hexdigest()
+    assert names(store_dir) == sorted([f"{info.id}.bin", f"{info.id}.info"])
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
