@@ -97,45 +97,9 @@ def percentile(values: Sequence[float], pct: int) -> float:
 # --- process accounting ---------------------------------------------------------------------------
 
 
-def main_threads_cpu_seconds(root_pid: int) -> float:
-    """CPU seconds of the main threads of *root_pid* and its descendants: the event loops' threads
-    (with --workers, the supervisor's main thread is idle and each worker's is its loop)."""
-    total = 0.0
-    for pid in tree_pids(root_pid):
-        try:
-            with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-def tree_pids(root_pid: int) -> list[int]:
-    """*root_pid* and its live descendants."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        parents[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
-    found, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(child for child, parent in parents.items() if parent == pid)
-    return found
-
-
-def tree_cpu_seconds(root_pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of *root_pid* and all its live descendants."""
-    parents: dict[int, int] = {}
-    times: dict[int, tuple[float, float]] = {}
+def process_table() -> dict[int, tuple[int, float, float]]:
+    """Every process: its parent's PID, user and system CPU seconds (``/proc/PID/stat``)."""
+    table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -146,24 +110,49 @@ def tree_cpu_seconds(root_pid: int) -> tuple[float, float]:
             continue
         # the command name may contain spaces and parentheses; the fields start after the last ")"
         fields = stat[stat.rindex(b")") + 2 :].split()
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK)
-    user = system = 0.0
-    todo = [root_pid]
+        table[int(entry)] = (int(fields[1]), int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK)
+    return table
+
+
+def tree_pids(root_pid: int, table: dict[int, tuple[int, float, float]]) -> list[int]:
+    """*root_pid* and its live descendants."""
+    found, todo = [], [root_pid]
     while todo:
         pid = todo.pop()
-        pid_user, pid_system = times.get(pid, (0.0, 0.0))
+        found.append(pid)
+        todo.extend(child for child, (parent, _, _) in table.items() if parent == pid)
+    return found
+
+
+def tree_cpu_seconds(root_pid: int) -> tuple[float, float, float]:
+    """User and system CPU seconds of *root_pid* and its live descendants, and the CPU seconds of
+    their main threads: the event loops' threads (with --workers, the supervisor's main thread is
+    idle and each worker's is its loop)."""
+    table = process_table()
+    user = system = main = 0.0
+    for pid in tree_pids(root_pid, table):
+        _, pid_user, pid_system = table.get(pid, (0, 0.0, 0.0))
         user, system = user + pid_user, system + pid_system
-        todo.extend(child for child, parent in parents.items() if parent == pid)
-    return user, system
+        try:
+            with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        main += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return user, system, main
 
 
 def machine_cpu_seconds() -> tuple[float, float]:
-    """Busy and stolen CPU seconds of the whole machine so far (``/proc/stat``)."""
+    """User + system and stolen CPU seconds of the whole machine so far (``/proc/stat``).
+
+    Interrupt time is left out: the loopback traffic's softirq work is ours but not accounted
+    to any process.
+    """
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields[:8]
+    return (user + nice + system) / CLK_TCK, steal / CLK_TCK
 
 
 class OtherLoad:
@@ -185,8 +174,10 @@ class OtherLoad:
 
 
 def own_cpu_seconds() -> float:
-    """CPU seconds of this process and its children (servers, py-spy)."""
-    return sum(tree_cpu_seconds(os.getpid()))
+    """CPU seconds of this process and of its children that have exited and been waited for
+    (servers, receiver, py-spy: all are, by the time the figure is printed)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 @dataclass
@@ -203,16 +194,15 @@ class CpuMeter:
     @contextlib.contextmanager
     def measure(self) -> Iterator[CpuMeter]:
         wall, client = time.perf_counter(), time.process_time()
-        user, system = tree_cpu_seconds(self.server_pid)
-        main = main_threads_cpu_seconds(self.server_pid)
+        user, system, main = tree_cpu_seconds(self.server_pid)
         try:
             yield self
         finally:
             self.wall = time.perf_counter() - wall
             self.client = time.process_time() - client
-            end_user, end_system = tree_cpu_seconds(self.server_pid)
+            end_user, end_system, end_main = tree_cpu_seconds(self.server_pid)
             self.server_user, self.server_system = end_user - user, end_system - system
-            self.server_main = main_threads_cpu_seconds(self.server_pid) - main
+            self.server_main = end_main - main
 
     def describe(self) -> str:
         if self.wall <= 0:

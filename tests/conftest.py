@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
+import blockbuster.blockbuster as blockbuster_module
 import pytest
+import trio
 from blockbuster import BlockBuster, blockbuster_ctx
 
 
@@ -18,9 +21,28 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object
     return backend
 
 
+class _AnyLoopDetector:
+    """blockbuster asks ``asyncio.get_running_loop()`` whether the calling thread runs an event
+    loop; this answers yes on trio's loop thread as well, so trio runs are checked too."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    def get_running_loop() -> object:
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            # raises RuntimeError, as asyncio does, anywhere but on trio's loop thread
+            return trio.lowlevel.current_trio_token()
+
+
 @pytest.fixture(autouse=True)
-def blockbuster() -> Iterator[BlockBuster]:
-    """Fail any test that makes a blocking call on an event loop thread."""
+def blockbuster(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockBuster]:
+    """Fail any test in which anytus makes a blocking call on an event loop thread."""
+    # fail loudly, rather than check nothing, if a blockbuster release stops asking asyncio
+    assert getattr(blockbuster_module, "asyncio", None) is asyncio, "blockbuster changed its loop check"
+    monkeypatch.setattr(blockbuster_module, "asyncio", _AnyLoopDetector())
     with blockbuster_ctx(
         "anytus",
         # pytest, the anyio plugin and the test-suite's own helpers may block outside the loop

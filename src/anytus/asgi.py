@@ -92,10 +92,11 @@ _EXPOSE_HEADERS: Final = (
     "Tus-Extension, Tus-Checksum-Algorithm, Upload-Metadata, Upload-Defer-Length, "
     "Upload-Concat, Upload-Expires, Content-Range, Content-Disposition"
 )
-# after an early answer, the rest of a request body up to this size is read and dropped, so that
-# clients that write the whole body before reading (httpx, requests...) get the answer on a healthy
-# connection; a longer or unknown rest is not worth it, and the connection is closed instead
-_DRAIN_LIMIT: Final = 16 << 20
+# After an early answer (409, 413, 415...) the rest of the request body is read and dropped for up
+# to this long, as nginx's lingering close does: clients that write the whole body before reading
+# (httpx, requests...) then get the answer on a healthy connection instead of a reset. A body still
+# unread after that is not worth more (tus/tusd#1371): the connection is closed.
+_LINGER_TIME: Final = 5.0
 # statuses whose responses carry no body and no Content-Length (RFC 9110 §8.6)
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 
@@ -187,20 +188,11 @@ class _Request:
         self.body_received = 0
         #: the client stopped sending (idle timeout) or was interrupted: do not wait for the rest
         self.body_stalled = False
-        #: read and drop the rest of the body after the response (see _DRAIN_LIMIT)
+        #: read and drop the rest of the body after the response (see _LINGER_TIME)
         self.drain = False
         self.response_started = False
         #: headers every response to this request carries, errors included (``Location``)
         self.extra_headers: list[tuple[str, str]] = []
-
-    def unread_length(self) -> int | None:
-        """How much of the body is still to come, if ``Content-Length`` says."""
-        if "transfer-encoding" in self.headers:
-            return None
-        try:
-            return max(int(self.headers.get("content-length", "0")) - self.body_received, 0)
-        except ValueError:
-            return None
 
     @property
     def scheme(self) -> str:
@@ -257,7 +249,16 @@ class _BodyReader:
     would need ``aclosing()`` discipline (trio's async-generator notes).
     """
 
-    __slots__ = ("_done", "_exceeded", "_hasher", "_limit", "_request", "error", "last_activity")
+    __slots__ = (
+        "_done",
+        "_exceeded",
+        "_hasher",
+        "_limit",
+        "_request",
+        "complete",
+        "error",
+        "last_activity",
+    )
 
     def __init__(
         self,
@@ -274,6 +275,8 @@ class _BodyReader:
         self._done = False
         #: why the body ended early (timeout, too long), if it did
         self.error: TusError | None = None
+        #: the body's last message has arrived
+        self.complete = False
         #: when the last message arrived (``time.monotonic()``)
         self.last_activity = time.monotonic()
 
@@ -296,7 +299,7 @@ class _BodyReader:
             self._request.body_received += len(body)
             if not message.get("more_body", False):
                 self._request.body_unread = False
-                self._done = True
+                self.complete = self._done = True
             if self._limit is not None:
                 if len(body) > self._limit:
                     # store exactly what fits, then refuse the rest
@@ -569,12 +572,11 @@ class TusApp:
         if request.body_unread and request.scope.get("http_version") in ("1.0", "1.1"):
             # The rest of the body is still on its way (an early 409, 413, 415...). A server
             # that closes with bytes unread makes the kernel send a reset, which loses the answer
-            # for clients that write the whole body before they read (httpx, requests). So a
-            # short rest is read and dropped (below; a chunked one up to the same budget); a long
-            # or stalled one is not worth it (tus/tusd#1371): the connection is closed instead.
+            # for clients that write the whole body before they read (httpx, requests). So the
+            # rest is read and dropped for a bounded time (below); a stalled body is not worth it
+            # (tus/tusd#1371): the connection is closed instead.
             # HTTP/2 needs neither (the server resets just the stream) and forbids the header.
-            unread = request.unread_length()
-            if (unread is None or unread <= _DRAIN_LIMIT) and not request.body_stalled:
+            if not request.body_stalled:
                 request.drain = True
             else:
                 headers.append(("Connection", "close"))
@@ -594,16 +596,14 @@ class TusApp:
         await self._send_last(request, body)
 
     async def _drain(self, request: _Request) -> None:
-        # Bounded in bytes and, overall, by the idle timeout. Past either bound the body stays
-        # unread and the server closes the connection after the response.
-        budget = _DRAIN_LIMIT
-        with anyio.move_on_after(self.idle_timeout):
-            while request.body_unread and budget >= 0:
+        # Bounded in time (_LINGER_TIME, and the idle timeout): past that the body stays unread
+        # and the server closes the connection after the response.
+        with anyio.move_on_after(min(self.idle_timeout, _LINGER_TIME)):
+            while request.body_unread:
                 message = await request.receive()
                 if message["type"] != "http.request":
                     request.disconnected = True
                     return
-                budget -= len(message.get("body", b""))
                 if not message.get("more_body", False):
                     request.body_unread = False
 
@@ -912,7 +912,9 @@ class TusApp:
             if failure is not None:
                 raise failure
             error = reader.error
-            if error is None and body_scope.cancelled_caught:
+            # a body read to its end was stored whole: a release request that came after that
+            # (while the store closed the file) interrupted nothing
+            if error is None and body_scope.cancelled_caught and not reader.complete:
                 logger.info("upload %s interrupted by another request", upload_id)
                 request.body_stalled = True
                 error = UploadInterrupted()
