@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import blockbuster.blockbuster as blockbuster_module
 import pytest
 import trio
 from blockbuster import BlockBuster, blockbuster_ctx
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture(
@@ -41,7 +44,9 @@ class _AnyLoopDetector:
 def blockbuster(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockBuster]:
     """Fail any test in which anytus makes a blocking call on an event loop thread."""
     # fail loudly, rather than check nothing, if a blockbuster release stops asking asyncio
-    assert getattr(blockbuster_module, "asyncio", None) is asyncio, "blockbuster changed its loop check"
+    assert getattr(blockbuster_module, "asyncio", None) is asyncio, (
+        "blockbuster changed its loop check"
+    )
     monkeypatch.setattr(blockbuster_module, "asyncio", _AnyLoopDetector())
     with blockbuster_ctx(
         "anytus",

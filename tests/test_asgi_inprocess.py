@@ -611,15 +611,22 @@ async def test_short_chunked_body_is_drained_too(app: TusApp) -> None:
     assert exchange._from_test.statistics().current_buffer_used == 0
 
 
-async def test_long_unread_body_closes_the_connection(app: TusApp) -> None:
+async def test_an_early_answer_waits_a_bounded_time_for_the_unread_body(
+    store: FileStore,
+) -> None:
+    # the rest of the body is read and dropped for at most min(idle_timeout, 5 s), then the
+    # response ends with the body unread, and the server closes the connection
+    app = TusApp(store, idle_timeout=0.5)
     path = await create(app, 4)
     headers = {**PATCH, "Upload-Offset": "3", "Content-Length": str(64 << 20)}
     exchange = Exchange(app, "PATCH", path, headers)
     exchange.push(b"x" * 1000)
+    started = time.monotonic()
     with anyio.fail_after(5):
         await exchange.run()
+    assert 0.4 <= time.monotonic() - started < 3
     assert exchange.reply.status == 409
-    assert exchange.reply.headers["connection"] == "close"
+    assert exchange.reply.text.startswith("ERR_MISMATCHED_OFFSET: ")
 
 
 async def test_stalled_body_closes_the_connection(store: FileStore) -> None:

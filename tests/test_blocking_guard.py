@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from blockbuster import BlockingError
 
 from anytus._filestore import _unlink_quietly
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 async def test_a_blocking_call_in_anytus_on_the_loop_fails_the_test(tmp_path: Path) -> None:

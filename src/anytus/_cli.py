@@ -44,6 +44,7 @@ class _ServeOptions:
     max_size: int | None
     expire_after: float | None
     backend: Literal["asyncio", "trio"]
+    durability: Literal["none", "finish", "always"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-size", type=int, default=None, metavar="BYTES")
     serve.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="processes")
+    serve.add_argument(
+        "--durability",
+        choices=("none", "finish", "always"),
+        default="finish",
+        help="when data is fsynced: never, when an upload completes (default), every request",
+    )
     serve.add_argument(
         "--expire-after",
         type=float,
@@ -113,6 +120,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         max_size=args.max_size,
         expire_after=args.expire_after,
         backend=args.backend,
+        durability=args.durability,
     )
     # create the directory once, up front, so that a bad path fails here and not in N workers
     try:
@@ -177,7 +185,7 @@ async def _serve_async(sock: socket.socket, options: _ServeOptions, parent_pid: 
     from .asgi import TusApp
 
     app = TusApp(
-        FileStore(options.directory),
+        FileStore(options.directory, durability=options.durability),
         base_path=options.base_path,
         max_size=options.max_size,
         expire_after=options.expire_after,

@@ -141,6 +141,7 @@ class _Request:
         "body_received",
         "body_stalled",
         "body_unread",
+        "content_length",
         "disconnected",
         "drain",
         "extra_headers",
@@ -186,6 +187,10 @@ class _Request:
         ) not in ("", "0")
         #: body bytes received so far
         self.body_received = 0
+        #: the body's length, if Content-Length says (and no transfer coding overrides it)
+        self.content_length: int | None = None
+        if "transfer-encoding" not in headers and headers.get("content-length", "").isdigit():
+            self.content_length = int(headers["content-length"])
         #: the client stopped sending (idle timeout) or was interrupted: do not wait for the rest
         self.body_stalled = False
         #: read and drop the rest of the body after the response (see _LINGER_TIME)
@@ -297,9 +302,14 @@ class _BodyReader:
                 break
             body = message.get("body", b"")
             self._request.body_received += len(body)
+            if not message.get("more_body", False) or (
+                self._request.body_received == self._request.content_length
+            ):
+                # the last byte is here (servers may send an empty last message later)
+                self.complete = True
             if not message.get("more_body", False):
                 self._request.body_unread = False
-                self.complete = self._done = True
+                self._done = True
             if self._limit is not None:
                 if len(body) > self._limit:
                     # store exactly what fits, then refuse the rest
