@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
@@ -60,6 +61,10 @@ _FILE_MODE = 0o664  # tusd's default (tus/tusd#56), before the umask
 _TEMP_MARK = ".tmp-"
 _STALE_TEMP_AGE = 3600.0
 _MIN_READ_CHUNK = 64 * 1024
+# chunks smaller than this are copied together, so that a source of tiny chunks costs neither a
+# writev entry nor a Python object per few bytes
+_SMALL_CHUNK = 16 * 1024
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
 class FileStore(
@@ -78,8 +83,9 @@ class FileStore(
     :param path: the directory
     :param locker: the locks; by default a :class:`~anytus.FileLocker` on the same directory,
         exclusive across processes
-    :param buffer_size: writes are gathered into buffers of this size before they go to disk,
-        and reads return chunks of this size
+    :param buffer_size: the smallest batch a write sends to disk (the last one aside); up to four
+        times as much is queued while a write is in progress, and reads return chunks of four
+        times this size
     :param durability: when data is fsynced (``.info`` files are always written atomically,
         and fsynced unless durability is ``"none"``)
     :param max_threads: how many worker threads the store uses at once
@@ -147,8 +153,10 @@ class FileStore(
     async def write_chunk(self, upload_id: str, offset: int, source: AsyncIterable[bytes]) -> int:
         """Append the bytes of *source* to the upload, starting at *offset*.
 
-        Small chunks are gathered into buffers of ``buffer_size``; while one buffer is written by a
-        worker thread the next is received, so at most about two buffers per upload are in memory.
+        Chunks are gathered, without copying, into batches of at least ``buffer_size`` bytes that a
+        worker thread writes with one ``writev``; while it writes, the next batch is received, and
+        everything received meanwhile goes in the next write. At most about ``8 * buffer_size``
+        bytes per upload are in memory: receiving waits while ``4 * buffer_size`` are queued.
         Bytes taken from *source* are stored even when *source* raises or the task is cancelled:
         the exception then propagates, and the offset counts them.
 
@@ -165,76 +173,43 @@ class FileStore(
         )
         remaining = None if info.size is None else info.size - offset
         taken = 0  # bytes accepted from the source
-        written = 0  # bytes in the file
-        failures: list[OSError] = []
-        in_flight: anyio.Event | None = None
-
-        async def write(buffer: bytes | bytearray, done: anyio.Event) -> None:
-            nonlocal written
-            # a write in progress always finishes, so the offset stays the file's true size
-            with anyio.CancelScope(shield=True):
-                try:
-                    await anyio.to_thread.run_sync(_write_all, fd, buffer, limiter=self._limiter)
-                    written += len(buffer)
-                except OSError as exc:  # raised once the received bytes are stored
-                    failures.append(exc)
-                finally:
-                    done.set()
-
         exceeded = False
         interruption: BaseException | None = None
-        buffer: bytes | bytearray = bytearray()
+        appender = _Appender(fd, self._limiter, batch_size=self.buffer_size)
         try:
             async with anyio.create_task_group() as tg:
+                appender.task_group = tg
                 try:
                     async for chunk in source:
                         if remaining is not None and len(chunk) > remaining - taken:
                             chunk, exceeded = chunk[: remaining - taken], True
                         taken += len(chunk)
-                        if not buffer and len(chunk) >= self.buffer_size:
-                            buffer = chunk  # already large: hand it over without a copy
-                        else:
-                            if not isinstance(buffer, bytearray):
-                                buffer = bytearray(buffer)
-                            buffer += chunk
-                        if len(buffer) >= self.buffer_size:
-                            if in_flight is not None:
-                                await in_flight.wait()
-                            if failures:
-                                break
-                            in_flight = anyio.Event()
-                            # start_soon is synchronous: the buffer is handed over or not at all
-                            tg.start_soon(write, buffer, in_flight)
-                            buffer = bytearray()
-                        if exceeded:
+                        if chunk:
+                            await appender.add(chunk)
+                        if exceeded or appender.failure is not None:
                             break
                 except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    # raised again below, once the task group is closed: raising it here would
-                    # wrap it in an exception group
+                    # raised once the task group is closed: raising it here would wrap it in an
+                    # exception group
                     interruption = exc
-                # what was received is stored, also when the source failed or we were cancelled
-                if buffer and not failures:
-                    with anyio.CancelScope(shield=True):
-                        if in_flight is not None:
-                            await in_flight.wait()
-                        if not failures:
-                            tg.start_soon(write, buffer, anyio.Event())
+                await appender.drain()
         finally:
-            complete = info.size is not None and offset + written == info.size
+            # what was received is stored (also when the source failed or we were cancelled),
+            # the file is closed, and fsynced if the durability setting asks for it now
+            complete = info.size is not None and offset + taken == info.size
             sync = self.durability == "always" or (self.durability == "finish" and complete)
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_close_file, fd, sync, limiter=self._limiter)
+            await appender.finish(sync)
 
         if interruption is not None:
             raise interruption
-        if failures:
-            raise failures[0]
+        if appender.failure is not None:
+            raise appender.failure
         if exceeded:
             raise SizeExceeded(
-                f"upload {upload_id} is {info.size} bytes long: stored the {written} bytes that "
-                f"fit and refused the rest"
+                f"upload {upload_id} is {info.size} bytes long: stored the {appender.written} "
+                f"bytes that fit and refused the rest"
             )
-        return written
+        return appender.written
 
     def get_reader(
         self, upload_id: str, *, start: int = 0, end: int | None = None
@@ -591,6 +566,103 @@ class FileStore(
                             os.unlink(entry.path)
 
 
+class _Appender:
+    """Appends received chunks to a file, in order, one worker-thread hop per batch.
+
+    Receiving and writing overlap: while a batch is written, chunks queue up (large ones as they
+    are, small ones copied together), and the writer takes everything queued as its next batch
+    as soon as it is free, so the thread never waits for a buffer to fill. Writes in progress are
+    shielded: a cancelled upload still stores, and counts, every byte it received.
+    """
+
+    def __init__(self, fd: int, limiter: anyio.CapacityLimiter, *, batch_size: int) -> None:
+        self.task_group: anyio.abc.TaskGroup | None = None
+        #: bytes in the file
+        self.written = 0
+        #: the write error, if a write failed; nothing more is written after one
+        self.failure: OSError | None = None
+        self._fd = fd
+        self._limiter = limiter
+        self._batch_size = batch_size
+        self._max_queued = 4 * batch_size
+        self._queue: list[bytes | bytearray] = []
+        self._queued = 0
+        self._writing = False
+        self._progress = anyio.Event()
+
+    async def add(self, chunk: bytes) -> None:
+        """Queue *chunk*; wait while too much is queued. The chunk is queued even if the wait
+        is cancelled."""
+        if len(chunk) < _SMALL_CHUNK:
+            last = self._queue[-1] if self._queue else None
+            if isinstance(last, bytearray) and len(last) < self._batch_size:
+                last += chunk
+            else:
+                self._queue.append(bytearray(chunk))
+        else:
+            self._queue.append(chunk)
+        self._queued += len(chunk)
+        if not self._writing:
+            if self._queued >= self._batch_size:
+                self._start()
+            return
+        while self._writing and self._queued >= self._max_queued:
+            await self._wait_for_progress()
+
+    async def drain(self) -> None:
+        """Wait, shielded, until writes in progress are done; leave the rest to :meth:`finish`."""
+        with anyio.CancelScope(shield=True):
+            while self._writing:
+                await self._wait_for_progress()
+
+    async def finish(self, sync: bool) -> None:
+        """Write what is still queued, fsync if *sync*, and close the file: one shielded hop."""
+        with anyio.CancelScope(shield=True):
+            await self.drain()
+            queue, size = self._queue, self._queued
+            self._queue, self._queued = [], 0
+            if self.failure is not None:
+                queue, size = [], 0
+            try:
+                await anyio.to_thread.run_sync(
+                    _write_sync_close, self._fd, queue, sync, limiter=self._limiter
+                )
+            except OSError as exc:
+                if self.failure is None and queue:
+                    self.failure = exc
+                    return
+                raise
+            self.written += size
+
+    def _start(self) -> None:
+        assert self.task_group is not None
+        self._writing = True
+        self.task_group.start_soon(self._write_batches)
+
+    async def _wait_for_progress(self) -> None:
+        self._progress = anyio.Event()
+        await self._progress.wait()
+
+    async def _write_batches(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                while self.failure is None and self._queued >= self._batch_size:
+                    batch, size = self._queue, self._queued
+                    self._queue, self._queued = [], 0
+                    self._progress.set()
+                    try:
+                        await anyio.to_thread.run_sync(
+                            _writev_all, self._fd, batch, limiter=self._limiter
+                        )
+                    except OSError as exc:
+                        self.failure = exc
+                    else:
+                        self.written += size
+            finally:
+                self._writing = False
+                self._progress.set()
+
+
 class _ReaderContext:
     def __init__(self, store: FileStore, upload_id: str, start: int, end: int | None) -> None:
         self._store = store
@@ -612,8 +684,8 @@ class _ReaderContext:
             fd,
             self._start,
             end,
-            # a tiny write buffer is no reason for a thread hop per few bytes read
-            chunk_size=max(store.buffer_size, _MIN_READ_CHUNK),
+            # reads are cheap next to a thread hop: take several buffers' worth per hop
+            chunk_size=max(4 * store.buffer_size, _MIN_READ_CHUNK),
             limiter=store._limiter,
         )
         return self._stream
@@ -634,12 +706,28 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _close_file(fd: int, sync: bool) -> None:
+def _writev_all(fd: int, buffers: list[bytes | bytearray]) -> None:
+    views = [memoryview(buffer) for buffer in buffers]
+    first = 0
+    while first < len(views):
+        n = os.writev(fd, views[first : first + _IOV_MAX])
+        while first < len(views) and n >= len(views[first]):
+            n -= len(views[first])
+            first += 1
+        if n:
+            views[first] = views[first][n:]
+
+
+def _write_sync_close(fd: int, buffers: list[bytes | bytearray], sync: bool) -> None:
     try:
+        if buffers:
+            _writev_all(fd, buffers)
         if sync:
             os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    os.close(fd)  # a failed close (lost data) raises, unlike tusd before #698
 
 
 def _fsync_path(path: str) -> None:
