@@ -83,7 +83,7 @@ class FileStore(
     :param path: the directory
     :param locker: the locks; by default a :class:`~anytus.FileLocker` on the same directory,
         exclusive across processes
-    :param buffer_size: the smallest batch a write sends to disk (the last one aside); up to four
+    :param buffer_size: the smallest batch a write sends to disk (the last one aside); up to eight
         times as much is queued while a write is in progress, and reads return chunks of four
         times this size
     :param durability: when data is fsynced (``.info`` files are always written atomically,
@@ -155,8 +155,8 @@ class FileStore(
 
         Chunks are gathered, without copying, into batches of at least ``buffer_size`` bytes that a
         worker thread writes with one ``writev``; while it writes, the next batch is received, and
-        everything received meanwhile goes in the next write. At most about ``8 * buffer_size``
-        bytes per upload are in memory: receiving waits while ``4 * buffer_size`` are queued.
+        everything received meanwhile goes in the next write. At most about ``16 * buffer_size``
+        bytes per upload are in memory: receiving waits while ``8 * buffer_size`` are queued.
         Bytes taken from *source* are stored even when *source* raises or the task is cancelled:
         the exception then propagates, and the offset counts them.
 
@@ -584,7 +584,8 @@ class _Appender:
         self._fd = fd
         self._limiter = limiter
         self._batch_size = batch_size
-        self._max_queued = 4 * batch_size
+        # deep enough that the thread-hop latency between two writes hides behind the write
+        self._max_queued = 8 * batch_size
         self._queue: list[bytes | bytearray] = []
         self._queued = 0
         self._writing = False
