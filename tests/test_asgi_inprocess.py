@@ -670,3 +670,16 @@ async def test_checksum_mismatch_discards_the_chunk(app: TusApp) -> None:
     assert reply.status == 460
     assert reply.text.startswith("ERR_CHECKSUM_MISMATCH: ")
     assert await offset_of(app, path) == 3
+
+
+async def test_get_checks_tus_resumable_only_when_it_is_sent(app: TusApp) -> None:
+    path = await create(app, 3)
+    reply = await call(app, "PATCH", path, {**PATCH, "Upload-Offset": "0"}, b"abc")
+    assert reply.status == 204
+    # a plain browser link sends no Tus-Resumable: the download works
+    reply = await call(app, "GET", path, {})
+    assert (reply.status, reply.body) == (200, b"abc")
+    # a version we do not speak is refused, as on every other tus request
+    reply = await call(app, "GET", path, {"Tus-Resumable": "0.2.2"})
+    assert reply.status == 412
+    assert reply.headers["tus-version"] == "1.0.0"

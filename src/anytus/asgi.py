@@ -497,9 +497,11 @@ class TusApp:
             return self._options(request)
         # "If the version specified by the Client is not supported by the Server, it MUST respond
         # with the 412 Precondition Failed status [...] the Server MUST NOT process the request."
-        # GET is no tus request (downloads come from browsers, <a href>), OPTIONS is exempt.
-        if request.method != "GET":
-            proto.check_tus_resumable(request.headers.get("tus-resumable"))
+        # OPTIONS is exempt. A GET is checked when it names a version: downloads also come from
+        # plain browser links, which send no Tus-Resumable at all.
+        tus_resumable = request.headers.get("tus-resumable")
+        if request.method != "GET" or tus_resumable is not None:
+            proto.check_tus_resumable(tus_resumable)
         method = request.method
         if target.kind == "collection":
             if method == "POST":
