@@ -910,6 +910,7 @@ class TusApp:
             hasher = _new_hasher(checksum.algorithm) if checksum is not None else None
             reader = _BodyReader(request, limit=limit, exceeded=exceeded, hasher=hasher)
             failure: Exception | None = None
+            written: int | None = None
             with body_scope:
                 async with anyio.create_task_group() as tg:
                     if math.isfinite(self.idle_timeout):
@@ -917,7 +918,7 @@ class TusApp:
                     # kept out of the task group's exception group, so that the one place that
                     # maps TusError to a response sees the store's errors as they are
                     try:
-                        await self._core.write_chunk(upload_id, info.offset, reader)
+                        written = await self._core.write_chunk(upload_id, info.offset, reader)
                     except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped
                         failure = exc
                     tg.cancel_scope.cancel()
@@ -930,7 +931,14 @@ class TusApp:
                 logger.info("upload %s interrupted by another request", upload_id)
                 request.body_stalled = True
                 error = UploadInterrupted()
-            after = await self._core.get_info(upload_id)
+            if written is None:
+                # interrupted: only the store knows how much it kept
+                after = await self._core.get_info(upload_id)
+            else:
+                # we hold the lock: nothing else wrote, and every byte counted is in the file
+                after = dataclasses.replace(
+                    info, offset=info.offset + written, modified_at=time.time()
+                )
 
             if checksum is not None and hasher is not None:
                 # "If the hashes do not match, the Server MUST respond with the 460 Checksum
