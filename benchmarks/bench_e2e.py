@@ -49,43 +49,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
+from _common import CLK_TCK, GIB, KIB, MIB, OtherLoad, human, parse_size
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-MIB = 1 << 20
-KIB = 1 << 10
-GIB = 1 << 30
 REPO = Path(__file__).resolve().parent.parent
 SERVING_LINE = re.compile(r"anytus: serving .* on (http://(\S+?):(\d+)(/\S*))")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 #: tusd (Go) on this machine class, for context only: they were not measured in this run
 TUSD_SINGLE = 750.0
 TUSD_PARALLEL = 1400.0
 TUSD_HEAD_P99_MS = 20.0
 TUSD_SMALL_REQUESTS = 950.0
-
-
-def parse_size(text: str) -> int:
-    """Parse ``1G``, ``256M``, ``64K``, ``1GiB`` or a plain number of bytes."""
-    units = {"": 1, "K": KIB, "M": MIB, "G": GIB}
-    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
-    suffix = cleaned[-1:] if cleaned[-1:] in units else ""
-    number = cleaned[: len(cleaned) - len(suffix)]
-    try:
-        value = int(float(number) * units[suffix])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return value
-
-
-def human(n: int) -> str:
-    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor} {unit}"
-    return f"{n} B"
 
 
 def percentile(values: Sequence[float], pct: int) -> float:
@@ -141,43 +117,6 @@ def tree_cpu_seconds(root_pid: int) -> tuple[float, float, float]:
         fields = stat[stat.rindex(b")") + 2 :].split()
         main += (int(fields[11]) + int(fields[12])) / CLK_TCK
     return user, system, main
-
-
-def machine_cpu_seconds() -> tuple[float, float]:
-    """User + system and stolen CPU seconds of the whole machine so far (``/proc/stat``).
-
-    Interrupt time is left out: the loopback traffic's softirq work is ours but not accounted
-    to any process.
-    """
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields[:8]
-    return (user + nice + system) / CLK_TCK, steal / CLK_TCK
-
-
-class OtherLoad:
-    """How much CPU the rest of the machine used while we ran: shared machines drift."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.busy, self.steal = machine_cpu_seconds()
-        self.own = own_cpu_seconds()
-
-    def describe(self) -> str:
-        wall = time.perf_counter() - self.start
-        busy, steal = machine_cpu_seconds()
-        other = (busy - self.busy) - (own_cpu_seconds() - self.own)
-        return (
-            f"other processes used {max(other, 0.0) / wall:.2f} of {os.cpu_count()} CPUs "
-            f"during the run (hypervisor steal {(steal - self.steal) / wall:.2f})"
-        )
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that have exited and been waited for
-    (servers, receiver, py-spy: all are, by the time the figure is printed)."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
 
 
 @dataclass
@@ -931,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers:
         extra += ["--workers", str(args.workers)]
 
-    load = OtherLoad()
+    # our own share: this client, and the servers, receivers and py-spy it started and waited for
+    load = OtherLoad(children=True)
     root = Path(tempfile.mkdtemp(prefix="anytus-bench-e2e-", dir=args.dir))
     server: Server | None = None
     receiver: subprocess.Popen[bytes] | None = None

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from _common import KIB, MIB, OtherLoad, human, parse_size
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -55,74 +57,11 @@ if importlib.util.find_spec("anytus") is None:
 
 from anytus import FileStore, UploadInfo
 
-MIB = 1 << 20
-KIB = 1 << 10
 PLAIN_CHUNK = MIB
 HTTP_CHUNK = 64 * KIB
 HEARTBEAT_INTERVAL = 0.001
 TARGET_WRITE_RATIO = 0.8
 TARGET_MAX_LAG = 0.010
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process."""
-    times = os.times()
-    return times.user + times.system
-
-
-def machine_cpu_seconds() -> tuple[float, float]:
-    """User + system and stolen CPU seconds of the whole machine so far (``/proc/stat``).
-
-    Interrupt time is left out: the loopback traffic's softirq work is ours but not accounted
-    to any process.
-    """
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields[:8]
-    return (user + nice + system) / CLK_TCK, steal / CLK_TCK
-
-
-class OtherLoad:
-    """How much CPU the rest of the machine used while we ran: shared machines drift."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.busy, self.steal = machine_cpu_seconds()
-        self.own = own_cpu_seconds()
-
-    def describe(self) -> str:
-        wall = time.perf_counter() - self.start
-        busy, steal = machine_cpu_seconds()
-        other = (busy - self.busy) - (own_cpu_seconds() - self.own)
-        return (
-            f"other processes used {max(other, 0.0) / wall:.2f} of {os.cpu_count()} CPUs "
-            f"during the run (hypervisor steal {(steal - self.steal) / wall:.2f})"
-        )
-
-
-def parse_size(text: str) -> int:
-    """Parse ``1G``, ``256M``, ``64K``, ``1GiB`` or a plain number of bytes."""
-    units = {"": 1, "K": KIB, "M": MIB, "G": 1 << 30}
-    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
-    suffix = cleaned[-1:] if cleaned[-1:] in units else ""
-    number = cleaned[: len(cleaned) - len(suffix)]
-    try:
-        value = int(float(number) * units[suffix])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return value
-
-
-def human(n: int) -> str:
-    for unit, factor in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", KIB)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor} {unit}"
-    return f"{n} B"
 
 
 @dataclass

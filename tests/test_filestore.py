@@ -6,11 +6,9 @@ which is a legitimate blocking call that must not run on an event loop.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import stat
@@ -24,6 +22,7 @@ import anyio
 import pytest
 from anyio.abc import ByteReceiveStream
 
+from _helpers import TUSD_KEYS, bin_path, file_sha256, info_path, make_store, pattern, read_all
 from anytus import (
     ConcatenatableStore,
     CorruptUploadInfo,
@@ -47,7 +46,7 @@ from anytus import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Iterable, Iterator
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -109,11 +108,6 @@ class Source:
         return chunk
 
 
-def pattern(length: int, seed: int = 0) -> bytes:
-    """Deterministic, non-periodic bytes: a misplaced block is always detected."""
-    return random.Random(seed).randbytes(length)
-
-
 def split(data: bytes, sizes: Iterable[int]) -> Iterator[bytes]:
     """Cut *data* into chunks of the given sizes (cycled), the last one whatever is left."""
     sizes = list(sizes)
@@ -147,32 +141,6 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     return result
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(MIB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-async def make_store(path: Path, **kwargs: Any) -> FileStore:
-    """Build a store off the event loop: the constructor creates directories."""
-    factory: Callable[[], FileStore] = functools.partial(FileStore, path, **kwargs)
-    return await anyio.to_thread.run_sync(factory)
-
-
-async def read_all(
-    store: FileStore, upload_id: str, start: int = 0, end: int | None = None
-) -> bytes:
-    received = bytearray()
-    async with store.get_reader(upload_id, start=start, end=end) as stream:
-        async for chunk in stream:
-            assert isinstance(chunk, bytes | bytearray)
-            assert len(chunk) > 0
-            received += chunk
-    return bytes(received)
-
-
 async def upload(store: FileStore, data: bytes, **fields: Any) -> UploadInfo:
     """Create an upload of ``size=len(data)`` (unless given) and write *data* into it."""
     fields.setdefault("size", len(data))
@@ -180,14 +148,6 @@ async def upload(store: FileStore, data: bytes, **fields: Any) -> UploadInfo:
     if data:
         assert await store.write_chunk(info.id, 0, Source([data])) == len(data)
     return info
-
-
-def bin_path(store: FileStore, upload_id: str) -> Path:
-    return store.path / f"{upload_id}.bin"
-
-
-def info_path(store: FileStore, upload_id: str) -> Path:
-    return store.path / f"{upload_id}.info"
 
 
 @pytest.fixture
@@ -343,17 +303,7 @@ class TestRoundTrip:
             UploadInfo(size=42, metadata={"filename": "naïve.txt"}, is_partial=True)
         )
         document = json.loads(info_path(store, info.id).read_bytes())
-        assert set(document) == {
-            "ID",
-            "Size",
-            "SizeIsDeferred",
-            "Offset",
-            "MetaData",
-            "IsPartial",
-            "IsFinal",
-            "PartialUploads",
-            "Storage",
-        }
+        assert set(document) == TUSD_KEYS
         assert document["ID"] == info.id
         assert document["Size"] == 42
         assert document["SizeIsDeferred"] is False

@@ -8,19 +8,8 @@ from typing import Any
 
 import pytest
 
+from _helpers import TUSD_KEYS
 from anytus import UploadInfo
-
-TUSD_KEYS = {
-    "ID",
-    "Size",
-    "SizeIsDeferred",
-    "Offset",
-    "MetaData",
-    "IsPartial",
-    "IsFinal",
-    "PartialUploads",
-    "Storage",
-}
 
 
 def _document(info: UploadInfo) -> dict[str, Any]:

@@ -14,55 +14,20 @@ import errno
 import functools
 import json
 import os
-import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import anyio
 import pytest
 
-from anytus import FileStore, LockTimeout, UploadInfo, UploadNotFound
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from _helpers import Chunks, bin_path, info_path, make_store, pattern
+from _helpers import read_all as _read_all
+from anytus import LockTimeout, UploadInfo, UploadNotFound
 
 UPLOAD_ID = "093b5f2c4a1e48b7a9d2c3e4f5a6b7c8"
 
-
-class Source:
-    """An async iterable over fixed chunks."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-
-    def __aiter__(self) -> Source:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise StopAsyncIteration from None
-
-
-def pattern(length: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(length)
-
-
-async def make_store(path: Path, **kwargs: Any) -> FileStore:
-    factory = functools.partial(FileStore, path, **kwargs)
-    return await anyio.to_thread.run_sync(factory)
-
-
-async def read_all(
-    store: FileStore, upload_id: str, start: int = 0, end: int | None = None
-) -> bytes:
-    received = bytearray()
-    async with store.get_reader(upload_id, start=start, end=end) as stream:
-        async for chunk in stream:
-            received += chunk
-    return bytes(received)
+#: the reader's chunks are test_filestore's business: here only the bytes are compared
+read_all = functools.partial(_read_all, check_chunks=False)
 
 
 def go_json(document: dict[str, Any]) -> bytes:
@@ -172,7 +137,7 @@ class TestTusd0x:
 
     async def test_resume_to_completion(self, tusd_dir: Path) -> None:
         store = await make_store(tusd_dir)
-        assert await store.write_chunk(UPLOAD_ID, 5, Source([b" ", b"world"])) == 6
+        assert await store.write_chunk(UPLOAD_ID, 5, Chunks([b" ", b"world"])) == 6
         info = await store.get_info(UPLOAD_ID)
         assert info.offset == 11
         assert info.is_complete
@@ -201,7 +166,7 @@ class TestTusd0x:
         assert dict(info.metadata) == {}
         declared = await store.declare_length(UPLOAD_ID, 6)
         assert declared.size == 6
-        await store.write_chunk(UPLOAD_ID, 3, Source([b"def"]))
+        await store.write_chunk(UPLOAD_ID, 3, Chunks([b"def"]))
         assert (await store.get_info(UPLOAD_ID)).is_complete
         assert (path / f"{UPLOAD_ID}.bin").read_bytes() == b"abcdef"
 
@@ -247,9 +212,9 @@ class TestTusdV1V2:
         async with store.lock(UPLOAD_ID, timeout=2):
             offset = (await store.get_info(UPLOAD_ID)).offset
             assert offset == 700
-            assert await store.write_chunk(UPLOAD_ID, offset, Source([data[700:1500]])) == 800
+            assert await store.write_chunk(UPLOAD_ID, offset, Chunks([data[700:1500]])) == 800
             assert (await store.get_info(UPLOAD_ID)).offset == 1500
-            assert await store.write_chunk(UPLOAD_ID, 1500, Source([data[1500:]])) == 500
+            assert await store.write_chunk(UPLOAD_ID, 1500, Chunks([data[1500:]])) == 500
 
         info = await store.get_info(UPLOAD_ID)
         assert info.offset == 2000
@@ -265,7 +230,7 @@ class TestTusdV1V2:
         store = await make_store(new)
         assert (await store.get_info(UPLOAD_ID)).size is None
         await store.declare_length(UPLOAD_ID, 5)
-        await store.write_chunk(UPLOAD_ID, 3, Source([b"de"]))
+        await store.write_chunk(UPLOAD_ID, 3, Chunks([b"de"]))
         info = await store.get_info(UPLOAD_ID)
         assert info.size == 5
         assert info.is_complete
@@ -393,9 +358,9 @@ class TestReadByTusd:
     async def test_plain_upload(self, tmp_path: Path) -> None:
         store = await make_store(tmp_path / "store")
         info = await store.new_upload(UploadInfo(size=11, metadata={"filename": "hello.txt"}))
-        await store.write_chunk(info.id, 0, Source([b"hello"]))
+        await store.write_chunk(info.id, 0, Chunks([b"hello"]))
 
-        info_file = store.path / f"{info.id}.info"
+        info_file = info_path(store, info.id)
         document = go_read_info(info_file)
         assert document["ID"] == info.id
         assert document["Size"] == 11
@@ -405,24 +370,24 @@ class TestReadByTusd:
         assert document["IsFinal"] is False
 
         # tusd 0.x: the offset is the size of [id].bin
-        assert (store.path / f"{info.id}.bin").stat().st_size == 5
+        assert bin_path(store, info.id).stat().st_size == 5
         # tusd v1/v2: Storage.Path is the data file, InfoPath this very file
         storage = document["Storage"]
         assert storage["Type"] == "filestore"
         assert os.path.isabs(storage["Path"])
         assert Path(storage["Path"]).read_bytes() == b"hello"
-        assert os.path.samefile(storage["Path"], store.path / f"{info.id}.bin")
+        assert os.path.samefile(storage["Path"], bin_path(store, info.id))
         assert os.path.samefile(storage["InfoPath"], info_file)
 
     async def test_deferred_upload(self, tmp_path: Path) -> None:
         store = await make_store(tmp_path / "store")
         info = await store.new_upload(UploadInfo(size=None))
-        document = go_read_info(store.path / f"{info.id}.info")
+        document = go_read_info(info_path(store, info.id))
         assert document["SizeIsDeferred"] is True
         assert document["Size"] == 0
 
         await store.declare_length(info.id, 42)
-        document = go_read_info(store.path / f"{info.id}.info")
+        document = go_read_info(info_path(store, info.id))
         assert document["SizeIsDeferred"] is False
         assert document["Size"] == 42
         assert Path(document["Storage"]["Path"]).exists()
@@ -432,19 +397,19 @@ class TestReadByTusd:
         parts = []
         for chunk in (b"abc", b"def"):
             part = await store.new_upload(UploadInfo(size=3, is_partial=True))
-            await store.write_chunk(part.id, 0, Source([chunk]))
+            await store.write_chunk(part.id, 0, Chunks([chunk]))
             parts.append(part.id)
         final = await store.new_upload(
             UploadInfo(size=6, is_final=True, partial_uploads=tuple(parts))
         )
         await store.concat_uploads(final.id, parts)
 
-        document = go_read_info(store.path / f"{final.id}.info")
+        document = go_read_info(info_path(store, final.id))
         assert document["IsFinal"] is True
         assert document["PartialUploads"] == parts
         assert Path(document["Storage"]["Path"]).read_bytes() == b"abcdef"
         for part_id in parts:
-            assert go_read_info(store.path / f"{part_id}.info")["IsPartial"] is True
+            assert go_read_info(info_path(store, part_id))["IsPartial"] is True
 
     async def test_tusd_cannot_take_a_held_lock(self, tmp_path: Path) -> None:
         """tusd's lockfile algorithm (temp file + hard link) fails while anytus holds the lock."""

@@ -24,6 +24,7 @@ import anyio
 import pytest
 
 import anytus
+from _helpers import Chunks, file_sha256
 from anytus import FileLocker, FileStore, UploadInfo
 
 if TYPE_CHECKING:
@@ -152,20 +153,6 @@ def expected_stream(start: int, end: int) -> Iterator[bytes]:
         yield piece[low:high]
         position += BLOCK
         index += 1
-
-
-class Chunks:
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-
-    def __aiter__(self) -> Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise StopAsyncIteration from None
 
 
 def command(script: str, *args: object) -> list[str]:
@@ -397,14 +384,6 @@ async def test_writer_killed_mid_upload(tmp_path: Path, anyio_backend_name: str)
     full = hashlib.sha256()
     for piece in expected_stream(0, size):
         full.update(piece)
-    digest = await anyio.to_thread.run_sync(functools.partial(_file_sha256, data_file))
+    digest = await anyio.to_thread.run_sync(functools.partial(file_sha256, data_file))
     assert digest == full.hexdigest()
     assert names(store_dir) == sorted([f"{info.id}.bin", f"{info.id}.info"])
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
