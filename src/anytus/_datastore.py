@@ -191,9 +191,9 @@ class Locker(ABC):
         """
         return _LockContext(self, upload_id, timeout, on_release)
 
+    @abstractmethod
     def is_locked(self, upload_id: str) -> bool:
         """Whether this locker currently holds the upload's lock."""
-        raise NotImplementedError  # pragma: no cover
 
 
 class _LockContext(AbstractAsyncContextManager[None]):
