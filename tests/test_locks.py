@@ -110,15 +110,15 @@ async def acquire_timed(locker: Locker, upload_id: str, timeout: float) -> float
 class TestBothLockers:
     async def test_lock_unlock_leaves_nothing(self, locker: Locker, lock_dir: Path) -> None:
         async with locker.lock(UPLOAD_ID):
-            assert locker.is_locked(UPLOAD_ID)
-        assert not locker.is_locked(UPLOAD_ID)
+            assert locker.locked(UPLOAD_ID)
+        assert not locker.locked(UPLOAD_ID)
         assert names(lock_dir) == []
 
     async def test_explicit_pair(self, locker: Locker, lock_dir: Path) -> None:
         await locker.acquire(UPLOAD_ID)
-        assert locker.is_locked(UPLOAD_ID)
+        assert locker.locked(UPLOAD_ID)
         await locker.release(UPLOAD_ID)
-        assert not locker.is_locked(UPLOAD_ID)
+        assert not locker.locked(UPLOAD_ID)
         # and again, at once
         with anyio.fail_after(1):
             await locker.acquire(UPLOAD_ID, timeout=0.5)
@@ -132,8 +132,8 @@ class TestBothLockers:
 
     async def test_locks_are_per_upload(self, locker: Locker) -> None:
         async with locker.lock("a"), locker.lock("b", timeout=0.5):
-            assert locker.is_locked("a")
-            assert locker.is_locked("b")
+            assert locker.locked("a")
+            assert locker.locked("b")
 
     async def test_exclusive_between_tasks(self, locker: Locker, lock_dir: Path) -> None:
         active = 0
@@ -168,7 +168,7 @@ class TestBothLockers:
             assert exc_info.value.status_code == 423
             assert 0.15 <= elapsed < 1.5
             # the holder still holds it
-            assert locker.is_locked(UPLOAD_ID)
+            assert locker.locked(UPLOAD_ID)
             with pytest.raises(LockTimeout):
                 await locker.acquire(UPLOAD_ID, timeout=0)
         # no request file is left behind by the timed-out waiter (tus/tusd#1372)
@@ -225,7 +225,7 @@ class TestBothLockers:
 
         assert interrupted
         assert elapsed < 1.0
-        assert locker.is_locked(UPLOAD_ID)
+        assert locker.locked(UPLOAD_ID)
         await locker.release(UPLOAD_ID)
         assert names(lock_dir) == []
 
@@ -234,8 +234,8 @@ class TestBothLockers:
             with anyio.move_on_after(0.3) as scope:
                 await locker.acquire(UPLOAD_ID, timeout=10)
             assert scope.cancelled_caught
-            assert locker.is_locked(UPLOAD_ID)
-        assert not locker.is_locked(UPLOAD_ID)
+            assert locker.locked(UPLOAD_ID)
+        assert not locker.locked(UPLOAD_ID)
         assert names(lock_dir) == []
         with anyio.fail_after(1.5):
             await locker.acquire(UPLOAD_ID, timeout=1)
@@ -246,7 +246,7 @@ class TestBothLockers:
         with anyio.move_on_after(0.1):
             async with locker.lock(UPLOAD_ID):
                 await anyio.sleep_forever()
-        assert not locker.is_locked(UPLOAD_ID)
+        assert not locker.locked(UPLOAD_ID)
         assert names(lock_dir) == []
         with anyio.fail_after(1):
             await locker.acquire(UPLOAD_ID, timeout=0.5)
@@ -279,7 +279,7 @@ class TestBothLockers:
             try:
                 await locker.release(UPLOAD_ID)
             finally:
-                assert not locker.is_locked(UPLOAD_ID)
+                assert not locker.locked(UPLOAD_ID)
         assert names(lock_dir) == []
         with anyio.fail_after(1):
             await locker.acquire(UPLOAD_ID, timeout=0.5)
@@ -303,8 +303,8 @@ class TestMemoryLocker:
     async def test_instances_are_independent(self) -> None:
         first, second = MemoryLocker(), MemoryLocker()
         async with first.lock(UPLOAD_ID), second.lock(UPLOAD_ID, timeout=0.1):
-            assert first.is_locked(UPLOAD_ID)
-            assert second.is_locked(UPLOAD_ID)
+            assert first.locked(UPLOAD_ID)
+            assert second.locked(UPLOAD_ID)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,13 +342,13 @@ class TestFileLockerFile:
         await second.release(UPLOAD_ID)
         assert names(lock_dir) == []
 
-    async def test_is_locked_is_per_instance(self, lock_dir: Path) -> None:
+    async def test_locked_is_per_instance(self, lock_dir: Path) -> None:
         # "whether this locker currently holds the upload's lock"
         first = await anyio.to_thread.run_sync(FileLocker, lock_dir)
         second = await anyio.to_thread.run_sync(FileLocker, lock_dir)
         async with first.lock(UPLOAD_ID):
-            assert first.is_locked(UPLOAD_ID)
-            assert not second.is_locked(UPLOAD_ID)
+            assert first.locked(UPLOAD_ID)
+            assert not second.locked(UPLOAD_ID)
 
     async def test_release_by_another_instance_does_nothing(self, lock_dir: Path) -> None:
         # "releasing a lock that is not held does nothing": another locker's lock is not held
@@ -359,7 +359,7 @@ class TestFileLockerFile:
             await second.release(UPLOAD_ID)
             assert (lock_dir / f"{UPLOAD_ID}.lock").read_bytes() == record
             assert is_flocked(lock_dir / f"{UPLOAD_ID}.lock")
-            assert first.is_locked(UPLOAD_ID)
+            assert first.locked(UPLOAD_ID)
             with pytest.raises(LockTimeout):
                 await second.acquire(UPLOAD_ID, timeout=0.3)
         assert names(lock_dir) == []
@@ -528,7 +528,7 @@ class TestFileLockerStale:
         with pytest.raises(LockTimeout):
             await file_locker.acquire(UPLOAD_ID, timeout=0.6)
         assert path.read_bytes() == content
-        assert not file_locker.is_locked(UPLOAD_ID)
+        assert not file_locker.locked(UPLOAD_ID)
 
     async def test_reused_pid_is_reclaimed(
         self, file_locker: FileLocker, lock_dir: Path, sleeper: subprocess.Popen[bytes]

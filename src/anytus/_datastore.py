@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 __all__ = (
     "ConcatenatableStore",
     "DataStore",
+    "InlineHold",
+    "OneHopStore",
+    "SyncUpload",
+    "Upload",
     "ExpiringStore",
     "LengthDeferrableStore",
     "Locker",
@@ -30,6 +34,8 @@ __all__ = (
     "TerminatableStore",
     "TruncatableStore",
 )
+
+T = TypeVar("T")
 
 #: how long a lock waits by default, as tusd's ``AcquireLockTimeout``
 DEFAULT_LOCK_TIMEOUT = 20.0
@@ -43,6 +49,15 @@ class DataStore(ABC):
         """Create an empty upload described by *info* and return it with its new ID.
 
         :raises OSError: if the storage cannot be written
+        """
+
+    @abstractmethod
+    async def get_upload(self, upload_id: str) -> Upload:
+        """Load the upload, once, to act on it (call it while holding the upload's lock).
+
+        :raises ~anytus.InvalidUploadId: if the ID is not well-formed
+        :raises ~anytus.UploadNotFound: if there is no such upload
+        :raises ~anytus.CorruptUploadInfo: if its stored information is unreadable
         """
 
     @abstractmethod
@@ -78,6 +93,100 @@ class DataStore(ABC):
         the context exits, on cancellation too.
 
         :raises ~anytus.UploadNotFound: if there is no such upload (on entering the context)
+        """
+
+
+class Upload(ABC):
+    """One upload, loaded once per request (tusd v1+'s ``handler.Upload``).
+
+    Get one with :meth:`DataStore.get_upload` while holding the upload's lock. Its methods trust
+    :attr:`info` as loaded: the protocol handler has checked it, so nothing is read twice. They
+    still never write past a known size. The extension methods are there when the store
+    registers the extension (see :class:`StoreComposer`).
+    """
+
+    @property
+    @abstractmethod
+    def info(self) -> UploadInfo:
+        """The upload as loaded (its ``offset`` is the number of bytes stored then)."""
+
+    @abstractmethod
+    async def write_chunk(self, source: AsyncIterable[bytes]) -> int:
+        """Append the bytes from *source* at :attr:`info`'s offset; return how many were stored.
+
+        Bytes past the upload's size are not stored: the write stops there and raises. Every
+        byte taken from *source* before it raises, or before the task is cancelled, is stored
+        and counted; the exception then propagates.
+
+        :raises ~anytus.SizeExceeded: if *source* goes past the size (what fits is stored)
+        :raises ~anytus.StorageError: if the storage fails
+        """
+
+    @abstractmethod
+    def get_reader(
+        self, *, start: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[ByteReceiveStream]:
+        """Open a stream over the stored bytes ``[start, end)`` (*end* defaults to the offset)."""
+
+    async def declare_length(self, length: int) -> UploadInfo:
+        """Set the deferred length (creation-defer-length); return the new state."""
+        raise NotImplementedError
+
+    async def truncate(self, offset: int) -> None:
+        """Discard every byte after *offset* (the checksum extension's rollback)."""
+        raise NotImplementedError
+
+    async def terminate(self) -> None:
+        """Delete the upload (termination)."""
+        raise NotImplementedError
+
+    async def concat(self, partials: Sequence[Upload]) -> None:
+        """Fill this empty final upload with the bytes of complete *partials*, in order."""
+        raise NotImplementedError
+
+
+class SyncUpload(ABC):
+    """An upload as a worker thread sees it in :meth:`OneHopStore.run_nowait`: blocking calls."""
+
+    @property
+    @abstractmethod
+    def info(self) -> UploadInfo:
+        """The upload as loaded, updated by the calls below."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> int:
+        """Append *data* (which the caller has checked fits); return the bytes stored."""
+
+    @abstractmethod
+    def declare_length(self, length: int) -> None:
+        """Set the deferred length."""
+
+    @abstractmethod
+    def truncate(self, offset: int) -> None:
+        """Discard every byte after *offset*."""
+
+    @abstractmethod
+    def terminate(self) -> None:
+        """Delete the upload."""
+
+
+class OneHopStore(ABC):
+    """A store that does a small request's whole work in one worker-thread hop."""
+
+    @abstractmethod
+    async def run_nowait(
+        self, upload_id: str, fn: Callable[[SyncUpload], T], *, read_only: bool = False
+    ) -> T:
+        """Take the upload's lock, load the upload, call ``fn(upload)``, let the lock go: all
+        in one worker thread, if the lock is free now.
+
+        *fn* runs in a worker thread: it may block, and must not touch the event loop. With
+        *read_only*, *fn* may only read (:attr:`SyncUpload.info`), and the lock is only checked
+        to be free.
+
+        :raises ~anyio.WouldBlock: if the lock is held (nothing was done); take it with
+            :meth:`Locker.acquire` and use :meth:`DataStore.get_upload` instead
+        :raises ~anytus.UploadNotFound: if there is no such upload
         """
 
 
@@ -166,12 +275,14 @@ class Locker(ABC):
         """
 
     @abstractmethod
-    async def try_acquire(self, upload_id: str) -> bool:
+    async def acquire_nowait(self, upload_id: str) -> None:
         """Take the upload's lock if it is free now; never wait, never ask a holder to let go.
 
-        Always a checkpoint.
+        Always a checkpoint (unlike :meth:`anyio.Lock.acquire_nowait`, because telling whether
+        a lock shared between processes is free may take a system call, which runs in a worker
+        thread).
 
-        :return: whether the lock was taken
+        :raises ~anyio.WouldBlock: if the lock is held
         """
 
     @abstractmethod
@@ -192,8 +303,45 @@ class Locker(ABC):
         return _LockContext(self, upload_id, timeout, on_release)
 
     @abstractmethod
-    def is_locked(self, upload_id: str) -> bool:
+    def locked(self, upload_id: str) -> bool:
         """Whether this locker currently holds the upload's lock."""
+
+    def hold_inline(self, upload_id: str, *, shared: bool = False) -> InlineHold:
+        """Reserve the upload's lock for one worker-thread hop, without waiting.
+
+        For stores that do a small request's whole work (lock, load, write, unlock) in one
+        worker thread. The reservation is made here, in the event loop, and keeps other tasks of
+        this process out; :meth:`InlineHold.enter` takes the lock itself in the worker thread
+        (for a lock shared between processes), :meth:`InlineHold.exit` lets it go there, and
+        :meth:`InlineHold.close` ends the reservation, back in the event loop. A *shared* hold
+        only makes sure that nobody holds the lock (for a read): it keeps nobody out.
+
+        Not a checkpoint. A locker that cannot do this raises :exc:`NotImplementedError` (the
+        default); callers then take the lock with :meth:`acquire`.
+
+        :raises ~anyio.WouldBlock: if this process holds the lock already
+        """
+        raise NotImplementedError
+
+
+class InlineHold:
+    """A lock reserved by :meth:`Locker.hold_inline`, to be taken in a worker thread."""
+
+    __slots__ = ("close", "enter", "exit")
+
+    def __init__(
+        self,
+        *,
+        enter: Callable[[], bool],
+        exit: Callable[[], None],
+        close: Callable[[], None],
+    ) -> None:
+        #: take the lock (worker thread); ``False`` if another process holds it
+        self.enter = enter
+        #: let the lock go after a successful :attr:`enter` (worker thread)
+        self.exit = exit
+        #: end the reservation (event loop), whatever happened
+        self.close = close
 
 
 class _LockContext(AbstractAsyncContextManager[None]):

@@ -24,10 +24,13 @@ __all__ = (
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
     "SizeExceeded",
+    "StorageError",
+    "StorageFull",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",
     "UnsupportedVersion",
+    "UploadExists",
     "UploadExpired",
     "UploadInterrupted",
     "UploadIsFinal",
@@ -57,6 +60,11 @@ class TusError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Extra response headers this error's HTTP answer carries (``Allow``, ``Tus-Version``...)."""
+        return []
 
 
 class UploadNotFound(TusError):
@@ -175,6 +183,12 @@ class UnsupportedVersion(TusError):
     error_code = "ERR_UNSUPPORTED_VERSION"
     default_message = "missing, invalid or unsupported Tus-Resumable header"
 
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        # "it MUST respond with the 412 Precondition Failed status and MUST include the
+        # Tus-Version header into the response"
+        return [("Tus-Version", "1.0.0")]
+
 
 class UnsupportedMediaType(TusError):
     """Raised when a request body has the wrong ``Content-Type``."""
@@ -207,6 +221,15 @@ class MethodNotAllowed(TusError):
     error_code = "ERR_METHOD_NOT_ALLOWED"
     default_message = "method not allowed"
 
+    def __init__(self, message: str | None = None, *, allow: str = "") -> None:
+        super().__init__(message)
+        #: the methods the resource does allow (the ``Allow`` header), comma-separated
+        self.allow = allow
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Allow", self.allow)] if self.allow else []
+
 
 class HookRejected(TusError):
     """Raised by an application hook (such as ``on_create``) to refuse a request.
@@ -234,6 +257,10 @@ class RangeNotSatisfiable(TusError):
         #: the number of bytes there are, for ``Content-Range: bytes */size``
         self.size = size
 
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Content-Range", f"bytes */{self.size}")]
+
 
 class RequestBodyTimeout(TusError):
     """Raised when a request body stalls for longer than the server's idle timeout.
@@ -252,3 +279,28 @@ class OriginNotAllowed(TusError):
     status_code = 403
     error_code = "ERR_ORIGIN_NOT_ALLOWED"
     default_message = "origin is not allowed"
+
+
+class StorageError(TusError):
+    """Raised when the storage fails (an I/O error, missing permissions...): the operating
+    system's reason is in the message."""
+
+    status_code = 500
+    error_code = "ERR_STORAGE"
+    default_message = "the storage failed"
+
+
+class StorageFull(StorageError):
+    """Raised when the storage has no space left (or the quota is used up)."""
+
+    status_code = 507
+    error_code = "ERR_STORAGE_FULL"
+    default_message = "no space left in the storage"
+
+
+class UploadExists(TusError):
+    """Raised when an upload is created with the ID of one that exists already."""
+
+    status_code = 409
+    error_code = "ERR_UPLOAD_EXISTS"
+    default_message = "an upload with this ID exists already"

@@ -8,19 +8,22 @@ that the store owns, and each logical step is one thread hop (open, write and cl
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._core import is_expired
 from ._datastore import (
     DEFAULT_LOCK_TIMEOUT,
     ConcatenatableStore,
@@ -28,15 +31,21 @@ from ._datastore import (
     ExpiringStore,
     LengthDeferrableStore,
     Locker,
+    OneHopStore,
     StoreComposer,
+    SyncUpload,
     TerminatableStore,
     TruncatableStore,
+    Upload,
 )
 from ._exceptions import (
     CorruptUploadInfo,
     LengthAlreadyDeclared,
     OffsetMismatch,
     SizeExceeded,
+    StorageError,
+    StorageFull,
+    UploadExists,
     UploadIsFinal,
     UploadNotFinished,
     UploadNotFound,
@@ -51,7 +60,11 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
-__all__ = ("Durability", "FileStore")
+    from ._datastore import InlineHold
+
+__all__ = ("Durability", "FileStore", "FileUpload", "storage_error")
+
+T = TypeVar("T")
 
 #: when data is flushed to stable storage (``fsync``): ``"none"`` leaves it to the OS,
 #: ``"finish"`` syncs when an upload completes, ``"always"`` before every write returns
@@ -69,6 +82,7 @@ _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 class FileStore(
     DataStore,
+    OneHopStore,
     TerminatableStore,
     ConcatenatableStore,
     LengthDeferrableStore,
@@ -121,6 +135,19 @@ class FileStore(
     def _bin_path(self, upload_id: str) -> str:
         return os.path.join(self.path, upload_id + ".bin")
 
+    async def _run(self, fn: Callable[..., T], *args: object, read_only: bool = False) -> T:
+        """Run a blocking step in a worker thread; storage failures become a StorageError.
+
+        Read-only steps are abandoned on cancellation (the thread finishes alone); anything that
+        changes a file is waited for, so no change happens behind the caller's back.
+        """
+        try:
+            return await anyio.to_thread.run_sync(
+                fn, *args, limiter=self._limiter, abandon_on_cancel=read_only
+            )
+        except OSError as exc:
+            raise storage_error(exc) from exc
+
     # -- core -------------------------------------------------------------------------------
 
     async def new_upload(self, info: UploadInfo) -> UploadInfo:
@@ -129,12 +156,22 @@ class FileStore(
         *info* may carry an ID of its own (it is validated); otherwise a new one is made.
 
         :raises ~anytus.InvalidUploadId: if *info* carries a malformed ID
-        :raises FileExistsError: if *info* carries the ID of an existing upload
+        :raises ~anytus.UploadExists: if *info* carries the ID of an existing upload
+        :raises ~anytus.StorageError: if the storage cannot be written
         """
         upload_id = validate_upload_id(info.id) if info.id else new_upload_id()
-        return await anyio.to_thread.run_sync(
-            self._create_sync, info, upload_id, limiter=self._limiter
-        )
+        return await self._run(self._create_sync, info, upload_id)
+
+    async def get_upload(self, upload_id: str) -> FileUpload:
+        """Load the upload (one read of ``[id].info``, one ``stat`` of its data) to act on it.
+
+        :raises ~anytus.InvalidUploadId: if the ID is not well-formed
+        :raises ~anytus.UploadNotFound: if there is no such upload
+        :raises ~anytus.CorruptUploadInfo: if ``[id].info`` is unreadable
+        """
+        self._info_path(upload_id)
+        info, data_path = await self._run(self._load_sync, upload_id, read_only=True)
+        return FileUpload(self, info, data_path)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         """Return the upload's state, with ``offset`` = the data file's size.
@@ -143,12 +180,7 @@ class FileStore(
         :raises ~anytus.UploadNotFound: if there is no such upload
         :raises ~anytus.CorruptUploadInfo: if ``[id].info`` is unreadable
         """
-        self._info_path(upload_id)
-        # a read-only query: safe to abandon on cancellation
-        info, _ = await anyio.to_thread.run_sync(
-            self._load_sync, upload_id, limiter=self._limiter, abandon_on_cancel=True
-        )
-        return info
+        return (await self.get_upload(upload_id)).info
 
     async def write_chunk(self, upload_id: str, offset: int, source: AsyncIterable[bytes]) -> int:
         """Append the bytes of *source* to the upload, starting at *offset*.
@@ -167,49 +199,13 @@ class FileStore(
         :raises ~anytus.UploadIsFinal: if the upload is a final upload
         :raises ~anytus.UploadNotFound: if there is no such upload
         """
-        self._info_path(upload_id)
-        fd, info = await anyio.to_thread.run_sync(
-            self._open_for_append_sync, upload_id, offset, limiter=self._limiter
-        )
-        remaining = None if info.size is None else info.size - offset
-        taken = 0  # bytes accepted from the source
-        exceeded = False
-        interruption: BaseException | None = None
-        appender = _Appender(fd, self._limiter, batch_size=self.buffer_size)
-        try:
-            async with anyio.create_task_group() as tg:
-                appender.task_group = tg
-                try:
-                    async for chunk in source:
-                        if remaining is not None and len(chunk) > remaining - taken:
-                            chunk, exceeded = chunk[: remaining - taken], True
-                        taken += len(chunk)
-                        if chunk:
-                            await appender.add(chunk)
-                        if exceeded or appender.failure is not None:
-                            break
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    # raised once the task group is closed: raising it here would wrap it in an
-                    # exception group
-                    interruption = exc
-                await appender.drain()
-        finally:
-            # what was received is stored (also when the source failed or we were cancelled),
-            # the file is closed, and fsynced if the durability setting asks for it now
-            complete = info.size is not None and offset + taken == info.size
-            sync = self.durability == "always" or (self.durability == "finish" and complete)
-            await appender.finish(sync)
-
-        if interruption is not None:
-            raise interruption
-        if appender.failure is not None:
-            raise appender.failure
-        if exceeded:
-            raise SizeExceeded(
-                f"upload {upload_id} is {info.size} bytes long: stored the {appender.written} "
-                f"bytes that fit and refused the rest"
-            )
-        return appender.written
+        upload = await self.get_upload(upload_id)
+        info = upload.info
+        if info.is_final:
+            raise UploadIsFinal(f"upload {upload_id} is a final upload and accepts no data")
+        if offset != info.offset:
+            raise OffsetMismatch(f"upload {upload_id} is at offset {info.offset}, not {offset}")
+        return await upload.write_chunk(source)
 
     def get_reader(
         self, upload_id: str, *, start: int = 0, end: int | None = None
@@ -225,7 +221,40 @@ class FileStore(
         :raises ValueError: on entering, if the range is not within the stored bytes
         """
         self._info_path(upload_id)
-        return _ReaderContext(self, upload_id, start, end)
+        return _ReaderContext(self, upload_id, None, start, end)
+
+    # -- one hop ----------------------------------------------------------------------------
+
+    async def run_nowait(
+        self, upload_id: str, fn: Callable[[SyncUpload], T], *, read_only: bool = False
+    ) -> T:
+        """Lock, load, ``fn(upload)`` and unlock in one worker-thread hop (see
+        :meth:`~anytus.OneHopStore.run_nowait`).
+
+        :raises ~anyio.WouldBlock: if the lock is held (nothing was done)
+        """
+        self._info_path(upload_id)
+        try:
+            hold = self.locker.hold_inline(upload_id, shared=read_only)
+        except NotImplementedError:
+            await anyio.lowlevel.checkpoint()
+            raise anyio.WouldBlock from None
+        try:
+            # a cancelled caller leaves the hop to finish: the lock is let go in the thread
+            return await self._run(self._run_locked_sync, hold, upload_id, fn)
+        finally:
+            hold.close()
+
+    def _run_locked_sync(
+        self, hold: InlineHold, upload_id: str, fn: Callable[[SyncUpload], T]
+    ) -> T:
+        if not hold.enter():
+            raise anyio.WouldBlock
+        try:
+            info, data_path = self._load_sync(upload_id)
+            return fn(_SyncFileUpload(self, info, data_path))
+        finally:
+            hold.exit()
 
     # -- extensions -------------------------------------------------------------------------
 
@@ -236,7 +265,7 @@ class FileStore(
         :raises ~anytus.UploadNotFound: if there is no such upload
         """
         self._info_path(upload_id)
-        await anyio.to_thread.run_sync(self._terminate_sync, upload_id, limiter=self._limiter)
+        await self._run(self._terminate_sync, upload_id, None)
 
     async def concat_uploads(self, final_id: str, partial_ids: Sequence[str]) -> None:
         """Fill the empty final upload with the partial uploads' bytes, in order.
@@ -249,12 +278,12 @@ class FileStore(
         :raises ~anytus.UploadNotFound: if the final or a partial upload does not exist
         :raises ValueError: if the final upload is not empty, or its size is not the sum
         """
-        self._info_path(final_id)
-        for partial_id in partial_ids:
-            self._info_path(partial_id)
-        await anyio.to_thread.run_sync(
-            self._concat_sync, final_id, list(partial_ids), limiter=self._limiter
-        )
+        final = await self.get_upload(final_id)
+        partials = [await self.get_upload(partial_id) for partial_id in partial_ids]
+        for partial in partials:
+            if not partial.info.is_complete:
+                raise UploadNotFinished(f"partial upload {partial.info.id} is not complete")
+        await final.concat(partials)
 
     async def declare_length(self, upload_id: str, length: int) -> UploadInfo:
         """Set the length of an upload created without one (creation-defer-length).
@@ -262,26 +291,18 @@ class FileStore(
         :raises ~anytus.LengthAlreadyDeclared: if the length is known already, or *length* is
             smaller than the bytes already stored
         """
-        self._info_path(upload_id)
-        return await anyio.to_thread.run_sync(
-            self._declare_length_sync, upload_id, length, limiter=self._limiter
-        )
+        return await (await self.get_upload(upload_id)).declare_length(length)
 
     async def truncate(self, upload_id: str, offset: int) -> None:
         """Discard every stored byte after *offset* (the checksum extension's rollback).
 
         :raises ValueError: if *offset* is negative or beyond the upload's offset
         """
-        self._info_path(upload_id)
-        await anyio.to_thread.run_sync(
-            self._truncate_sync, upload_id, offset, limiter=self._limiter
-        )
+        await (await self.get_upload(upload_id)).truncate(offset)
 
     async def list_uploads(self) -> list[str]:
         """Return the IDs of every upload in the store directory."""
-        return await anyio.to_thread.run_sync(
-            self._list_sync, limiter=self._limiter, abandon_on_cancel=True
-        )
+        return await self._run(self._list_sync, read_only=True)
 
     async def cleanup(self, expire_after: float, *, now: float | None = None) -> list[str]:
         """Remove every unfinished upload whose data was last written *expire_after* seconds
@@ -298,7 +319,9 @@ class FileStore(
             if not await self._is_expired(upload_id, expire_after, now):
                 continue
             # an upload in use is skipped, without asking its holder to let go
-            if not await self.locker.try_acquire(upload_id):
+            try:
+                await self.locker.acquire_nowait(upload_id)
+            except anyio.WouldBlock:
                 continue
             try:
                 # look again under the lock: it may have been resumed meanwhile
@@ -310,7 +333,7 @@ class FileStore(
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.locker.release(upload_id)
-        await anyio.to_thread.run_sync(self._remove_stale_temps_sync, now, limiter=self._limiter)
+        await self._run(self._remove_stale_temps_sync, now)
         return removed
 
     async def _is_expired(self, upload_id: str, expire_after: float, now: float) -> bool:
@@ -318,11 +341,7 @@ class FileStore(
             info = await self.get_info(upload_id)
         except (UploadNotFound, CorruptUploadInfo):
             return False
-        return (
-            not info.is_complete
-            and info.modified_at is not None
-            and now - info.modified_at >= expire_after
-        )
+        return is_expired(info, expire_after, now)
 
     # -- locks ------------------------------------------------------------------------------
 
@@ -383,8 +402,9 @@ class FileStore(
         raise UploadNotFound(f"upload {upload_id} has no data file")
 
     def _load_sync(self, upload_id: str) -> tuple[UploadInfo, str]:
+        info_path = self._info_path(upload_id)
         try:
-            with open(self._info_path(upload_id), "rb") as f:
+            with open(info_path, "rb") as f:
                 document = f.read()
         except FileNotFoundError:
             raise UploadNotFound(f"upload {upload_id} not found") from None
@@ -395,19 +415,13 @@ class FileStore(
                 f"upload {upload_id}: {upload_id}.info is unreadable ({exc})"
             ) from exc
         data_path, stat = self._locate_data_sync(upload_id, info)
-        info = dataclasses.replace(
-            info,
-            id=upload_id,
-            offset=stat.st_size,
-            modified_at=stat.st_mtime,
+        storage = info.storage
+        if storage.get("Path") != data_path or storage.get("InfoPath") != info_path:
             # where the files are now: a directory tusd wrote may have moved since, and a
             # rewritten .info must point tusd at the data file that exists
-            storage={
-                **info.storage,
-                "Type": "filestore",
-                "Path": data_path,
-                "InfoPath": self._info_path(upload_id),
-            },
+            storage = {**storage, "Type": "filestore", "Path": data_path, "InfoPath": info_path}
+        info = dataclasses.replace(
+            info, id=upload_id, offset=stat.st_size, modified_at=stat.st_mtime, storage=storage
         )
         return info, data_path
 
@@ -415,7 +429,10 @@ class FileStore(
         self.path.mkdir(parents=True, exist_ok=True)
         bin_path = self._bin_path(upload_id)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        os.close(os.open(bin_path, flags, _FILE_MODE))
+        try:
+            os.close(os.open(bin_path, flags, _FILE_MODE))
+        except FileExistsError:
+            raise UploadExists(f"upload {upload_id} exists already") from None
         info = dataclasses.replace(
             info,
             id=upload_id,
@@ -451,52 +468,29 @@ class FileStore(
         if sync:
             _fsync_path(str(self.path))  # makes the rename itself durable
 
-    def _open_for_append_sync(self, upload_id: str, offset: int) -> tuple[int, UploadInfo]:
-        info, data_path = self._load_sync(upload_id)
-        if info.is_final:
-            raise UploadIsFinal(f"upload {upload_id} is a final upload and accepts no data")
-        if offset != info.offset:
-            raise OffsetMismatch(f"upload {upload_id} is at offset {info.offset}, not {offset}")
-        fd = os.open(data_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        return fd, info
-
-    def _open_reader_sync(self, upload_id: str, start: int, end: int | None) -> tuple[int, int]:
-        info, data_path = self._load_sync(upload_id)
-        end = info.offset if end is None else end
-        if not 0 <= start <= end <= info.offset:
-            raise ValueError(f"range {start}-{end} is not within the {info.offset} bytes stored")
-        return os.open(data_path, os.O_RDONLY | os.O_CLOEXEC), end
-
-    def _terminate_sync(self, upload_id: str) -> None:
+    def _terminate_sync(self, upload_id: str, data_path: str | None) -> None:
         info_path = self._info_path(upload_id)
         if not os.path.exists(info_path):
             raise UploadNotFound(f"upload {upload_id} not found")
-        try:
-            _, data_path = self._load_sync(upload_id)
-            candidates = [data_path]
-        except (UploadNotFound, CorruptUploadInfo):
-            candidates = [self._bin_path(upload_id)]
-        for path in candidates:
-            _unlink_quietly(path)
+        if data_path is None:
+            try:
+                _, data_path = self._load_sync(upload_id)
+            except (UploadNotFound, CorruptUploadInfo):
+                data_path = self._bin_path(upload_id)
+        _unlink_quietly(data_path)
         _unlink_quietly(info_path)
 
-    def _concat_sync(self, final_id: str, partial_ids: list[str]) -> None:
-        final, final_path = self._load_sync(final_id)
+    def _concat_sync(
+        self, final: UploadInfo, final_path: str, sources: list[tuple[str, int]]
+    ) -> None:
         if final.offset != 0:
-            raise ValueError(f"final upload {final_id} is not empty")
-        sources = []
-        for partial_id in partial_ids:
-            partial, partial_path = self._load_sync(partial_id)
-            if not partial.is_complete:
-                raise UploadNotFinished(f"partial upload {partial_id} is not complete")
-            sources.append((partial_path, partial.offset))
+            raise ValueError(f"final upload {final.id} is not empty")
         total = sum(size for _, size in sources)
         if final.size is None:
-            final = dataclasses.replace(final, size=total)
-            self._write_info_sync(final)
+            self._write_info_sync(dataclasses.replace(final, size=total))
         elif final.size != total:
             raise ValueError(
-                f"final upload {final_id} is {final.size} bytes, its partials {total} bytes"
+                f"final upload {final.id} is {final.size} bytes, its partials {total} bytes"
             )
 
         out = os.open(final_path, os.O_WRONLY | os.O_CLOEXEC)
@@ -518,10 +512,9 @@ class FileStore(
             raise
         os.close(out)  # a failed close (lost data) raises, unlike tusd before #698
 
-    def _declare_length_sync(self, upload_id: str, length: int) -> UploadInfo:
-        info, _ = self._load_sync(upload_id)
+    def _declare_length_sync(self, info: UploadInfo, length: int) -> UploadInfo:
         if info.size is not None:
-            raise LengthAlreadyDeclared(f"upload {upload_id}'s length is already {info.size}")
+            raise LengthAlreadyDeclared(f"upload {info.id}'s length is already {info.size}")
         if length < info.offset:
             raise LengthAlreadyDeclared(
                 f"length {length} is smaller than the {info.offset} bytes already stored"
@@ -530,10 +523,9 @@ class FileStore(
         self._write_info_sync(info)
         return info
 
-    def _truncate_sync(self, upload_id: str, offset: int) -> None:
-        info, data_path = self._load_sync(upload_id)
+    def _truncate_sync(self, info: UploadInfo, data_path: str, offset: int) -> None:
         if not 0 <= offset <= info.offset:
-            raise ValueError(f"cannot truncate upload {upload_id} at {offset} > {info.offset}")
+            raise ValueError(f"cannot truncate upload {info.id} at {offset} > {info.offset}")
         fd = os.open(data_path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, offset)
@@ -541,6 +533,13 @@ class FileStore(
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _append_sync(self, info: UploadInfo, data_path: str, data: bytes) -> None:
+        """Append *data* in one go: open, write, fsync as the durability setting says, close."""
+        fd = os.open(data_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        complete = info.size is not None and info.offset + len(data) == info.size
+        sync = self.durability == "always" or (self.durability == "finish" and complete)
+        _write_sync_close(fd, [data] if data else [], sync)
 
     def _list_sync(self) -> list[str]:
         try:
@@ -566,6 +565,151 @@ class FileStore(
                             os.unlink(entry.path)
 
 
+class FileUpload(Upload):
+    """One upload of a :class:`FileStore`, loaded once (see :meth:`FileStore.get_upload`)."""
+
+    def __init__(self, store: FileStore, info: UploadInfo, data_path: str) -> None:
+        self._store = store
+        self._info = info
+        self._data_path = data_path
+
+    @property
+    def info(self) -> UploadInfo:
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"<FileUpload {self._info.id} at {self._info.offset}/{self._info.size}>"
+
+    async def write_chunk(self, source: AsyncIterable[bytes]) -> int:
+        store = self._store
+        info = self._info
+        remaining = None if info.size is None else info.size - info.offset
+        fd = await store._run(_open_append, self._data_path)
+        taken = 0  # bytes accepted from the source
+        exceeded = False
+        interruption: BaseException | None = None
+        appender = _Appender(
+            fd,
+            store._limiter,
+            batch_size=store.buffer_size,
+            position=info.offset,
+            writeback=store.durability != "none",
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                appender.task_group = tg
+                try:
+                    async for chunk in source:
+                        if remaining is not None and len(chunk) > remaining - taken:
+                            chunk, exceeded = chunk[: remaining - taken], True
+                        taken += len(chunk)
+                        if chunk:
+                            await appender.add(chunk)
+                        if exceeded or appender.failure is not None:
+                            break
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    # raised once the task group is closed: raising it here would wrap it in an
+                    # exception group
+                    interruption = exc
+                await appender.drain()
+        finally:
+            # what was received is stored (also when the source failed or we were cancelled),
+            # the file is closed, and fsynced if the durability setting asks for it now
+            complete = info.size is not None and info.offset + taken == info.size
+            sync = store.durability == "always" or (store.durability == "finish" and complete)
+            try:
+                await appender.finish(sync)
+            finally:
+                self._info = dataclasses.replace(
+                    info, offset=info.offset + appender.written, modified_at=time.time()
+                )
+
+        if interruption is not None:
+            raise interruption
+        if appender.failure is not None:
+            raise storage_error(appender.failure) from appender.failure
+        if exceeded:
+            raise SizeExceeded(
+                f"upload {info.id} is {info.size} bytes long: stored the {appender.written} "
+                f"bytes that fit and refused the rest"
+            )
+        return appender.written
+
+    def get_reader(
+        self, *, start: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[UploadReadStream]:
+        return _ReaderContext(self._store, self._info.id, self, start, end)
+
+    async def declare_length(self, length: int) -> UploadInfo:
+        self._info = await self._store._run(self._store._declare_length_sync, self._info, length)
+        return self._info
+
+    async def truncate(self, offset: int) -> None:
+        await self._store._run(self._store._truncate_sync, self._info, self._data_path, offset)
+        self._info = dataclasses.replace(self._info, offset=offset)
+
+    async def terminate(self) -> None:
+        await self._store._run(self._store._terminate_sync, self._info.id, self._data_path)
+
+    async def concat(self, partials: Sequence[Upload]) -> None:
+        sources = []
+        for partial in partials:
+            if not isinstance(partial, FileUpload):
+                raise TypeError(f"cannot concatenate {partial!r} into a FileStore upload")
+            sources.append((partial._data_path, partial.info.offset))
+        await self._store._run(self._store._concat_sync, self._info, self._data_path, sources)
+        total = sum(size for _, size in sources)
+        self._info = dataclasses.replace(self._info, size=total, offset=total)
+
+
+class _SyncFileUpload(SyncUpload):
+    """A :class:`FileUpload` as seen from the worker thread of a one-hop request."""
+
+    def __init__(self, store: FileStore, info: UploadInfo, data_path: str) -> None:
+        self._store = store
+        self._info = info
+        self._data_path = data_path
+
+    @property
+    def info(self) -> UploadInfo:
+        return self._info
+
+    def write(self, data: bytes) -> int:
+        info = self._info
+        if info.size is not None and info.offset + len(data) > info.size:
+            raise SizeExceeded(f"upload {info.id} is {info.size} bytes long")
+        self._store._append_sync(info, self._data_path, data)
+        self._info = dataclasses.replace(
+            info, offset=info.offset + len(data), modified_at=time.time()
+        )
+        return len(data)
+
+    def declare_length(self, length: int) -> None:
+        self._info = self._store._declare_length_sync(self._info, length)
+
+    def truncate(self, offset: int) -> None:
+        self._store._truncate_sync(self._info, self._data_path, offset)
+        self._info = dataclasses.replace(self._info, offset=offset)
+
+    def terminate(self) -> None:
+        self._store._terminate_sync(self._info.id, self._data_path)
+
+
+def storage_error(exc: OSError) -> StorageError:
+    """The :class:`~anytus.StorageError` for a failed system call (507 for a full disk)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left in the storage: {reason}")
+    return StorageError(f"storage error: {reason}")
+
+
+def _open_append(path: str) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UploadNotFound(f"the data file {os.path.basename(path)} is gone") from None
+
+
 class _Appender:
     """Appends received chunks to a file, in order, one worker-thread hop per batch.
 
@@ -575,8 +719,19 @@ class _Appender:
     shielded: a cancelled upload still stores, and counts, every byte it received.
     """
 
-    def __init__(self, fd: int, limiter: anyio.CapacityLimiter, *, batch_size: int) -> None:
+    def __init__(
+        self,
+        fd: int,
+        limiter: anyio.CapacityLimiter,
+        *,
+        batch_size: int,
+        position: int,
+        writeback: bool,
+    ) -> None:
         self.task_group: anyio.abc.TaskGroup | None = None
+        # where the next batch lands, and whether to start writing it back to disk at once
+        self._position = position
+        self._writeback = writeback
         #: bytes in the file
         self.written = 0
         #: the write error, if a write failed; nothing more is written after one
@@ -653,34 +808,49 @@ class _Appender:
                     self._progress.set()
                     try:
                         await anyio.to_thread.run_sync(
-                            _writev_all, self._fd, batch, limiter=self._limiter
+                            _write_batch,
+                            self._fd,
+                            batch,
+                            self._position if self._writeback else -1,
+                            limiter=self._limiter,
                         )
                     except OSError as exc:
                         self.failure = exc
                     else:
                         self.written += size
+                        self._position += size
             finally:
                 self._writing = False
                 self._progress.set()
 
 
 class _ReaderContext:
-    def __init__(self, store: FileStore, upload_id: str, start: int, end: int | None) -> None:
+    def __init__(
+        self,
+        store: FileStore,
+        upload_id: str,
+        upload: FileUpload | None,
+        start: int,
+        end: int | None,
+    ) -> None:
         self._store = store
         self._upload_id = upload_id
+        self._upload = upload
         self._start = start
         self._end = end
         self._stream: UploadReadStream | None = None
 
     async def __aenter__(self) -> UploadReadStream:
         store = self._store
-        fd, end = await anyio.to_thread.run_sync(
-            store._open_reader_sync,
-            self._upload_id,
-            self._start,
-            self._end,
-            limiter=store._limiter,
-        )
+        if self._upload is None:
+            self._upload = await store.get_upload(self._upload_id)
+        upload = self._upload
+        offset = upload.info.offset
+        end = offset if self._end is None else self._end
+        if not 0 <= self._start <= end <= offset:
+            await anyio.lowlevel.checkpoint()
+            raise ValueError(f"range {self._start}-{end} is not within the {offset} bytes stored")
+        fd = await store._run(_open_read, upload._data_path)
         self._stream = UploadReadStream(
             fd,
             self._start,
@@ -701,6 +871,13 @@ class _ReaderContext:
             await self._stream.aclose()
 
 
+def _open_read(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UploadNotFound(f"the data file {os.path.basename(path)} is gone") from None
+
+
 def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
@@ -717,6 +894,41 @@ def _writev_all(fd: int, buffers: list[bytes | bytearray]) -> None:
             first += 1
         if n:
             views[first] = views[first][n:]
+
+
+def _write_batch(fd: int, buffers: list[bytes | bytearray], writeback_from: int) -> None:
+    _writev_all(fd, buffers)
+    if writeback_from >= 0:
+        _start_writeback(fd, writeback_from, sum(len(buffer) for buffer in buffers))
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """libc's ``sync_file_range`` (Linux), which Python's ``os`` does not offer."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):  # pragma: no cover - not glibc/musl
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+
+    def sync_file_range(fd: int, offset: int, length: int) -> None:
+        function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+    return sync_file_range
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = _load_sync_file_range()
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range back to disk without waiting for it, so that the fsync when the
+    upload completes finds little left to do (best effort: errors surface at that fsync)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length)
 
 
 def _write_sync_close(fd: int, buffers: list[bytes | bytearray], sync: bool) -> None:

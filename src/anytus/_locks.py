@@ -18,6 +18,7 @@ import contextlib
 import errno
 import itertools
 import logging
+import math
 import os
 import secrets
 import socket
@@ -32,7 +33,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._datastore import DEFAULT_LOCK_TIMEOUT, Locker
+from ._datastore import DEFAULT_LOCK_TIMEOUT, InlineHold, Locker
 from ._exceptions import LockTimeout
 from ._ids import validate_upload_id
 
@@ -108,13 +109,12 @@ class MemoryLocker(Locker):
 
         self._holders[upload_id] = _MemoryHolder(on_release)
 
-    async def try_acquire(self, upload_id: str) -> bool:
+    async def acquire_nowait(self, upload_id: str) -> None:
         validate_upload_id(upload_id)
         await anyio.lowlevel.checkpoint()
         if upload_id in self._holders:
-            return False
+            raise anyio.WouldBlock
         self._holders[upload_id] = _MemoryHolder(None)
-        return True
 
     async def release(self, upload_id: str) -> None:
         # a schedule point that a cancelled task passes too: it must still let go
@@ -123,8 +123,30 @@ class MemoryLocker(Locker):
         if holder is not None:
             holder.released.set()
 
-    def is_locked(self, upload_id: str) -> bool:
+    def locked(self, upload_id: str) -> bool:
         return upload_id in self._holders
+
+    def hold_inline(self, upload_id: str, *, shared: bool = False) -> InlineHold:
+        validate_upload_id(upload_id)
+        if upload_id in self._holders:
+            raise anyio.WouldBlock
+        holder = self._holders[upload_id] = _MemoryHolder(None)
+
+        def close() -> None:
+            if self._holders.get(upload_id) is holder:
+                del self._holders[upload_id]
+            holder.released.set()
+
+        # in memory, the reservation is the whole lock: nothing to do in the worker thread
+        return InlineHold(enter=_always, exit=_nothing, close=close)
+
+
+def _always() -> bool:
+    return True
+
+
+def _nothing() -> None:
+    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +304,9 @@ class FileLocker(Locker):
     def _lock_path(self, upload_id: str) -> str:
         return str(self.path / f"{upload_id}.lock")
 
-    def is_locked(self, upload_id: str) -> bool:
+    def locked(self, upload_id: str) -> bool:
         holder = _held_locks.get(self._lock_path(validate_upload_id(upload_id)))
-        return holder is not None and holder.owner is self
+        return holder is not None and holder.owner is self and holder.fd >= 0
 
     async def acquire(
         self,
@@ -331,17 +353,60 @@ class FileLocker(Locker):
 
         self._register(upload_id, fd, on_release, token)
 
-    async def try_acquire(self, upload_id: str) -> bool:
+    async def acquire_nowait(self, upload_id: str) -> None:
         validate_upload_id(upload_id)
         lock_path = self._lock_path(upload_id)
         if lock_path in _held_locks:
             await anyio.lowlevel.checkpoint()
-            return False
+            raise anyio.WouldBlock
         fd = await anyio.to_thread.run_sync(self._try_lock, lock_path, None, limiter=self._limiter)
         if fd is None:
-            return False
+            raise anyio.WouldBlock
         self._register(upload_id, fd, None, anyio.lowlevel.current_token())
-        return True
+
+    def hold_inline(self, upload_id: str, *, shared: bool = False) -> InlineHold:
+        validate_upload_id(upload_id)
+        lock_path = self._lock_path(upload_id)
+        if lock_path in _held_locks:
+            raise anyio.WouldBlock
+        # A reservation that other tasks of this process see (and wait for), taken without a
+        # system call; the lock file itself is taken in the worker thread, by enter().
+        holder = _held_locks[lock_path] = _FileHolder(
+            owner=self,
+            upload_id=upload_id,
+            fd=-1,
+            lock_path=lock_path,
+            stop_path=str(self.path / f"{upload_id}.stop"),
+            on_release=None,
+            token=anyio.lowlevel.current_token(),
+            poll_interval=math.inf,
+            heartbeat_interval=0.0,
+            next_poll=math.inf,
+        )
+
+        def enter() -> bool:
+            if shared:
+                # a reader needs only to know that no writer holds the lock: no lock file is
+                # created or removed, so a HEAD never writes file-system metadata (which would
+                # queue behind other uploads' fsyncs)
+                return self._is_free(lock_path)
+            fd = self._try_lock(lock_path, None)
+            if fd is None:
+                return False
+            holder.fd = fd
+            return True
+
+        def exit() -> None:
+            if holder.fd >= 0:
+                self._unlock(holder)
+                holder.fd = -1
+
+        def close() -> None:
+            if _held_locks.get(lock_path) is holder:
+                del _held_locks[lock_path]
+            holder.released.set()
+
+        return InlineHold(enter=enter, exit=exit, close=close)
 
     def _register(
         self,
@@ -453,7 +518,8 @@ class FileLocker(Locker):
             if pid == os.getpid():
                 # only a lock this process has on record is held by it; any other lock file with
                 # our PID was left by a previous incarnation (or leaked by a dead event loop)
-                return token == PROCESS_TOKEN and lock_path in _held_locks
+                ours = _held_locks.get(lock_path)
+                return token == PROCESS_TOKEN and ours is not None and ours.fd >= 0
             # the holder's flock() is gone, yet its very process is alive: flock() is not
             # enforced on this file system, so honour the lock file
             return _process_start_ticks(pid) == start_ticks
@@ -461,6 +527,23 @@ class FileLocker(Locker):
         # a tusd lock file: tusd takes no flock(), so judge by its PID, as tusd does; a lock
         # with our own PID cannot be tusd's live lock, since we are not tusd
         return pid != os.getpid() and _pid_alive(pid)
+
+    def _is_free(self, lock_path: str) -> bool:
+        """Whether nobody holds the lock, judged without creating or changing any file."""
+        assert fcntl is not None
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            # a lock file without a holder's flock(): stale, tusd's, or another host's
+            return not self._held_elsewhere(lock_path, os.pread(fd, 4096, 0), os.fstat(fd).st_mtime)
+        finally:
+            os.close(fd)  # drops the shared flock()
 
     @staticmethod
     def _request_release(stop_path: str | None) -> None:

@@ -7,51 +7,43 @@
 
     app = TusApp(FileStore("uploads"), base_path="/files/")
 
-Mount it under any ASGI server (hypercorn, uvicorn, ...) or framework. It speaks tus 1.0.0 with
-the creation, creation-with-upload, creation-defer-length, termination, concatenation, checksum and
-expiration extensions (those the store supports), plus GET downloads with ranges and CORS.
+Mount it under any ASGI server (granian, hypercorn, uvicorn, ...) or framework. It speaks tus
+1.0.0 with the creation, creation-with-upload, creation-defer-length, termination, concatenation,
+checksum and expiration extensions (those the store supports), plus GET downloads with ranges and
+CORS.
 
-Duties are split as in tusd: this module validates headers, offsets, sizes and finality, takes the
-upload's lock and caps the body; the store only stores. Header syntax lives in
-:mod:`anytus._protocol`, which has no I/O.
+This module is the I/O around :class:`anytus._core.TusCore`, which makes every protocol decision:
+read the request, ask the core, take the lock, call the store, send what the core built. A small
+request (HEAD, DELETE, a PATCH whose whole body fits in :data:`SMALL_BODY`) does its lock, load,
+write and unlock in one worker-thread hop when the store can (:class:`~anytus.OneHopStore`) and
+the lock is free; anything else takes the lock in the event loop and streams.
 """
 
 from __future__ import annotations
 
-__all__ = ("HookRequest", "TusApp")
+__all__ = ("SMALL_BODY", "HookRequest", "TusApp")
 
 import contextlib
 import dataclasses
-import hashlib
+import enum
 import logging
 import math
 import time
 import urllib.parse
-import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
 
+from . import _core as core
 from . import _protocol as proto
-from ._datastore import StoreComposer
+from ._datastore import OneHopStore, StoreComposer
 from ._exceptions import (
-    ChecksumMismatch,
-    InvalidHeader,
-    MaxSizeExceeded,
-    MethodNotAllowed,
-    OffsetMismatch,
-    OriginNotAllowed,
-    RangeNotSatisfiable,
     RequestBodyTimeout,
-    SizeExceeded,
     TusError,
-    UnsupportedMediaType,
-    UnsupportedVersion,
     UploadExpired,
     UploadInterrupted,
-    UploadIsFinal,
     UploadNotFinished,
     UploadNotFound,
 )
@@ -62,43 +54,26 @@ if TYPE_CHECKING:
 
     from ._asgi_types import (
         ASGIReceiveCallable,
+        ASGIReceiveEvent,
         ASGISendCallable,
         HTTPResponseBodyEvent,
         HTTPScope,
         Scope,
     )
-    from ._datastore import (
-        ConcatenatableStore,
-        DataStore,
-        ExpiringStore,
-        LengthDeferrableStore,
-        Locker,
-        TerminatableStore,
-        TruncatableStore,
-    )
+    from ._datastore import DataStore, Locker, SyncUpload, TerminatableStore, Upload
 
-logger = logging.getLogger("anytus")
+logger = logging.getLogger(__name__)
 
-_METHODS: Final = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
-# every request header a tus client (tus-js-client, Uppy) sends cross-origin
-_ALLOW_HEADERS: Final = (
-    "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, "
-    "Content-Type, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, "
-    "Upload-Defer-Length, Upload-Concat, Upload-Checksum, Range"
-)
-# every response header a browser client must be able to read
-_EXPOSE_HEADERS: Final = (
-    "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, "
-    "Tus-Extension, Tus-Checksum-Algorithm, Upload-Metadata, Upload-Defer-Length, "
-    "Upload-Concat, Upload-Expires, Content-Range, Content-Disposition"
-)
+T = TypeVar("T")
+
+#: a body at most this long (by its ``Content-Length``) is read whole before the upload is
+#: touched, and written with the lock, load and unlock in one worker-thread hop
+SMALL_BODY: Final = 64 * 1024
 # After an early answer (409, 413, 415...) the rest of the request body is read and dropped for up
 # to this long, as nginx's lingering close does: clients that write the whole body before reading
 # (httpx, requests...) then get the answer on a healthy connection instead of a reset. A body still
 # unread after that is not worth more (tus/tusd#1371): the connection is closed.
 _LINGER_TIME: Final = 5.0
-# statuses whose responses carry no body and no Content-Length (RFC 9110 §8.6)
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class _StoreLike(Protocol):
@@ -127,74 +102,36 @@ OnCreate = Callable[[UploadInfo, HookRequest], Awaitable[None]]
 OnUpload = Callable[[UploadInfo], Awaitable[None]]
 
 
-@dataclasses.dataclass(slots=True)
-class _Response:
-    status: int
-    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    body: bytes = b""
+class _Body(enum.Enum):
+    """Where the request body stands."""
+
+    #: bytes may still arrive
+    UNREAD = enum.auto()
+    #: the last message arrived (or there was no body)
+    DONE = enum.auto()
+    #: the client stalled or was interrupted: the rest is not waited for
+    ABANDONED = enum.auto()
+    #: the client went away (``http.disconnect``): nothing can be sent any more
+    DISCONNECTED = enum.auto()
 
 
-class _Request:
-    """One HTTP request: parsed headers, and the state of its connection."""
+class _Exchange:
+    """One HTTP request and its answer: the ASGI callables and the connection's state."""
 
-    __slots__ = (
-        "body_received",
-        "body_stalled",
-        "body_unread",
-        "content_length",
-        "disconnected",
-        "drain",
-        "extra_headers",
-        "headers",
-        "method",
-        "raw_path",
-        "receive",
-        "response_started",
-        "scope",
-        "send",
-    )
+    __slots__ = ("body", "extra_headers", "receive", "request", "response_started", "scope", "send")
 
     def __init__(
-        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+        self,
+        scope: HTTPScope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        request: core.Request,
     ) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1").strip(" \t")
-            # repeated fields are one comma-separated list (RFC 9110 §5.3); for the tus headers
-            # this makes "Upload-Offset: 1" twice a malformed "1, 1", as it should be
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        self.headers = headers
-        method = scope["method"].upper()
-        # "The X-HTTP-Method-Override request header MUST be a string which MUST be interpreted
-        # as the request's method by the Server, if the header is presented."
-        override = headers.get("x-http-method-override")
-        self.method = override.strip().upper() if override else method
-        raw_path = scope.get("raw_path")
-        # raw_path keeps "%2F" apart from "/"; without it, re-encode the decoded path
-        if raw_path:
-            self.raw_path = raw_path.decode("latin-1").split("?", 1)[0]
-        else:
-            self.raw_path = urllib.parse.quote(scope["path"], safe="/")
-        #: the client went away (``http.disconnect``): nothing may be sent any more
-        self.disconnected = False
-        #: the request has a body that was not read to its end
-        self.body_unread = "transfer-encoding" in headers or headers.get(
-            "content-length", "0"
-        ) not in ("", "0")
-        #: body bytes received so far
-        self.body_received = 0
-        #: the body's length, if Content-Length says (and no transfer coding overrides it)
-        self.content_length: int | None = None
-        if "transfer-encoding" not in headers and headers.get("content-length", "").isdigit():
-            self.content_length = int(headers["content-length"])
-        #: the client stopped sending (idle timeout) or was interrupted: do not wait for the rest
-        self.body_stalled = False
-        #: read and drop the rest of the body after the response (see _LINGER_TIME)
-        self.drain = False
+        self.request = request
+        self.body = _Body.UNREAD
         self.response_started = False
         #: headers every response to this request carries, errors included (``Location``)
         self.extra_headers: list[tuple[str, str]] = []
@@ -203,42 +140,45 @@ class _Request:
     def scheme(self) -> str:
         return self.scope.get("scheme") or "http"
 
+    @property
+    def body_pending(self) -> bool:
+        """Whether the headers announced a body that has not been read to its end."""
+        return self.body is _Body.UNREAD and self.request.has_body
+
     def hook_request(self) -> HookRequest:
         client = self.scope.get("client")
         return HookRequest(
-            method=self.method,
+            method=self.request.method,
             path=self.scope["path"],
-            headers=dict(self.headers),
-            client=tuple(client) if client else None,  # type: ignore[arg-type]
+            headers=dict(self.request.headers),
+            client=(str(client[0]), int(client[1])) if client else None,
             scheme=self.scheme,
         )
 
-
-class _Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-
-    def digest(self) -> bytes: ...
-
-
-class _Crc32:
-    """zlib's CRC-32 behind hashlib's interface; the digest is 4 bytes, big-endian."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self) -> None:
-        self._value = 0
-
-    def update(self, data: bytes, /) -> None:
-        self._value = zlib.crc32(data, self._value)
-
-    def digest(self) -> bytes:
-        return self._value.to_bytes(4, "big")
-
-
-def _new_hasher(algorithm: str) -> _Hasher:
-    if algorithm == "crc32":
-        return _Crc32()
-    return hashlib.new(algorithm, usedforsecurity=False)
+    async def read_small(self, idle_timeout: float) -> tuple[bytes, TusError | None]:
+        """Read a small body whole (at most :data:`SMALL_BODY` bytes are kept); stop early on a
+        disconnect or once the client has been idle for *idle_timeout* (then return what came,
+        to be stored, and the error to answer with)."""
+        chunks: list[bytes] = []
+        size = 0
+        while self.body is _Body.UNREAD:
+            message: ASGIReceiveEvent | None = None
+            with anyio.move_on_after(idle_timeout):
+                message = await self.receive()
+            if message is None:
+                self.body = _Body.ABANDONED
+                timeout = RequestBodyTimeout(f"no data received for {idle_timeout:g} seconds")
+                return b"".join(chunks), timeout
+            if message["type"] != "http.request":
+                self.body = _Body.DISCONNECTED
+                break
+            body = message.get("body", b"")
+            if body and size < SMALL_BODY:
+                chunks.append(body[: SMALL_BODY - size])
+                size += len(chunks[-1])
+            if not message.get("more_body", False):
+                self.body = _Body.DONE
+        return b"".join(chunks), None
 
 
 class _BodyReader:
@@ -246,7 +186,7 @@ class _BodyReader:
 
     As tusd's ``bodyReader``: the store never sees a body error. A disconnect or a body longer
     than *limit* end the iteration cleanly after the last byte that may be stored, and the reason
-    is kept in :attr:`error` / ``request.disconnected`` for the handler to act on once the bytes
+    is kept in :attr:`error` / the exchange's body state for the handler to act on once the bytes
     are safely in the store. A stalled body is ended by :meth:`watch_idle`, which runs beside the
     write and cancels it (the store keeps what it took, as for a release request).
 
@@ -255,11 +195,10 @@ class _BodyReader:
     """
 
     __slots__ = (
-        "_done",
         "_exceeded",
+        "_exchange",
         "_hasher",
         "_limit",
-        "_request",
         "complete",
         "error",
         "last_activity",
@@ -267,55 +206,48 @@ class _BodyReader:
 
     def __init__(
         self,
-        request: _Request,
+        exchange: _Exchange,
         *,
         limit: int | None,
         exceeded: TusError,
-        hasher: _Hasher | None,
+        hasher: core.Hasher | None,
     ) -> None:
-        self._request = request
+        self._exchange = exchange
         self._limit = limit
         self._exceeded = exceeded
         self._hasher = hasher
-        self._done = False
         #: why the body ended early (timeout, too long), if it did
         self.error: TusError | None = None
-        #: the body's last message has arrived
-        self.complete = False
-        #: when the last message arrived (``time.monotonic()``)
-        self.last_activity = time.monotonic()
+        #: the body's last byte has arrived
+        self.complete = exchange.body is _Body.DONE
+        #: when the last message arrived (``anyio.current_time()``)
+        self.last_activity = anyio.current_time()
 
     def __aiter__(self) -> _BodyReader:
         return self
 
     async def __anext__(self) -> bytes:
-        while not self._done:
-            # No fail_after() here: one per message (64 KiB from hypercorn) was 12-16% of the
+        exchange = self._exchange
+        while exchange.body is _Body.UNREAD and self.error is None:
+            # No fail_after() here: one per message (64 KiB from some servers) was 12-16% of the
             # CPU time of a large PATCH. Stamping the time is all the idle watchdog needs.
-            message = await self._request.receive()
-            self.last_activity = time.monotonic()
+            message = await exchange.receive()
+            self.last_activity = anyio.current_time()
             if message["type"] != "http.request":
                 # "http.disconnect": the body ends here; what came before is kept (tus: "The
                 # Server SHOULD always attempt to store as much of the received data as possible")
-                self._request.disconnected = True
-                self._done = True
+                exchange.body = _Body.DISCONNECTED
                 break
             body = message.get("body", b"")
-            self._request.body_received += len(body)
-            if not message.get("more_body", False) or (
-                self._request.body_received == self._request.content_length
-            ):
-                # the last byte is here (servers may send an empty last message later)
-                self.complete = True
             if not message.get("more_body", False):
-                self._request.body_unread = False
-                self._done = True
+                exchange.body = _Body.DONE
+                self.complete = True
             if self._limit is not None:
                 if len(body) > self._limit:
                     # store exactly what fits, then refuse the rest
                     body = body[: self._limit]
                     self.error = self._exceeded
-                    self._done = True
+                    self.complete = False
                 self._limit -= len(body)
             if body:
                 if self._hasher is not None:
@@ -326,9 +258,9 @@ class _BodyReader:
     async def watch_idle(self, timeout: float, body_scope: anyio.CancelScope) -> None:
         """Cancel *body_scope* once no message has arrived for *timeout* seconds."""
         while True:
-            idle = time.monotonic() - self.last_activity
+            idle = anyio.current_time() - self.last_activity
             if idle >= timeout:
-                self._request.body_stalled = True
+                self._exchange.body = _Body.ABANDONED
                 self.error = RequestBodyTimeout(f"no data received for {timeout:g} seconds")
                 body_scope.cancel()
                 return
@@ -376,6 +308,7 @@ class TusApp:
     :param cors_allow_origins: origins allowed to make cross-origin requests; ``("*",)`` allows
         all, ``()`` disables CORS handling (no CORS headers, no origin check)
     :param max_metadata_size: the longest ``Upload-Metadata`` header accepted, in bytes (400)
+    :param clock: the wall clock, in seconds since the epoch (expiry); tests pass their own
     """
 
     def __init__(
@@ -393,6 +326,7 @@ class TusApp:
         on_terminate: OnUpload | None = None,
         cors_allow_origins: Sequence[str] = ("*",),
         max_metadata_size: int = 4096,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not base_path.startswith("/"):
             raise ValueError(f"base_path must start with '/', got {base_path!r}")
@@ -418,13 +352,12 @@ class TusApp:
         self.on_terminate = on_terminate
         self.cors_allow_origins = tuple(cors_allow_origins)
         self.max_metadata_size = max_metadata_size
+        self._clock = clock
 
-        self._core: DataStore = composer.core
+        self._store: DataStore = composer.core
+        self._one_hop = composer.core if isinstance(composer.core, OneHopStore) else None
         self._terminater: TerminatableStore | None = composer.terminater
-        self._concater: ConcatenatableStore | None = composer.concater
-        self._deferrer: LengthDeferrableStore | None = composer.length_deferrer
-        self._truncater: TruncatableStore | None = composer.truncater
-        self._expirer: ExpiringStore | None = composer.expirer
+        self._expirer = composer.expirer
         if composer.locker is None:
             # a store without locks still needs requests on one upload serialised in-process
             from ._locks import MemoryLocker
@@ -433,18 +366,26 @@ class TusApp:
         self._locker: Locker = composer.locker
 
         extensions = ["creation", "creation-with-upload"]
-        if self._deferrer is not None:
+        if composer.length_deferrer is not None:
             extensions.append("creation-defer-length")
-        if self._terminater is not None:
+        if composer.terminater is not None:
             extensions.append("termination")
-        if self._concater is not None:
+        if composer.concater is not None:
             extensions.append("concatenation")
-        if self._truncater is not None:
+        if composer.truncater is not None:
             extensions.append("checksum")
         if self.expire_after is not None:
             extensions.append("expiration")
         #: the extensions advertised in ``Tus-Extension``
         self.extensions: tuple[str, ...] = tuple(extensions)
+        self.core = core.TusCore(
+            base_path=self.base_path,
+            max_size=max_size,
+            expire_after=self.expire_after,
+            cors_allow_origins=self.cors_allow_origins,
+            max_metadata_size=max_metadata_size,
+            extensions=self.extensions,
+        )
 
         self._lifespans = 0  # lifespans running: then they do the periodic cleanup
         self._cleanup_running = False
@@ -465,452 +406,256 @@ class TusApp:
         if scope["type"] != "http":
             # websockets: returning without accepting makes the server refuse the handshake
             return
-        request = _Request(scope, receive, send)
-        response: _Response | None
+        raw_path = scope.get("raw_path")
+        # raw_path keeps "%2F" apart from "/"; without it, re-encode the decoded path
+        path = (
+            raw_path.decode("latin-1").split("?", 1)[0]
+            if raw_path
+            else urllib.parse.quote(scope["path"], safe="/")
+        )
+        request = self.core.normalize(
+            scope["method"], path, core.normalize_headers(scope["headers"])
+        )
+        exchange = _Exchange(scope, receive, send, request)
+        response: core.Response | None
         try:
-            response = await self._dispatch(request)
+            response = await self._handle(exchange, self.core.parse(request))
         except TusError as exc:
-            if request.response_started:
+            if exchange.response_started:
                 raise
-            response = self._error_response(request, exc)
+            if exc.status_code >= 500:
+                logger.warning("%s %s: %r", request.method, request.raw_path, exc)
+            response = self.core.error(exc)
         except Exception:
-            if request.response_started:
+            if exchange.response_started:
                 # the body is half sent: only dropping the connection tells the client
                 raise
             logger.exception("error handling %s %s", request.method, request.raw_path)
-            response = _Response(
-                500,
-                [("Content-Type", "text/plain; charset=utf-8")],
-                b"ERR_INTERNAL_SERVER_ERROR: internal server error\n",
-            )
-        if response is not None and not request.disconnected:
-            await self._send_response(request, response)
+            response = self.core.internal_error()
+        if response is not None and exchange.body is not _Body.DISCONNECTED:
+            await self._send_response(exchange, response)
         if self._cleanup_due():
             await self._run_cleanup()
 
-    async def _dispatch(self, request: _Request) -> _Response | None:
-        self._check_origin(request)
-        target = proto.route(request.raw_path, self.base_path)
-        if target is None:
-            raise UploadNotFound("no such resource")
-        if request.method == "OPTIONS":
-            return self._options(request)
-        # "If the version specified by the Client is not supported by the Server, it MUST respond
-        # with the 412 Precondition Failed status [...] the Server MUST NOT process the request."
-        # OPTIONS is exempt. A GET is checked when it names a version: downloads also come from
-        # plain browser links, which send no Tus-Resumable at all.
-        tus_resumable = request.headers.get("tus-resumable")
-        if request.method != "GET" or tus_resumable is not None:
-            proto.check_tus_resumable(tus_resumable)
-        method = request.method
-        if target.kind == "collection":
-            if method == "POST":
-                return await self._post(request)
-            request.extra_headers.append(("Allow", "POST, OPTIONS"))
-            raise MethodNotAllowed(f"{method} is not allowed on the creation URL")
-        upload_id = target.upload_id
-        if method == "HEAD":
-            return await self._head(request, upload_id)
-        if method == "PATCH":
-            return await self._patch(request, upload_id)
-        if method == "GET":
-            return await self._get(request, upload_id)
-        if method == "DELETE" and self._terminater is not None:
-            return await self._delete(request, upload_id, self._terminater)
-        allowed = "HEAD, PATCH, GET, OPTIONS" + (", DELETE" if self._terminater else "")
-        request.extra_headers.append(("Allow", allowed))
-        raise MethodNotAllowed(f"{method} is not allowed on an upload")
+    async def _handle(self, exchange: _Exchange, request: core.TusRequest) -> core.Response | None:
+        if isinstance(request, core.Head):
+            return await self._head(exchange, request)
+        if isinstance(request, core.Patch):
+            return await self._patch(exchange, request)
+        if isinstance(request, core.Create):
+            return await self._create(exchange, request)
+        if isinstance(request, core.Get):
+            return await self._get(exchange, request)
+        if isinstance(request, core.Delete):
+            return await self._delete(exchange, request)
+        if isinstance(request, core.CreateFinal):
+            return await self._create_final(exchange, request)
+        return self.core.options()
 
-    # -- responses ------------------------------------------------------------------------------
+    # -- one hop, or the lock in the event loop -------------------------------------------------
 
-    def _error_response(self, request: _Request, exc: TusError) -> _Response:
-        """The one place that turns an error into an HTTP response."""
-        if exc.status_code >= 500:
-            logger.warning("%s %s: %r", request.method, request.raw_path, exc)
+    async def _one_hop_or_none(
+        self, upload_id: str, fn: Callable[[SyncUpload], T], *, read_only: bool = False
+    ) -> tuple[T] | None:
+        """``fn(upload)`` in one worker-thread hop, or ``None`` if that cannot be done now (the
+        store cannot, or the lock is held: the caller then takes the lock and waits)."""
+        if self._one_hop is None:
+            return None
+        try:
+            return (await self._one_hop.run_nowait(upload_id, fn, read_only=read_only),)
+        except anyio.WouldBlock:
+            return None
+
+    def _locked(
+        self, upload_id: str, on_release: Callable[[], object] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._locker.lock(upload_id, timeout=self.lock_timeout, on_release=on_release)
+
+    async def _expire(self, upload: Upload) -> None:
+        """Remove an upload found expired (under its lock), and say so."""
+        if self._terminater is not None:
+            with contextlib.suppress(UploadNotFound):
+                await upload.terminate()
+        logger.info("upload %s expired", upload.info.id)
+
+    # -- HEAD -----------------------------------------------------------------------------------
+
+    async def _head(self, exchange: _Exchange, request: core.Head) -> core.Response:
+        now = self._clock()
+        result = await self._one_hop_or_none(request.upload_id, _info_of, read_only=True)
+        if result is not None and not core.is_expired(result[0], self.expire_after, now):
+            info = result[0]
         else:
-            logger.debug("%s %s: %r", request.method, request.raw_path, exc)
-        headers = [("Content-Type", "text/plain; charset=utf-8")]
-        if isinstance(exc, UnsupportedVersion):
-            # "it MUST respond with the 412 Precondition Failed status and MUST include the
-            # Tus-Version header into the response"
-            headers.append(("Tus-Version", proto.TUS_VERSION))
-        elif isinstance(exc, RangeNotSatisfiable):
-            headers.append(("Content-Range", f"bytes */{exc.size}"))
-        body = f"{exc.error_code}: {exc.message}\n".encode("utf-8", "replace")
-        return _Response(exc.status_code, headers, body)
+            # the lock is held (a running PATCH is asked to stop), or the upload expired
+            async with self._locked(request.upload_id):
+                upload = await self._store.get_upload(request.upload_id)
+                info = upload.info
+                if core.is_expired(info, self.expire_after, now):
+                    await self._expire(upload)
+                    self.core.check_live(info, now)
+        partial_urls = [self._url(exchange, partial) for partial in info.partial_uploads]
+        return self.core.head(info, partial_urls, now)
 
-    def _cors_headers(self, request: _Request) -> list[tuple[str, str]]:
-        origin = request.headers.get("origin")
-        if origin is None or not self._origin_allowed(origin):
-            return []
-        headers = [
-            ("Access-Control-Allow-Origin", origin),
-            ("Vary", "Origin"),
-            ("Access-Control-Expose-Headers", _EXPOSE_HEADERS),
-        ]
-        if request.method == "OPTIONS":
-            headers += [
-                ("Access-Control-Allow-Methods", _METHODS),
-                ("Access-Control-Allow-Headers", _ALLOW_HEADERS),
-                ("Access-Control-Max-Age", "86400"),
-            ]
-        return headers
+    # -- PATCH and creation-with-upload ---------------------------------------------------------
 
-    def _origin_allowed(self, origin: str) -> bool:
-        allowed = self.cors_allow_origins
-        return bool(allowed) and ("*" in allowed or origin in allowed)
-
-    def _check_origin(self, request: _Request) -> None:
-        origin = request.headers.get("origin")
-        if origin is not None and self.cors_allow_origins and not self._origin_allowed(origin):
-            raise OriginNotAllowed(f"origin {origin!r:.80} is not allowed")
-
-    async def _send_response(self, request: _Request, response: _Response) -> None:
-        is_head = request.scope["method"].upper() == "HEAD"
-        headers = [("Tus-Resumable", proto.TUS_VERSION)]
-        headers += self._cors_headers(request)
-        headers += request.extra_headers
-        # a HEAD response may announce the length a GET would have; any other response's
-        # Content-Length is its body's (a POST overridden to HEAD included)
-        headers += [
-            (name, value)
-            for name, value in response.headers
-            if is_head or name.lower() != "content-length"
-        ]
-        if response.status not in _NO_BODY_STATUSES and not any(
-            name.lower() == "content-length" for name, _ in headers
-        ):
-            headers.append(("Content-Length", str(len(response.body))))
-        if request.body_unread and request.scope.get("http_version") in ("1.0", "1.1"):
-            # The rest of the body is still on its way (an early 409, 413, 415...). A server
-            # that closes with bytes unread makes the kernel send a reset, which loses the answer
-            # for clients that write the whole body before they read (httpx, requests). So the
-            # rest is read and dropped for a bounded time (below); a stalled body is not worth it
-            # (tus/tusd#1371): the connection is closed instead.
-            # HTTP/2 needs neither (the server resets just the stream) and forbids the header.
-            if not request.body_stalled:
-                request.drain = True
-            else:
-                headers.append(("Connection", "close"))
-        await self._start(request, response.status, headers)
-        # a HEAD response has no body, only the headers a GET would have
-        body = b"" if is_head else response.body
-        if request.drain:
-            # Everything the client needs goes out now (it knows the length); the response ends
-            # only once the request body has been read, so that the server sees both messages
-            # complete and keeps the connection (hypercorn closes it if the request is not).
-            if body:
-                await request.send({"type": "http.response.body", "body": body, "more_body": True})
-            await self._drain(request)
-            if request.disconnected:
-                return
-            body = b""
-        await self._send_last(request, body)
-
-    async def _drain(self, request: _Request) -> None:
-        # Bounded in time (_LINGER_TIME, and the idle timeout): past that the body stays unread
-        # and the server closes the connection after the response.
-        with anyio.move_on_after(min(self.idle_timeout, _LINGER_TIME)):
-            while request.body_unread:
-                message = await request.receive()
-                if message["type"] != "http.request":
-                    request.disconnected = True
-                    return
-                if not message.get("more_body", False):
-                    request.body_unread = False
-
-    async def _send_last(self, request: _Request, body: bytes) -> None:
-        message: HTTPResponseBodyEvent = {
-            "type": "http.response.body",
-            "body": body,
-            "more_body": False,
-        }
-        if not request.body_unread:
-            await request.send(message)
-            return
-        # The final send must not wait on a request body nobody reads: hypercorn stops reading
-        # once the app's queue is full, and the final send waits to queue http.disconnect
-        # behind it, which would wedge the connection for good. So keep taking it meanwhile.
-        async with anyio.create_task_group() as tg:
-
-            async def consume() -> None:
-                while (await request.receive())["type"] == "http.request":
-                    pass
-
-            tg.start_soon(consume)
-            await request.send(message)
-            tg.cancel_scope.cancel()
-
-    async def _start(self, request: _Request, status: int, headers: list[tuple[str, str]]) -> None:
-        request.response_started = True
-        await request.send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers
-                ],
-            }
+    async def _patch(self, exchange: _Exchange, request: core.Patch) -> core.Response:
+        appended = await self._append(
+            exchange,
+            request.upload_id,
+            offset=request.offset,
+            length=request.length,
+            checksum=request.checksum,
         )
+        if appended.completed:
+            await self._finished(appended.info)
+        if appended.error is not None:
+            raise appended.error
+        return self.core.appended(appended.info, self._clock(), created=False, with_body=True)
 
-    # -- OPTIONS --------------------------------------------------------------------------------
-
-    def _options(self, request: _Request) -> _Response:
-        # "An OPTIONS request MAY be used to gather information about the Server's current
-        # configuration. A successful response [...] MUST contain the Tus-Version header."
-        # 200 rather than 204: some browsers refuse a 204 to a preflight (as tusd).
-        headers = [("Tus-Version", proto.TUS_VERSION), ("Tus-Extension", ",".join(self.extensions))]
-        if self.max_size is not None:
-            headers.append(("Tus-Max-Size", str(self.max_size)))
-        if self._truncater is not None:
-            # "The Tus-Checksum-Algorithm response header MUST be a comma-separated list of the
-            # checksum algorithms supported by the server."
-            headers.append(("Tus-Checksum-Algorithm", ",".join(proto.CHECKSUM_ALGORITHMS)))
-        return _Response(200, headers)
-
-    # -- POST: creation -------------------------------------------------------------------------
-
-    async def _post(self, request: _Request) -> _Response:
-        headers = request.headers
-        concat: proto.Concat | None = None
-        if "upload-concat" in headers and self._concater is not None:
-            concat = proto.parse_concat(headers["upload-concat"], self.base_path)
-        metadata = proto.parse_metadata(
-            headers.get("upload-metadata", ""), max_length=self.max_metadata_size
-        )
-        # creation-with-upload: "the Client MUST include the Content-Type:
-        # application/offset+octet-stream header"; any other body is ignored, as tusd does
-        with_body = _is_offset_stream(headers.get("content-type"))
-        length_header = headers.get("upload-length")
-        defer_header = headers.get("upload-defer-length")
-
-        if concat is not None and concat.kind == "final":
-            # "The Client MUST NOT include the Upload-Length header in the final upload creation."
-            if length_header is not None or defer_header is not None:
-                raise InvalidHeader("a final upload takes no Upload-Length or Upload-Defer-Length")
-            if with_body:
-                raise UploadIsFinal("a final upload takes no data")
-            return await self._create_final(request, concat.partial_ids, metadata)
-
-        # "The Client MUST include either the Upload-Length or the Upload-Defer-Length header"
-        # "If both headers are present the Server MUST respond with 400 Bad Request." (tusd)
-        size: int | None
-        if length_header is not None and defer_header is not None:
-            raise InvalidHeader("Upload-Length and Upload-Defer-Length are mutually exclusive")
-        if length_header is not None:
-            size = proto.parse_integer(length_header, "Upload-Length")
-        elif defer_header is not None and self._deferrer is not None:
-            proto.parse_defer_length(defer_header)
-            size = None
-        else:
-            raise InvalidHeader("missing Upload-Length header (or Upload-Defer-Length: 1)")
-        # "If the length of the upload exceeds the maximum, which MAY be specified using the
-        # Tus-Max-Size header, the Server MUST respond with the 413 Request Entity Too Large"
-        if size is not None and self.max_size is not None and size > self.max_size:
-            raise MaxSizeExceeded(f"Upload-Length {size} exceeds the maximum of {self.max_size}")
-        checksum = self._parse_checksum(request) if with_body else None
-
+    async def _create(self, exchange: _Exchange, request: core.Create) -> core.Response:
         draft = UploadInfo(
-            size=size, metadata=metadata, is_partial=concat is not None and concat.kind == "partial"
+            size=request.size, metadata=request.metadata, is_partial=request.is_partial
         )
         if self.on_create is not None:
-            await self.on_create(draft, request.hook_request())
-        info = await self._core.new_upload(draft)
-        request.extra_headers.append(("Location", self._url(request, info.id)))
-        logger.info("created upload %s (%s bytes)", info.id, size)
-
-        response = _Response(201)
-        if with_body:
+            await self.on_create(draft, exchange.hook_request())
+        info = await self._store.new_upload(draft)
+        exchange.extra_headers.append(("Location", self._url(exchange, info.id)))
+        logger.info("created upload %s (%s bytes)", info.id, request.size)
+        if request.with_body:
             appended = await self._append(
-                request, info.id, offset=0, length=None, checksum=checksum
+                exchange, info.id, offset=0, length=None, checksum=request.checksum
             )
             if appended.completed:
                 await self._finished(appended.info)
             if appended.error is not None:
                 raise appended.error
             info = appended.info
-            # "The Server MUST include the Upload-Offset header in the response"
-            response.headers.append(("Upload-Offset", str(info.offset)))
         elif info.is_complete:
             # "Upload-Length: 0" is complete the moment it exists
             await self._finished(info)
-        response.headers += self._expires_headers(info)
-        return response
-
-    async def _create_final(
-        self, request: _Request, partial_ids: Sequence[str], metadata: dict[str, str]
-    ) -> _Response:
-        concater = self._concater
-        assert concater is not None
-        total = 0
-        for partial_id in partial_ids:
-            try:
-                partial = await self._core.get_info(partial_id)
-            except UploadNotFound:
-                raise UploadNotFinished(f"partial upload {partial_id} does not exist") from None
-            # "The Server MUST NOT accept [...] the concatenation of uploads which are not
-            # partial" (the final upload is made of partial uploads, in the order given)
-            if not partial.is_partial:
-                raise InvalidHeader(f"upload {partial_id} is not a partial upload")
-            if partial.size is None or not partial.is_complete:
-                raise UploadNotFinished(f"partial upload {partial_id} is not finished")
-            total += partial.size
-        if self.max_size is not None and total > self.max_size:
-            raise MaxSizeExceeded(f"the final upload's {total} bytes exceed {self.max_size}")
-
-        draft = UploadInfo(
-            size=total, metadata=metadata, is_final=True, partial_uploads=tuple(partial_ids)
-        )
-        if self.on_create is not None:
-            await self.on_create(draft, request.hook_request())
-        final = await self._core.new_upload(draft)
-        try:
-            await concater.concat_uploads(final.id, partial_ids)
-        except BaseException as exc:
-            # a final upload that could not be filled must not be left behind looking empty
-            with anyio.move_on_after(10, shield=True), contextlib.suppress(TusError, OSError):
-                if self._terminater is not None:
-                    await self._terminater.terminate(final.id)
-            if isinstance(exc, UploadNotFound):
-                raise UploadNotFinished(f"a partial upload disappeared: {exc.message}") from exc
-            raise
-        info = await self._core.get_info(final.id)
-        logger.info("concatenated %d uploads into %s", len(partial_ids), final.id)
-        request.extra_headers.append(("Location", self._url(request, final.id)))
-        await self._finished(info)
-        return _Response(201)
-
-    # -- HEAD -----------------------------------------------------------------------------------
-
-    async def _head(self, request: _Request, upload_id: str) -> _Response:
-        # the lock is held for one stat; a release request need not interrupt that
-        async with self._locker.lock(upload_id, timeout=self.lock_timeout):
-            info = await self._core.get_info(upload_id)
-            await self._check_expired(info)
-        # "The Server MUST always include the Upload-Offset header in the response for a HEAD
-        # request, even if the offset is 0, or the upload is already considered completed."
-        # "The Server MUST prevent the client and/or proxies from caching the response by adding
-        # the Cache-Control: no-store header to the response."
-        headers = [
-            ("Upload-Offset", str(info.offset)),
-            ("Cache-Control", "no-store"),
-            # what a GET would return
-            ("Content-Length", str(info.offset)),
-        ]
-        if info.size is not None:
-            # "If the size of the upload is known, the Server MUST include the Upload-Length
-            # header in the response."
-            headers.append(("Upload-Length", str(info.size)))
-        else:
-            # "As long as the length of the upload is not known, the Server MUST set
-            # Upload-Defer-Length: 1 in all responses to HEAD requests."
-            headers.append(("Upload-Defer-Length", "1"))
-        if info.metadata:
-            # "If an upload contains additional metadata, responses to HEAD requests MUST include
-            # the Upload-Metadata header and its value as specified by the Client during the
-            # creation."
-            serialized = proto.serialize_metadata(info.metadata)
-            if serialized:
-                headers.append(("Upload-Metadata", serialized))
-        concat = proto.serialize_concat(
-            is_partial=info.is_partial,
-            is_final=info.is_final,
-            partial_urls=[self._url(request, partial) for partial in info.partial_uploads],
-        )
-        if concat is not None:
-            headers.append(("Upload-Concat", concat))
-        headers += self._expires_headers(info)
-        return _Response(200, headers)
-
-    # -- PATCH ----------------------------------------------------------------------------------
-
-    async def _patch(self, request: _Request, upload_id: str) -> _Response:
-        headers = request.headers
-        # "All PATCH requests MUST use Content-Type: application/offset+octet-stream, otherwise
-        # the server SHOULD return a 415 Unsupported Media Type status."
-        if not _is_offset_stream(headers.get("content-type")):
-            raise UnsupportedMediaType(f"Content-Type must be {proto.OFFSET_CONTENT_TYPE}")
-        offset_header = headers.get("upload-offset")
-        if offset_header is None:
-            raise InvalidHeader("missing Upload-Offset header")
-        offset = proto.parse_integer(offset_header, "Upload-Offset")
-        length_header = headers.get("upload-length")
-        length = None
-        if length_header is not None:
-            length = proto.parse_integer(length_header, "Upload-Length")
-        checksum = self._parse_checksum(request)
-
-        appended = await self._append(
-            request, upload_id, offset=offset, length=length, checksum=checksum
-        )
-        if appended.completed:
-            await self._finished(appended.info)
-        if appended.error is not None:
-            raise appended.error
-        # "The Server MUST acknowledge successful PATCH requests with the 204 No Content status.
-        # It MUST include the Upload-Offset header containing the new offset."
-        response = _Response(204, [("Upload-Offset", str(appended.info.offset))])
-        response.headers += self._expires_headers(appended.info)
-        return response
-
-    def _parse_checksum(self, request: _Request) -> proto.Checksum | None:
-        value = request.headers.get("upload-checksum")
-        if value is None or self._truncater is None:
-            return None
-        return proto.parse_checksum(value)
+        return self.core.appended(info, self._clock(), created=True, with_body=request.with_body)
 
     async def _append(
         self,
-        request: _Request,
+        exchange: _Exchange,
         upload_id: str,
         *,
         offset: int,
         length: int | None,
         checksum: proto.Checksum | None,
     ) -> _Appended:
-        """Write the request body to the upload under its lock: the heart of PATCH.
+        content_length = exchange.request.content_length
+        if content_length is not None and content_length <= SMALL_BODY:
+            data, body_error = await exchange.read_small(self.idle_timeout)
+            appended = await self._append_small(
+                exchange, upload_id, offset, length, checksum, data
+            )
+            if body_error is not None and appended.error is None:
+                appended = dataclasses.replace(appended, error=body_error)
+            return appended
+        return await self._append_streaming(exchange, upload_id, offset, length, checksum)
+
+    async def _append_small(
+        self,
+        exchange: _Exchange,
+        upload_id: str,
+        offset: int,
+        length: int | None,
+        checksum: proto.Checksum | None,
+        data: bytes,
+    ) -> _Appended:
+        """Write a body that was read whole: one hop when the lock is free."""
+        whole = exchange.body is _Body.DONE
+        verdict: TusError | None = None
+        if checksum is not None:
+            hasher = core.new_hasher(checksum.algorithm)
+            hasher.update(data)
+            verdict = self.core.checksum_verdict(checksum, hasher.digest(), whole=whole)
+        now = self._clock()
+        content_length = exchange.request.content_length
+
+        def plan(info: UploadInfo) -> tuple[core.AppendPlan, bytes, TusError | None]:
+            plan = self.core.plan_append(
+                info, offset=offset, length=length, content_length=content_length, now=now
+            )
+            if plan.nothing_to_write or verdict is not None:
+                # a chunk that fails its checksum is not appended at all
+                return plan, b"", verdict
+            if plan.limit is not None and len(data) > plan.limit:
+                return plan, data[: plan.limit], plan.exceeded
+            return plan, data, None
+
+        def write(upload: SyncUpload) -> tuple[core.AppendPlan, UploadInfo, TusError | None]:
+            try:
+                decided, chunk, error = plan(upload.info)
+            except UploadExpired:
+                upload.terminate()
+                raise
+            if decided.declare_length is not None:
+                upload.declare_length(decided.declare_length)
+            if chunk:
+                upload.write(chunk)
+            return decided, upload.info, error
+
+        result = await self._one_hop_or_none(upload_id, write)
+        if result is not None:
+            decided, info, error = result[0]
+        else:
+            # the same steps with the lock taken in the event loop (it was held: its holder is
+            # asked to let go), each step a hop of its own
+            async with self._locked(upload_id):
+                upload = await self._store.get_upload(upload_id)
+                try:
+                    decided, chunk, error = plan(upload.info)
+                except UploadExpired:
+                    await self._expire(upload)
+                    raise
+                if decided.declare_length is not None:
+                    await upload.declare_length(decided.declare_length)
+                if chunk:
+                    await upload.write_chunk(_once(chunk))
+                info = upload.info
+        if error is core.ROLL_BACK:
+            error = None  # the body did not arrive: nothing to answer, nothing stored
+        return _Appended(info, not decided.was_complete and info.is_complete, error)
+
+    async def _append_streaming(
+        self,
+        exchange: _Exchange,
+        upload_id: str,
+        offset: int,
+        length: int | None,
+        checksum: proto.Checksum | None,
+    ) -> _Appended:
+        """Stream a body into the upload under its lock: the heart of a large PATCH.
 
         A release request (another request wants the lock) cancels only the body transfer; what
         was received is stored, the rollback below still runs, and the request ends with
         :class:`~anytus.UploadInterrupted`.
         """
         body_scope = anyio.CancelScope()
-        async with self._locker.lock(
-            upload_id, timeout=self.lock_timeout, on_release=body_scope.cancel
-        ):
-            info = await self._core.get_info(upload_id)
-            await self._check_expired(info)
-            # "The Server SHOULD respond with the 403 Forbidden status to PATCH requests against
-            # a final upload URL"
-            if info.is_final:
-                raise UploadIsFinal
-            # "If the offsets do not match, the Server MUST respond with the 409 Conflict status
-            # without modifying the upload resource."
-            if offset != info.offset:
-                raise OffsetMismatch(
-                    f"Upload-Offset is {offset}, but the upload's offset is {info.offset}"
+        async with self._locked(upload_id, on_release=body_scope.cancel):
+            upload = await self._store.get_upload(upload_id)
+            try:
+                plan = self.core.plan_append(
+                    upload.info,
+                    offset=offset,
+                    length=length,
+                    content_length=exchange.request.content_length,
+                    now=self._clock(),
                 )
-            was_complete = info.is_complete
-            if length is not None:
-                info = await self._declare_length(info, length)
-            if info.is_complete:
+            except UploadExpired:
+                await self._expire(upload)
+                raise
+            if plan.declare_length is not None:
+                await upload.declare_length(plan.declare_length)
+            if plan.nothing_to_write:
                 # nothing may be added; tusd answers 204 with the offset without reading
-                return _Appended(info, not was_complete, None)
+                return _Appended(upload.info, not plan.was_complete, None)
 
-            if info.size is not None:
-                limit: int | None = info.size - info.offset
-                exceeded: TusError = SizeExceeded(
-                    f"the request body goes past the upload's length of {info.size} bytes"
-                )
-            else:
-                limit = None if self.max_size is None else self.max_size - info.offset
-                exceeded = MaxSizeExceeded(
-                    f"the request body goes past the maximum size of {self.max_size} bytes"
-                )
-            hasher = _new_hasher(checksum.algorithm) if checksum is not None else None
-            reader = _BodyReader(request, limit=limit, exceeded=exceeded, hasher=hasher)
+            hasher = core.new_hasher(checksum.algorithm) if checksum is not None else None
+            reader = _BodyReader(exchange, limit=plan.limit, exceeded=plan.exceeded, hasher=hasher)
             failure: Exception | None = None
-            written: int | None = None
             with body_scope:
                 async with anyio.create_task_group() as tg:
                     if math.isfinite(self.idle_timeout):
@@ -918,7 +663,7 @@ class TusApp:
                     # kept out of the task group's exception group, so that the one place that
                     # maps TusError to a response sees the store's errors as they are
                     try:
-                        written = await self._core.write_chunk(upload_id, info.offset, reader)
+                        await upload.write_chunk(reader)
                     except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped
                         failure = exc
                     tg.cancel_scope.cancel()
@@ -929,64 +674,76 @@ class TusApp:
             # (while the store closed the file) interrupted nothing
             if error is None and body_scope.cancelled_caught and not reader.complete:
                 logger.info("upload %s interrupted by another request", upload_id)
-                request.body_stalled = True
+                exchange.body = _Body.ABANDONED
                 error = UploadInterrupted()
-            if written is None:
-                # interrupted: only the store knows how much it kept
-                after = await self._core.get_info(upload_id)
-            else:
-                # we hold the lock: nothing else wrote, and every byte counted is in the file
-                after = dataclasses.replace(
-                    info, offset=info.offset + written, modified_at=time.time()
-                )
 
             if checksum is not None and hasher is not None:
-                # "If the hashes do not match, the Server MUST respond with the 460 Checksum
-                # Mismatch status [...] the Server MUST NOT append the chunk". A body that did not
-                # arrive whole cannot be verified either: it goes too.
-                whole = error is None and not request.disconnected
-                if not whole or hasher.digest() != checksum.digest:
-                    assert self._truncater is not None
-                    if after.offset != info.offset:
-                        await self._truncater.truncate(upload_id, info.offset)
-                        after = dataclasses.replace(after, offset=info.offset)
-                    if whole:
-                        error = ChecksumMismatch(
-                            f"the body's {checksum.algorithm} does not match Upload-Checksum"
-                        )
-        return _Appended(after, not was_complete and after.is_complete, error)
+                whole = error is None and exchange.body is not _Body.DISCONNECTED
+                verdict = self.core.checksum_verdict(checksum, hasher.digest(), whole=whole)
+                if verdict is not None:
+                    if upload.info.offset != plan.offset:
+                        await upload.truncate(plan.offset)
+                    if verdict is not core.ROLL_BACK:
+                        error = verdict
+        info = upload.info
+        return _Appended(info, not plan.was_complete and info.is_complete, error)
 
-    async def _declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
-        if info.size is not None:
-            # "the Upload-Length [...] once set, MUST NOT change": sending the same length again
-            # is harmless (a retried last PATCH) and is accepted
-            if length != info.size:
-                raise InvalidHeader(f"the upload's length is {info.size} and cannot change")
-            return info
-        if self._deferrer is None:  # pragma: no cover - a deferred upload implies the extension
-            raise InvalidHeader("creation-defer-length is not supported")
-        if self.max_size is not None and length > self.max_size:
-            raise MaxSizeExceeded(f"Upload-Length {length} exceeds the maximum of {self.max_size}")
-        declared = await self._deferrer.declare_length(info.id, length)
-        return dataclasses.replace(declared, offset=info.offset)
+    # -- concatenation --------------------------------------------------------------------------
+
+    async def _create_final(self, exchange: _Exchange, request: core.CreateFinal) -> core.Response:
+        partials = []
+        for partial_id in request.partial_ids:
+            try:
+                partials.append(await self._store.get_upload(partial_id))
+            except UploadNotFound:
+                raise UploadNotFinished(f"partial upload {partial_id} does not exist") from None
+        total = self.core.final_size([partial.info for partial in partials])
+
+        draft = UploadInfo(
+            size=total,
+            metadata=request.metadata,
+            is_final=True,
+            partial_uploads=tuple(request.partial_ids),
+        )
+        if self.on_create is not None:
+            await self.on_create(draft, exchange.hook_request())
+        created = await self._store.new_upload(draft)
+        try:
+            final = await self._store.get_upload(created.id)
+            await final.concat(partials)
+        except BaseException as exc:
+            # a final upload that could not be filled must not be left behind looking empty
+            with anyio.move_on_after(10, shield=True), contextlib.suppress(TusError, OSError):
+                if self._terminater is not None:
+                    await self._terminater.terminate(created.id)
+            if isinstance(exc, UploadNotFound):
+                raise UploadNotFinished(f"a partial upload disappeared: {exc.message}") from exc
+            raise
+        logger.info("concatenated %d uploads into %s", len(partials), created.id)
+        exchange.extra_headers.append(("Location", self._url(exchange, created.id)))
+        await self._finished(final.info)
+        return core.Response(201)
 
     # -- GET ------------------------------------------------------------------------------------
 
-    async def _get(self, request: _Request, upload_id: str) -> _Response | None:
+    async def _get(self, exchange: _Exchange, request: core.Get) -> core.Response | None:
         async with contextlib.AsyncExitStack() as stack:
             stream: ByteReceiveStream | None = None
-            async with self._locker.lock(upload_id, timeout=self.lock_timeout):
-                info = await self._core.get_info(upload_id)
-                await self._check_expired(info)
+            now = self._clock()
+            async with self._locked(request.upload_id):
+                upload = await self._store.get_upload(request.upload_id)
+                info = upload.info
+                if core.is_expired(info, self.expire_after, now):
+                    await self._expire(upload)
+                    self.core.check_live(info, now)
                 size = info.offset
                 byte_range = None
-                range_header = request.headers.get("range")
-                if range_header is not None:
-                    byte_range = proto.parse_range(range_header, size)
+                if request.range is not None:
+                    byte_range = proto.parse_range(request.range, size)
                 start, end = (byte_range.start, byte_range.end) if byte_range else (0, size)
                 if end > start:
                     stream = await stack.enter_async_context(
-                        self._core.get_reader(upload_id, start=start, end=end)
+                        upload.get_reader(start=start, end=end)
                     )
             # The lock is released before the body is sent, so a slow download never makes an
             # upload wait (tusd#1356). That is safe: the reader holds its own descriptor, and
@@ -1012,43 +769,49 @@ class TusApp:
             # file is still a file
             status = 206 if byte_range is not None else 200
             if stream is None:
-                return _Response(status, headers)
+                return core.Response(status, headers)
 
-            headers = [("Tus-Resumable", proto.TUS_VERSION), *self._cors_headers(request), *headers]
-            await self._start(request, status, headers)
-            await self._send_stream(request, stream)
+            await self._start(
+                exchange, status, [*self.core.common_headers(exchange.request), *headers]
+            )
+            await self._send_stream(exchange, stream)
         return None
 
-    async def _send_stream(self, request: _Request, stream: ByteReceiveStream) -> None:
+    async def _send_stream(self, exchange: _Exchange, stream: ByteReceiveStream) -> None:
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:
                 # a client that goes away ends the download instead of reading the whole file
-                while (await request.receive())["type"] != "http.disconnect":
+                while (await exchange.receive())["type"] != "http.disconnect":
                     pass
-                request.disconnected = True
+                exchange.body = _Body.DISCONNECTED
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch_disconnect)
             async for chunk in stream:
-                await request.send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await request.send({"type": "http.response.body", "body": b"", "more_body": False})
+                await exchange.send(
+                    {"type": "http.response.body", "body": chunk, "more_body": True}
+                )
+            await exchange.send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()
 
     # -- DELETE ---------------------------------------------------------------------------------
 
-    async def _delete(
-        self, request: _Request, upload_id: str, terminater: TerminatableStore
-    ) -> _Response:
-        async with self._locker.lock(upload_id, timeout=self.lock_timeout):
-            info = await self._core.get_info(upload_id)
-            # "When receiving a DELETE request for an existing upload the Server SHOULD free
-            # associated resources and MUST respond with the 204 No Content status"
-            await terminater.terminate(upload_id)
-        logger.info("terminated upload %s", upload_id)
+    async def _delete(self, exchange: _Exchange, request: core.Delete) -> core.Response:
+        result = await self._one_hop_or_none(request.upload_id, _terminate)
+        if result is not None:
+            info = result[0]
+        else:
+            async with self._locked(request.upload_id):
+                upload = await self._store.get_upload(request.upload_id)
+                info = upload.info
+                # "When receiving a DELETE request for an existing upload the Server SHOULD free
+                # associated resources and MUST respond with the 204 No Content status"
+                await upload.terminate()
+        logger.info("terminated upload %s", request.upload_id)
         if self.on_terminate is not None:
             await self.on_terminate(info)
-        return _Response(204)
+        return core.Response(204)
 
     # -- completion and expiration --------------------------------------------------------------
 
@@ -1056,28 +819,6 @@ class TusApp:
         logger.info("upload %s complete (%d bytes)", info.id, info.offset)
         if self.on_finish is not None:
             await self.on_finish(info)
-
-    def _expires_headers(self, info: UploadInfo) -> list[tuple[str, str]]:
-        # "The Upload-Expires response header indicates the time after which the unfinished
-        # upload expires. [...] This header MUST be included in every PATCH response if the
-        # upload is going to expire."
-        if self.expire_after is None or info.is_complete:
-            return []
-        modified = info.modified_at if info.modified_at is not None else time.time()
-        return [("Upload-Expires", proto.format_http_date(modified + self.expire_after))]
-
-    async def _check_expired(self, info: UploadInfo) -> None:
-        if self.expire_after is None or info.is_complete or info.modified_at is None:
-            return
-        if time.time() - info.modified_at < self.expire_after:
-            return
-        # "If a Client does attempt to resume an upload which has since been removed by the
-        # Server, the Server SHOULD respond with the 404 Not Found or 410 Gone status."
-        if self._terminater is not None:
-            with contextlib.suppress(UploadNotFound):
-                await self._terminater.terminate(info.id)
-        logger.info("upload %s expired", info.id)
-        raise UploadExpired(f"upload {info.id} expired")
 
     async def cleanup(self) -> list[str]:
         """Remove every unfinished upload that has expired, now; return their IDs.
@@ -1088,7 +829,7 @@ class TusApp:
         if self._expirer is None or self.expire_after is None:
             await anyio.lowlevel.checkpoint()
             return []
-        removed = await self._expirer.cleanup(self.expire_after)
+        removed = await self._expirer.cleanup(self.expire_after, now=self._clock())
         if removed:
             logger.info("removed %d expired uploads: %s", len(removed), ", ".join(removed))
         return removed
@@ -1136,23 +877,114 @@ class TusApp:
             self._lifespans -= 1
         await send({"type": "lifespan.shutdown.complete"})
 
+    # -- sending --------------------------------------------------------------------------------
+
+    async def _send_response(self, exchange: _Exchange, response: core.Response) -> None:
+        headers = self.core.response_headers(exchange.request, response, exchange.extra_headers)
+        drain = False
+        if (exchange.body_pending or exchange.body is _Body.ABANDONED) and exchange.scope.get(
+            "http_version"
+        ) in ("1.0", "1.1"):
+            # The rest of the body is still on its way (an early 409, 413, 415...). A server
+            # that closes with bytes unread makes the kernel send a reset, which loses the answer
+            # for clients that write the whole body before they read (httpx, requests). So the
+            # rest is read and dropped for a bounded time (below); a stalled body is not worth it
+            # (tus/tusd#1371): the connection is closed instead.
+            # HTTP/2 needs neither (the server resets just the stream) and forbids the header.
+            if exchange.body_pending:
+                drain = True
+            else:
+                headers.append(("Connection", "close"))
+        await self._start(exchange, response.status, headers)
+        # a HEAD response has no body, only the headers a GET would have
+        body = b"" if exchange.request.wire_method == "HEAD" else response.body
+        if drain:
+            # Everything the client needs goes out now (it knows the length); the response ends
+            # only once the request body has been read, so that the server sees both messages
+            # complete and keeps the connection (some servers close it if the request is not).
+            if body:
+                await exchange.send({"type": "http.response.body", "body": body, "more_body": True})
+            await self._drain(exchange)
+            if exchange.body is _Body.DISCONNECTED:
+                return
+            body = b""
+        await self._send_last(exchange, body)
+
+    async def _drain(self, exchange: _Exchange) -> None:
+        # Bounded in time (_LINGER_TIME, and the idle timeout): past that the body stays unread
+        # and the server closes the connection after the response.
+        with anyio.move_on_after(min(self.idle_timeout, _LINGER_TIME)):
+            while exchange.body_pending:
+                message = await exchange.receive()
+                if message["type"] != "http.request":
+                    exchange.body = _Body.DISCONNECTED
+                elif not message.get("more_body", False):
+                    exchange.body = _Body.DONE
+
+    async def _send_last(self, exchange: _Exchange, body: bytes) -> None:
+        message: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": body,
+            "more_body": False,
+        }
+        if not exchange.body_pending:
+            await exchange.send(message)
+            return
+        # The final send must not wait on a request body nobody reads: hypercorn stops reading
+        # once the app's queue is full, and the final send waits to queue http.disconnect
+        # behind it, which would wedge the connection for good. So keep taking it meanwhile.
+        async with anyio.create_task_group() as tg:
+
+            async def consume() -> None:
+                while (await exchange.receive())["type"] == "http.request":
+                    pass
+
+            tg.start_soon(consume)
+            await exchange.send(message)
+            tg.cancel_scope.cancel()
+
+    async def _start(
+        self, exchange: _Exchange, status: int, headers: list[tuple[str, str]]
+    ) -> None:
+        exchange.response_started = True
+        await exchange.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers
+                ],
+            }
+        )
+
     # -- helpers --------------------------------------------------------------------------------
 
-    def _url(self, request: _Request, upload_id: str) -> str:
+    def _url(self, exchange: _Exchange, upload_id: str) -> str:
         """The absolute URL of an upload, from the request's scheme and ``Host``."""
-        host = request.headers.get("host") or request.headers.get(":authority")
+        headers = exchange.request.headers
+        host = headers.get("host") or headers.get(":authority")
         if host is None or not proto.valid_host(host):
             host = None
-            server = request.scope.get("server")
+            server = exchange.scope.get("server")
             if server is not None and server[0]:
                 name, port = server
                 name = f"[{name}]" if ":" in name else name
-                default = 443 if request.scheme == "https" else 80
+                default = 443 if exchange.scheme == "https" else 80
                 host = name if port in (None, default) else f"{name}:{port}"
-        return proto.build_url(request.scheme, host, self.base_path, upload_id)
+        return proto.build_url(exchange.scheme, host, self.base_path, upload_id)
 
 
-def _is_offset_stream(content_type: str | None) -> bool:
-    if content_type is None:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() == proto.OFFSET_CONTENT_TYPE
+def _info_of(upload: SyncUpload) -> UploadInfo:
+    return upload.info
+
+
+def _terminate(upload: SyncUpload) -> UploadInfo:
+    info = upload.info
+    # "When receiving a DELETE request for an existing upload the Server SHOULD free associated
+    # resources and MUST respond with the 204 No Content status"
+    upload.terminate()
+    return info
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
