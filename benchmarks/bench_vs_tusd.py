@@ -140,7 +140,9 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
         return start_listening(command, env, target.log, port)
     extra = ["--backend", "trio"] if target.name == "anytus-trio" else []
     extra += anytus_args
-    target.command = f"anytus serve --port 0 --dir {target.directory} {shlex.join(extra)}"
+    target.command = shlex.join(
+        ["anytus", "serve", "--port", "0", "--dir", str(target.directory), *extra]
+    )
     return start_anytus(target.directory, target.log, extra, "", None)
 
 
