@@ -101,7 +101,10 @@ def start_listening(
             socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
         except OSError:
             time.sleep(0.05)
-        else:
+            continue
+        # the port was free when picked; if another process took it since, ours has exited
+        time.sleep(0.2)
+        if process.poll() is None:
             return server
     server.stop()
     raise RuntimeError(
