@@ -633,10 +633,11 @@ def leg_head_latency(
 
 
 def leg_small(
-    url: str, payload: Payload, clients_count: int, seconds: float
+    url: str, payload: Payload, clients_count: int, seconds: float, limit: int = 1_000_000
 ) -> tuple[int, float, int]:
-    """POST + 1 KiB PATCH + HEAD in a loop on keep-alive connections; return uploads, seconds and
-    how many times the server closed a connection (hypercorn: after 1000 requests)."""
+    """POST + 1 KiB PATCH + HEAD in a loop on keep-alive connections, for *seconds* and at most
+    *limit* uploads per connection; return uploads, seconds and how many times the server closed
+    a connection (hypercorn: after 1000 requests)."""
     body = os.urandom(KIB)
     clients = [TusClient(url, payload) for _ in range(clients_count)]
     counts = [0] * clients_count
@@ -644,7 +645,7 @@ def leg_small(
 
     def loop(i: int) -> None:
         client = clients[i]
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and counts[i] < limit:
             path = client.create(KIB)
             client.patch(path, 0, KIB, body)
             if client.head(path) != KIB:
@@ -783,6 +784,26 @@ def profiling(pid: int, output: Path | None, rate: int) -> Iterator[None]:
 # --- main -------------------------------------------------------------------------------------------
 
 
+def add_leg_options(
+    parser: argparse.ArgumentParser,
+    *,
+    single: str,
+    parallel_size: str,
+    head_stream_size: str,
+    small_seconds: str,
+) -> None:
+    """The legs' options, shared with ``bench_vs_tusd.py``; the keywords describe the defaults of
+    the options that default to None (each script picks its own, and smaller ones for --quick)."""
+    parser.add_argument("--single-size", type=parse_size, help=f"one upload's size ({single})")
+    parser.add_argument("--patch-size", type=parse_size, default=64 * MIB, help="PATCH size (64M)")
+    parser.add_argument("--parallel", type=int, default=8, help="concurrent uploads (8)")
+    parser.add_argument("--parallel-size", type=parse_size, help=f"each ({parallel_size})")
+    parser.add_argument("--head-streams", type=int, default=4, help="uploads streaming (4)")
+    parser.add_argument("--head-stream-size", type=parse_size, help=f"each ({head_stream_size})")
+    parser.add_argument("--small-clients", type=int, default=8, help="small-leg connections (8)")
+    parser.add_argument("--small-seconds", type=float, help=f"small-leg duration ({small_seconds})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -794,14 +815,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra argument for anytus serve (repeatable), e.g. --server-arg=--max-size=...",
     )
-    parser.add_argument("--single-size", type=parse_size, help="(a) upload size (1G; quick 256M)")
-    parser.add_argument("--patch-size", type=parse_size, default=64 * MIB, help="PATCH size (64M)")
-    parser.add_argument("--parallel", type=int, default=8, help="(b) concurrent uploads (8)")
-    parser.add_argument("--parallel-size", type=parse_size, help="(b) each (256M; quick 32M)")
-    parser.add_argument("--head-streams", type=int, default=4, help="(c) streaming uploads (4)")
-    parser.add_argument("--head-stream-size", type=parse_size, help="(c) each (256M; quick 64M)")
-    parser.add_argument("--small-clients", type=int, default=8, help="(d) connections (8)")
-    parser.add_argument("--small-seconds", type=float, help="(d) duration (10; quick 3)")
+    add_leg_options(
+        parser,
+        single="1G; quick 256M",
+        parallel_size="256M; quick 32M",
+        head_stream_size="256M; quick 64M",
+        small_seconds="10; quick 3",
+    )
     parser.add_argument(
         "--durability",
         choices=("finish", "none"),

@@ -1,0 +1,573 @@
+"""anytus against tusd v2.10 in one interleaved run; prints ratios to tusd.
+
+Absolute figures drift on a shared machine, so every target runs every leg once per round, the
+targets' order rotates from round to round, and what counts is the ratio of medians in the same run.
+
+Targets, each one subprocess on 127.0.0.1 (a free port, its own upload directory), started once:
+
+- ``tusd``: the peer binary (``--tusd``, default ``../shared/peers/tusd``), ``-verbose=false``;
+- ``anytus``: ``anytus serve`` (hypercorn, asyncio); ``--anytus-args`` adds flags;
+- ``anytus-trio``: the same with ``--backend trio``;
+- ``uvicorn``: ``TusApp(FileStore(dir), base_path="/files/")`` under uvicorn (``_uvicorn_app.py``),
+  with the durability given in ``--anytus-args`` (``pip install -e '.[bench]'``).
+
+Legs, with the client of ``bench_e2e.py`` (one thread per connection, bodies sent with sendfile):
+
+- ``single``: one upload of ``--single-size`` (512 MiB) in 64 MiB PATCHes on one connection, MiB/s;
+- ``parallel``: 8 uploads of ``--parallel-size`` (128 MiB) at once, total MiB/s;
+- ``small``: POST (1 KiB) + 1 KiB PATCH + HEAD by 8 keep-alive connections for ``--small-seconds``
+  (5), requests/s;
+- ``head``: HEAD latency on an idle upload (every 5 ms) while 4 uploads stream (each 256 MiB in
+  64 MiB PATCHes, then DELETE, again and again) for ``--head-seconds`` (5); p99 in ms.
+
+Run: ``.venv/bin/python benchmarks/bench_vs_tusd.py [--quick] [--targets tusd,anytus]
+[--anytus-args "--durability none"] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from _common import KIB, MIB, OtherLoad, human
+from bench_e2e import (
+    REPO,
+    CpuMeter,
+    HttpError,
+    Payload,
+    Server,
+    TusClient,
+    add_leg_options,
+    anytus_command,
+    expect,
+    leg_parallel,
+    leg_single,
+    leg_small,
+    percentile,
+    run_threads,
+    start_anytus,
+    warm_up,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+BENCHMARKS = Path(__file__).resolve().parent
+TARGETS = ("tusd", "anytus", "anytus-trio", "uvicorn")
+REFERENCE = "tusd"
+#: at most this many HEADs per head leg, whatever the duration (one every 5 ms is ~200/s)
+MAX_PROBES = 100_000
+
+
+# --- servers ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (tusd and uvicorn are given one; `anytus serve --port 0`
+    reports its own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_listening(
+    command: list[str], env: dict[str, str], log: Path, port: int, timeout: float = 30.0
+) -> Server:
+    """Start *command* and wait until it accepts connections on *port*."""
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env
+        )
+    server = Server(process, f"http://127.0.0.1:{port}/files/", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+        except OSError:
+            time.sleep(0.05)
+            continue
+        # the port was free when picked; if another process took it since, ours has exited
+        time.sleep(0.2)
+        if process.poll() is None:
+            return server
+    server.stop()
+    raise RuntimeError(
+        f"`{shlex.join(command)}` did not listen on port {port} (exit status "
+        f"{process.returncode}); its output:\n{log.read_text(errors='replace')[-2000:]}"
+    )
+
+
+@dataclass
+class Target:
+    name: str
+    directory: Path
+    log: Path
+    server: Server | None = None
+    command: str = ""
+    error: str = ""
+
+
+def start_target(target: Target, tusd: Path, anytus_args: list[str], durability: str) -> Server:
+    if target.name == "tusd":
+        port = free_port()
+        command = [str(tusd), "-host", "127.0.0.1", "-port", str(port)]
+        command += ["-upload-dir", str(target.directory), "-base-path", "/files/"]
+        command += ["-verbose=false"]
+        target.command = shlex.join(command)
+        return start_listening(command, dict(os.environ), target.log, port)
+    if target.name == "uvicorn":
+        port = free_port()
+        _, env = anytus_command("", None)
+        env["ANYTUS_BENCH_DIR"] = str(target.directory)
+        env["ANYTUS_BENCH_DURABILITY"] = durability
+        command = [sys.executable, "-m", "uvicorn", "_uvicorn_app:app", "--app-dir"]
+        command += [str(BENCHMARKS), "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--no-access-log", "--log-level", "warning"]
+        target.command = f"ANYTUS_BENCH_DURABILITY={durability} {shlex.join(command)}"
+        return start_listening(command, env, target.log, port)
+    extra = ["--backend", "trio"] if target.name == "anytus-trio" else []
+    extra += anytus_args
+    target.command = shlex.join(
+        ["anytus", "serve", "--port", "0", "--dir", str(target.directory), *extra]
+    )
+    return start_anytus(target.directory, target.log, extra, "", None)
+
+
+def clear(directory: Path) -> None:
+    """Delete every file a leg left (no request is in flight): tusd's ``<id>`` and ``<id>.info``,
+    anytus's ``<id>.bin``, ``.info`` and ``.lock``. No sync: deleted files' dirty pages are
+    dropped, never written."""
+    for path in directory.iterdir():
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+# --- the head leg -----------------------------------------------------------------------------------
+
+
+def leg_head(
+    url: str, payload: Payload, streams: int, each: int, patch_size: int, seconds: float
+) -> tuple[list[float], float]:
+    """HEAD an idle upload every 5 ms while *streams* uploads of *each* bytes stream, each deleted
+    once complete and started again, for *seconds*; return the latencies and the streams' MiB/s.
+
+    Unlike ``bench_e2e``'s leg, the load lasts as long for every target, whatever its speed, and
+    DELETE keeps the disk use at *streams* x *each*.
+    """
+    prober = TusClient(url, payload)
+    idle = prober.create(MIB)
+    prober.patch(idle, 0, 512 * KIB, os.urandom(512 * KIB))
+    clients = [TusClient(url, payload) for _ in range(streams)]
+    sent = [0] * streams
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    def stream(i: int) -> None:
+        client = clients[i]
+        while time.perf_counter() < deadline:
+            path = client.create(each)
+            offset = 0
+            # a PATCH that starts before the deadline runs to its end: at most one more each
+            while offset < each and time.perf_counter() < deadline:
+                length = min(patch_size, each - offset, len(payload.data))
+                offset = client.patch(path, offset, length)
+                sent[i] += length
+            expect(client.conn.request("DELETE", path), 204, "DELETE")
+
+    def probe() -> None:
+        # the idle upload, not a streaming one: a HEAD takes the upload's lock, which would
+        # interrupt that upload's PATCH
+        for _ in range(MAX_PROBES):
+            if time.perf_counter() >= deadline:
+                return
+            start = time.perf_counter()
+            prober.head(idle)
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.005)
+
+    try:
+        elapsed = run_threads(streams + 1, lambda i: stream(i) if i < streams else probe())
+    finally:
+        for client in [prober, *clients]:
+            client.close()
+    return latencies, sum(sent) / MIB / elapsed
+
+
+# --- legs and results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leg:
+    key: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    #: bytes written and deleted just before the leg (see bench_e2e.warm_up)
+    warm: int
+    #: url -> the leg's figure and secondary figures
+    run: Callable[[str], tuple[float, dict[str, float]]]
+
+
+@dataclass
+class Record:
+    round: int
+    target: str
+    leg: str
+    value: float | None
+    unit: str
+    extras: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+    #: CPU used during the leg, in CPUs (1.0 = one core busy): the server's process tree, the client
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+    error: str = ""
+
+
+def make_legs(args: argparse.Namespace, payload: Payload) -> list[Leg]:
+    patch: int = args.patch_size
+
+    def single(url: str) -> tuple[float, dict[str, float]]:
+        return leg_single(url, payload, args.single_size, patch), {}
+
+    def parallel(url: str) -> tuple[float, dict[str, float]]:
+        return leg_parallel(url, payload, args.parallel, args.parallel_size, patch), {}
+
+    def small(url: str) -> tuple[float, dict[str, float]]:
+        uploads, elapsed, reconnects = leg_small(
+            url, payload, args.small_clients, args.small_seconds
+        )
+        return 3 * uploads / elapsed, {"uploads/s": uploads / elapsed, "reconnects": reconnects}
+
+    def head(url: str) -> tuple[float, dict[str, float]]:
+        latencies, rate = leg_head(
+            url, payload, args.head_streams, args.head_stream_size, patch, args.head_seconds
+        )
+        if not latencies:
+            raise HttpError("no HEAD completed")
+        return percentile(latencies, 99) * 1e3, {
+            "p50 ms": percentile(latencies, 50) * 1e3,
+            "max ms": max(latencies) * 1e3,
+            "HEADs": len(latencies),
+            "streams MiB/s": rate,
+        }
+
+    single_title = f"1 upload of {human(args.single_size)}, {human(patch)} PATCHes"
+    return [
+        Leg("single", single_title, "MiB/s", True, args.single_size, single),
+        Leg(
+            "parallel",
+            f"{args.parallel} parallel uploads of {human(args.parallel_size)}",
+            "MiB/s",
+            True,
+            args.parallel * args.parallel_size,
+            parallel,
+        ),
+        Leg(
+            "small",
+            f"small uploads (POST + 1 KiB PATCH + HEAD), {args.small_clients} connections",
+            "req/s",
+            True,
+            0,
+            small,
+        ),
+        Leg(
+            "head",
+            f"HEAD p99 while {args.head_streams} x {human(args.head_stream_size)} stream",
+            "ms",
+            False,
+            args.head_streams * args.head_stream_size,
+            head,
+        ),
+    ]
+
+
+def run_leg(leg: Leg, target: Target, round_: int, root: Path, payload: Payload) -> Record:
+    assert target.server is not None
+    clear(target.directory)
+    if leg.warm:
+        warm_up(root, leg.warm, payload)
+    meter = CpuMeter(target.server.process.pid)
+    record = Record(round_, target.name, leg.key, None, leg.unit)
+    try:
+        with meter.measure():
+            record.value, record.extras = leg.run(target.server.url)
+    except (OSError, HttpError) as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        clear(target.directory)
+    record.wall = meter.wall
+    if meter.wall > 0:
+        record.server_cpu = (meter.server_user + meter.server_system) / meter.wall
+        record.client_cpu = meter.client / meter.wall
+    return record
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    median: float
+    low: float
+    high: float
+    server_cpu: float
+    client_cpu: float
+    extras: dict[str, float]
+    ratio: float | None = None
+
+
+def summarize(records: list[Record], legs: list[Leg]) -> dict[str, dict[str, Summary]]:
+    """Per leg and target: the median across rounds, and the ratio to tusd's median (oriented so
+    that > 1 is better than tusd)."""
+    table: dict[str, dict[str, Summary]] = {}
+    for leg in legs:
+        by_target: dict[str, list[Record]] = {}
+        for record in records:
+            if record.leg == leg.key and record.value is not None:
+                by_target.setdefault(record.target, []).append(record)
+        row = table.setdefault(leg.key, {})
+        for name, done in by_target.items():
+            values = [r.value for r in done if r.value is not None]
+            keys = done[0].extras.keys()
+            row[name] = Summary(
+                statistics.median(values),
+                min(values),
+                max(values),
+                statistics.median(r.server_cpu for r in done),
+                statistics.median(r.client_cpu for r in done),
+                {key: statistics.median(r.extras[key] for r in done) for key in keys},
+            )
+        reference = row.get(REFERENCE)
+        for summary in row.values():
+            if reference is not None and reference.median > 0 and summary.median > 0:
+                ratio = summary.median / reference.median
+                summary.ratio = ratio if leg.higher_is_better else 1 / ratio
+    return table
+
+
+def figure(value: float, unit: str) -> str:
+    return f"{value:.1f}" if unit == "ms" or value < 100 else f"{value:.0f}"
+
+
+def print_report(table: dict[str, dict[str, Summary]], legs: list[Leg], names: list[str]) -> None:
+    for leg in legs:
+        row = table.get(leg.key, {})
+        better = "higher" if leg.higher_is_better else "lower"
+        ratio_text = "target/tusd" if leg.higher_is_better else "tusd/target"
+        print(f"\n== {leg.key}: {leg.title} ({leg.unit}, {better} is better)")
+        header = f"{'target':<12} {'median':>8} {'min-max':>15} {ratio_text:>12} {'server CPU':>11}"
+        print(f"{header} {'client CPU':>11}  other medians")
+        for name in names:
+            summary = row.get(name)
+            if summary is None:
+                print(f"{name:<12} {'no figure':>8}")
+                continue
+            spread = f"{figure(summary.low, leg.unit)}-{figure(summary.high, leg.unit)}"
+            ratio = f"{summary.ratio:.2f}" if summary.ratio is not None else "-"
+            extras = ", ".join(
+                f"{key} {value:.1f}" if key.endswith("ms") else f"{key} {value:.0f}"
+                for key, value in summary.extras.items()
+            )
+            print(
+                f"{name:<12} {figure(summary.median, leg.unit):>8} {spread:>15} {ratio:>12} "
+                f"{summary.server_cpu * 100:>10.0f}% {summary.client_cpu * 100:>10.0f}%  {extras}"
+            )
+
+    others = [name for name in names if name != REFERENCE]
+    print("\n== summary: ratio to tusd, medians of the rounds (> 1.00: better than tusd)")
+    print("   throughput legs: target/tusd; head (HEAD p99 latency): tusd/target")
+    header = f"{'leg':<10} {'tusd':>14}" + "".join(f" {name:>12}" for name in others)
+    print(header)
+    print("-" * len(header))
+    for leg in legs:
+        row = table.get(leg.key, {})
+        reference = row.get(REFERENCE)
+        tusd = f"{figure(reference.median, leg.unit)} {leg.unit}" if reference else "-"
+        cells = ""
+        for name in others:
+            summary = row.get(name)
+            cells += f" {summary.ratio:>12.2f}" if summary and summary.ratio else f" {'-':>12}"
+        print(f"{leg.key:<10} {tusd:>14}{cells}")
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    # as for Ctrl-C: unwind through the finally blocks that stop the servers
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="1 round, small sizes: a smoke run")
+    parser.add_argument("--rounds", type=int, help="rounds (3; quick 1)")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--anytus-args",
+        default="",
+        help='extra flags for anytus serve, e.g. "--durability none" or =--durability=none (its '
+        "--durability also applies to the uvicorn target)",
+    )
+    parser.add_argument("--tusd", type=Path, default=REPO.parent / "shared" / "peers" / "tusd")
+    add_leg_options(
+        parser,
+        single="512M; quick 64M",
+        parallel_size="128M; quick 16M",
+        head_stream_size="256M; quick 64M",
+        small_seconds="5; quick 2",
+    )
+    parser.add_argument("--head-seconds", type=float, help="head leg duration (5; quick 2)")
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--json", type=Path, help="write the raw figures here")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.single_size = args.single_size or (64 if quick else 512) * MIB
+    args.parallel_size = args.parallel_size or (16 if quick else 128) * MIB
+    args.small_seconds = args.small_seconds or (2.0 if quick else 5.0)
+    args.head_stream_size = args.head_stream_size or (64 if quick else 256) * MIB
+    args.head_seconds = args.head_seconds or (2.0 if quick else 5.0)
+    names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(TARGETS))
+    if unknown or not names:
+        parser.error(f"--targets: unknown {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    # what the anytus targets run with: the uvicorn target follows anytus serve's --durability
+    durability_parser = argparse.ArgumentParser(add_help=False)
+    durability_parser.add_argument("--durability", default="finish")
+    durability = durability_parser.parse_known_args(shlex.split(args.anytus_args))[0].durability
+    return args, list(dict.fromkeys(names)), durability
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, names, durability = parse_args(argv)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # our own share of the machine: this client and the servers it started and waited for
+    load = OtherLoad(children=True)
+    root = Path(tempfile.mkdtemp(prefix="anytus-bench-vs-tusd-", dir=args.dir))
+    targets = [Target(name, root / name, root / f"{name}.log") for name in names]
+    records: list[Record] = []
+    payload_path = root / "payload.bin"
+    payload_bytes = os.urandom(args.patch_size)
+    payload_path.write_bytes(payload_bytes)
+    legs: list[Leg] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        payload = Payload(
+            memoryview(payload_bytes), stack.enter_context(open(payload_path, "rb")), "sendfile"
+        )
+        legs = make_legs(args, payload)
+        print(
+            f"bench_vs_tusd: {args.rounds} round(s), targets {', '.join(names)}; anytus durability "
+            f"{durability} (tusd never fsyncs); data in {root}; {os.cpu_count()} CPUs"
+        )
+        for target in targets:
+            target.directory.mkdir()
+            try:
+                target.server = start_target(
+                    target, args.tusd, shlex.split(args.anytus_args), durability
+                )
+            except (OSError, RuntimeError) as exc:
+                target.error = str(exc)
+                print(f"   {target.name}: failed to start, left out: {exc}")
+                continue
+            stack.callback(stop_server, target)
+            print(f"   {target.name}: {target.command} -> {target.server.url}")
+        running = [target for target in targets if target.server is not None]
+        for round_ in range(args.rounds):
+            # rotate the order, so that each target runs early and late in the legs' sequence
+            shift = round_ % max(len(running), 1)
+            order = running[shift:] + running[:shift]
+            for leg in legs:
+                for target in order:
+                    if target.server is None:
+                        continue
+                    record = run_leg(leg, target, round_ + 1, root, payload)
+                    records.append(record)
+                    report_progress(record, target)
+        # the servers stop here (ExitStack), before the load line counts their CPU
+    table = summarize(records, legs)
+    print_report(table, legs, [target.name for target in targets])
+    print(f"\nanytus targets' durability: {durability} (tusd never fsyncs)")
+    for target in targets:
+        if target.error:
+            print(f"{target.name} did not start: {target.error.splitlines()[0]}")
+    print(load.describe())
+    if args.json is not None:
+        write_json(args, durability, targets, records, table)
+    return 0
+
+
+def report_progress(record: Record, target: Target) -> None:
+    assert target.server is not None
+    if record.value is None:
+        print(f"   round {record.round} {record.leg:<8} {record.target:<12} FAILED: {record.error}")
+        if target.server.process.poll() is not None:
+            print(f"   {target.name} exited ({target.server.process.returncode}); left out now")
+            print(target.log.read_text(errors="replace")[-2000:])
+            target.error = f"exited with {target.server.process.returncode} during the run"
+            target.server = None
+        return
+    print(
+        f"   round {record.round} {record.leg:<8} {record.target:<12} "
+        f"{figure(record.value, record.unit):>8} {record.unit:<6} "
+        f"server CPU {record.server_cpu * 100:3.0f}%, client CPU {record.client_cpu * 100:3.0f}%"
+    )
+
+
+def stop_server(target: Target) -> None:
+    if target.server is not None:
+        target.server.stop()
+
+
+def write_json(
+    args: argparse.Namespace,
+    durability: str,
+    targets: list[Target],
+    records: list[Record],
+    table: dict[str, dict[str, Summary]],
+) -> None:
+    settings = {
+        key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+    }
+    document = {
+        "settings": settings,
+        "targets": {t.name: {"command": t.command, "error": t.error} for t in targets},
+        "durability": durability,
+        "records": [asdict(record) for record in records],
+        "summary": {
+            leg: {name: asdict(summary) for name, summary in row.items()}
+            for leg, row in table.items()
+        },
+    }
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"raw figures written to {args.json}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # the servers were stopped on the way out (main's ExitStack)
+        print("bench_vs_tusd: interrupted", file=sys.stderr)
+        sys.exit(130)
