@@ -18,7 +18,7 @@ upload's lock and caps the body; the store only stores. Header syntax lives in
 
 from __future__ import annotations
 
-__all__ = ("HookRequest", "TusApp")
+__all__ = ("ASGIApp", "HookRequest", "Message", "Receive", "Scope", "Send", "TusApp")
 
 import contextlib
 import dataclasses
@@ -29,12 +29,13 @@ import time
 import urllib.parse
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import anyio
 import anyio.lowlevel
 
 from . import _protocol as proto
+from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._datastore import StoreComposer
 from ._exceptions import (
     ChecksumMismatch,
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
         ASGISendCallable,
         HTTPResponseBodyEvent,
         HTTPScope,
-        Scope,
     )
     from ._datastore import (
         ConcatenatableStore,
@@ -455,17 +455,15 @@ class TusApp:
 
     # -- ASGI -----------------------------------------------------------------------------------
 
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope (``http`` or ``lifespan``)."""
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await self._lifespan(cast("ASGIReceiveCallable", receive), send)
             return
         if scope["type"] != "http":
             # websockets: returning without accepting makes the server refuse the handshake
             return
-        request = _Request(scope, receive, send)
+        request = _Request(cast("HTTPScope", scope), cast("ASGIReceiveCallable", receive), send)
         response: _Response | None
         try:
             response = await self._dispatch(request)
