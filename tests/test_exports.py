@@ -99,3 +99,25 @@ def test_store_and_lockers_come_from_the_package() -> None:
     assert issubclass(FileLocker, Locker)
     assert issubclass(MemoryLocker, Locker)
     assert FileStore.__module__.startswith("anytus")
+
+
+def test_asgi_module_exports_the_types_of_tus_app_call() -> None:
+    """``anytus.asgi`` exports the types ``TusApp.__call__`` takes, and they resolve at run time
+    (frameworks such as Litestar read a handler's annotations)."""
+    import typing
+
+    from anytus import asgi
+
+    assert isinstance(asgi.__all__, tuple)
+    assert len(set(asgi.__all__)) == len(asgi.__all__)
+    for name in asgi.__all__:
+        assert getattr(asgi, name, None) is not None, name
+    hints = typing.get_type_hints(asgi.TusApp.__call__)
+    assert hints == {
+        "scope": asgi.Scope,
+        "receive": asgi.Receive,
+        "send": asgi.Send,
+        "return": type(None),
+    }
+    app: asgi.ASGIApp = asgi.TusApp(anytus.FileStore("unused"))  # mypy checks that it fits
+    assert callable(app)

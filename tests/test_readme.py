@@ -51,3 +51,10 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     run_command, test_command = commands
     assert "anytus serve" in run_command
     assert test_command in ci.splitlines()
+
+
+def test_mount_example_mounts_the_app(tmp_path: Path) -> None:
+    example = code_blocks("python")[2]
+    assert 'app.mount("/uploads", uploads)' in example
+    output = run_python(example + "\nprint(app.routes[-1].path, uploads.base_path)\n", tmp_path)
+    assert output.split() == ["/uploads", "/uploads/"]

@@ -1,14 +1,23 @@
 """Types for the ASGI messages the tus app uses (after hypercorn's ``typing.py``).
 
-``TypedDict``s rather than ``MutableMapping[str, Any]``: mypy then checks every key we read or
-send. Only what :mod:`anytus.asgi` touches is typed; the ``http`` scope keys a server may leave
-out are ``NotRequired``.
+Two sets of types live here:
+
+- the public, loose ones (:data:`Scope`, :data:`Message`, :data:`Receive`, :data:`Send`,
+  :data:`ASGIApp`), re-exported by :mod:`anytus.asgi`: the signature of ``TusApp.__call__``. They
+  are chosen so that every framework's own ASGI types are assignable to them: Starlette's and
+  FastAPI's (``MutableMapping[str, Any]``) and the ``TypedDict`` unions of Litestar and of
+  hypercorn (which Quart uses). A ``TypedDict`` is a ``Mapping[str, Any]`` but not a
+  ``MutableMapping``, and a ``send`` that only accepts some ``TypedDict``s can only stand in for a
+  ``send`` whose message type is ``Any``;
+- the private ``TypedDict``s below, which the app narrows to with ``cast``: mypy then checks every
+  key we read or send. Only what :mod:`anytus.asgi` touches is typed; the ``http`` scope keys a
+  server may leave out are ``NotRequired``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Literal, TypedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 if TYPE_CHECKING:
     # only ever read by type checkers: annotations are strings here (PEP 563)
@@ -20,6 +29,13 @@ if TYPE_CHECKING:
         from typing_extensions import NotRequired
 
 __all__ = (
+    # public (re-exported by anytus.asgi): what TusApp.__call__ accepts
+    "ASGIApp",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    # private: what the app narrows them to
     "ASGIReceiveCallable",
     "ASGIReceiveEvent",
     "ASGISendCallable",
@@ -37,9 +53,21 @@ __all__ = (
     "LifespanStartupCompleteEvent",
     "LifespanStartupEvent",
     "LifespanStartupFailedEvent",
-    "Scope",
+    "ASGIScope",
     "WebsocketScope",
 )
+
+#: an ASGI connection scope, as any server or framework passes it
+Scope = Mapping[str, Any]
+#: an ASGI event, as ``receive`` returns it
+Message = Mapping[str, Any]
+#: the ASGI ``receive`` callable
+Receive = Callable[[], Awaitable[Message]]
+#: the ASGI ``send`` callable. Its argument is ``Any`` so that a framework's ``send`` typed with
+#: ``TypedDict``s (Litestar, hypercorn and so Quart) fits as well as Starlette's
+Send = Callable[[Any], Awaitable[None]]
+#: an ASGI 3 application, such as :class:`anytus.asgi.TusApp`
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ASGIVersions(TypedDict, total=False):
@@ -73,7 +101,7 @@ class LifespanScope(TypedDict):
     asgi: ASGIVersions
 
 
-Scope = HTTPScope | WebsocketScope | LifespanScope
+ASGIScope = HTTPScope | WebsocketScope | LifespanScope
 
 
 class HTTPRequestEvent(TypedDict):

@@ -208,11 +208,11 @@ async def _serve_async(sock: socket.socket, options: _ServeOptions, parent_pid: 
     if options.backend == "trio":
         import hypercorn.trio
 
-        await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown_trigger)
     else:
         import hypercorn.asyncio
 
-        await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown_trigger)
     logger.info("stopped")
 
 

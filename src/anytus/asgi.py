@@ -21,7 +21,7 @@ the lock is free; anything else takes the lock in the event loop and streams.
 
 from __future__ import annotations
 
-__all__ = ("SMALL_BODY", "HookRequest", "TusApp")
+__all__ = ("SMALL_BODY", "ASGIApp", "HookRequest", "Message", "Receive", "Scope", "Send", "TusApp")
 
 import contextlib
 import dataclasses
@@ -31,13 +31,14 @@ import math
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
 
 from . import _core as core
 from . import _protocol as proto
+from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._datastore import OneHopStore, StoreComposer
 from ._exceptions import (
     RequestBodyTimeout,
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
         ASGISendCallable,
         HTTPResponseBodyEvent,
         HTTPScope,
-        Scope,
     )
     from ._datastore import DataStore, Locker, SyncUpload, TerminatableStore, Upload
 
@@ -396,16 +396,19 @@ class TusApp:
 
     # -- ASGI -----------------------------------------------------------------------------------
 
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope (``http`` or ``lifespan``)."""
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await self._lifespan(cast("ASGIReceiveCallable", receive), send)
             return
         if scope["type"] != "http":
             # websockets: returning without accepting makes the server refuse the handshake
             return
+        await self._http(cast("HTTPScope", scope), cast("ASGIReceiveCallable", receive), send)
+
+    async def _http(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
         raw_path = scope.get("raw_path")
         # raw_path keeps "%2F" apart from "/"; without it, re-encode the decoded path
         path = (
@@ -547,9 +550,7 @@ class TusApp:
         content_length = exchange.request.content_length
         if content_length is not None and content_length <= SMALL_BODY:
             data, body_error = await exchange.read_small(self.idle_timeout)
-            appended = await self._append_small(
-                exchange, upload_id, offset, length, checksum, data
-            )
+            appended = await self._append_small(exchange, upload_id, offset, length, checksum, data)
             if body_error is not None and appended.error is None:
                 appended = dataclasses.replace(appended, error=body_error)
             return appended
