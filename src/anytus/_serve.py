@@ -36,7 +36,17 @@ if TYPE_CHECKING:
 
     from ._asgi_types import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 
-__all__ = ("BACKLOG", "Endpoint", "ServeOptions", "reserve_port", "run_worker")
+__all__ = (
+    "BACKLOG",
+    "GRACEFUL_TIMEOUT",
+    "Endpoint",
+    "ServeOptions",
+    "WorkerFailedError",
+    "bind_listening",
+    "configure_logging",
+    "reserve_port",
+    "run_worker",
+)
 
 logger = logging.getLogger("anytus")
 access_logger = logging.getLogger("anytus.access")
