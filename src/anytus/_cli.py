@@ -1,52 +1,47 @@
 """The ``anytus`` command: ``anytus serve`` and ``anytus cleanup``.
 
-``serve`` runs :class:`~anytus.asgi.TusApp` under hypercorn, on asyncio or trio. The listening
-socket is bound here, before any server starts, so that ``--port 0`` can report the real port and
-``--workers N`` can share one socket between N processes (each accepts from it; the kernel spreads
-the connections). Every worker opens the same directory: the file locks make that safe.
+``serve`` runs :class:`~anytus.asgi.TusApp` under granian on asyncio and under hypercorn on trio
+(:mod:`anytus._serve`). The port is chosen here, before any server starts, so that ``--port 0`` can
+report the real one; ``--workers N`` runs N processes on it (hypercorn's share one listening socket,
+granian's each listen with ``SO_REUSEPORT``; the kernel spreads the connections). The banner is
+printed once every worker accepts connections. Every worker opens the same directory: the file
+locks make that safe.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, cast
 
 import anyio
 
+from ._serve import (
+    GRACEFUL_TIMEOUT,
+    Endpoint,
+    ServeOptions,
+    bind_listening,
+    configure_logging,
+    logger,
+    reserve_port,
+    run_worker,
+)
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    import socket
+    from collections.abc import Callable, Sequence
+    from multiprocessing.process import BaseProcess
     from types import FrameType
 
 __all__ = ("main",)
-
-logger = logging.getLogger("anytus")
-
-#: how long a worker lets running requests finish after a shutdown signal
-_GRACEFUL_TIMEOUT = 5.0
-#: how much `anytus serve` reads from a socket at once (hypercorn's own is 64 KiB)
-_SOCKET_READ_SIZE = 256 << 10
-#: what hypercorn logs per request: client, method, path, status, seconds
-_ACCESS_LOG_FORMAT = "%(h)s %(m)s %(U)s %(s)s %(L)ss"
-
-
-@dataclass(frozen=True)
-class _ServeOptions:
-    directory: Path
-    base_path: str
-    max_size: int | None
-    expire_after: float | None
-    backend: Literal["asyncio", "trio"]
-    durability: Literal["none", "finish", "always"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve a directory over HTTP as a tus 1.0.0 server",
-        description="Serve a directory over HTTP as a tus 1.0.0 server (hypercorn).",
+        description="Serve a directory over HTTP as a tus 1.0.0 server (granian on asyncio, "
+        "hypercorn on trio).",
     )
     serve.add_argument("--dir", type=Path, default=Path("uploads"), help="default: ./uploads")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
@@ -114,9 +110,9 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--expire-after must be positive")
     if not args.base_path.startswith("/"):
         parser.error("--base-path must start with '/'")
-    _configure_logging()
+    configure_logging()
     base_path = args.base_path if args.base_path.endswith("/") else args.base_path + "/"
-    options = _ServeOptions(
+    options = ServeOptions(
         directory=args.dir.absolute(),
         base_path=base_path,
         max_size=args.max_size,
@@ -130,144 +126,55 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except OSError as exc:
         print(f"anytus: cannot create {options.directory}: {exc}", file=sys.stderr)
         return 1
+    reservation: socket.socket | None = None
     try:
-        sock = _bind(args.host, args.port)
+        if options.backend == "trio":
+            endpoint = bind_listening(args.host, args.port)
+        else:
+            endpoint, reservation = reserve_port(args.host, args.port)
     except OSError as exc:
         print(f"anytus: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    host, port = sock.getsockname()[:2]
-    url_host = f"[{host}]" if ":" in host else host
-    banner = f"anytus: serving {options.directory} on http://{url_host}:{port}{base_path}"
+    banner = (
+        f"anytus: serving {options.directory} on http://{endpoint.url_host}:{endpoint.port}"
+        f"{base_path}"
+    )
 
-    if args.workers == 1:
+    def announce() -> None:
         print(banner, file=sys.stderr, flush=True)
-        _run_worker(sock, options, None)
-        return 0
-    return _supervise(sock, options, args.workers, banner)
 
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # accepted connections inherit it: tus responses are small and must not wait for Nagle
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(address)
-        # listening from here on: a client that connects before a worker accepts waits in the
-        # backlog instead of being refused, so the banner can be printed now
-        sock.listen(2048)
-    except BaseException:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
+        if args.workers == 1:
+            return run_worker(endpoint, options, None, announce)
+        return _supervise(endpoint, options, args.workers, announce)
+    finally:
+        if reservation is not None:
+            reservation.close()
+        if endpoint.sock is not None:
+            endpoint.sock.close()
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
-    )
+def _worker_process(
+    endpoint: Endpoint, options: ServeOptions, parent_pid: int, ready: Connection
+) -> None:
+    configure_logging()
 
+    def report_ready() -> None:
+        ready.send(os.getpid())
+        ready.close()
 
-def _run_worker(sock: socket.socket, options: _ServeOptions, parent_pid: int | None) -> None:
-    """Serve on *sock* until SIGINT/SIGTERM (or, in a worker process, until the parent dies)."""
-    anyio.run(_serve_async, sock, options, parent_pid, backend=options.backend)
-
-
-async def _serve_async(sock: socket.socket, options: _ServeOptions, parent_pid: int | None) -> None:
-    # imported here: `anytus cleanup` and `--help` need neither hypercorn nor the app
-    from hypercorn.config import Config
-
-    from ._filestore import FileStore
-    from .asgi import TusApp
-
-    app = TusApp(
-        FileStore(options.directory, durability=options.durability),
-        base_path=options.base_path,
-        max_size=options.max_size,
-        expire_after=options.expire_after,
-    )
-    config = Config()
-    # hypercorn takes over the descriptor (and closes it at the end)
-    config.bind = [f"fd://{sock.detach()}"]
-    access_log = logging.getLogger("anytus.access")
-    config.accesslog = access_log
-    config.access_log_format = _ACCESS_LOG_FORMAT
-    config.errorlog = logging.getLogger("anytus.server")
-    config.graceful_timeout = _GRACEFUL_TIMEOUT
-
-    async def shutdown_trigger() -> None:
-        await _wait_for_shutdown(parent_pid)
-
-    _raise_socket_read_size(options.backend)
-    if options.backend == "trio":
-        import hypercorn.trio
-
-        await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown_trigger)
-    else:
-        import hypercorn.asyncio
-
-        await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown_trigger)
-    logger.info("stopped")
-
-
-def _raise_socket_read_size(backend: str) -> None:
-    """Read uploads from the socket in 256 KiB pieces instead of hypercorn's 64 KiB.
-
-    Per read, hypercorn, h11 and the ASGI hand-over cost the same whatever the size, so for upload
-    bodies the read size sets the pace. Measured on trio: 64 KiB gave 371 MiB/s for one stream and
-    403 for eight; 256 KiB gave 424 and 550 with small requests unchanged; 1 MiB gave 610 and 572
-    but cost small requests a quarter of their rate (each read allocates the full size). hypercorn
-    has no option for it, only a module constant: it is raised here, in the server process that
-    `anytus serve` owns, and only if the constant is the one we know.
-    """
-    import importlib
-
-    module = importlib.import_module(f"hypercorn.{backend}.tcp_server")
-    current = getattr(module, "MAX_RECV", None)
-    if isinstance(current, int) and current < _SOCKET_READ_SIZE:
-        setattr(module, "MAX_RECV", _SOCKET_READ_SIZE)  # noqa: B010 - a module, not typed
-
-
-async def _wait_for_shutdown(parent_pid: int | None) -> None:
-    """Return on SIGINT or SIGTERM, or when the parent process has gone away."""
-    async with anyio.create_task_group() as tg:
-
-        async def on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    logger.info("%s: shutting down", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
-
-        async def on_orphaned() -> None:
-            # a worker whose parent was killed (SIGKILL leaves no chance to tell us) must not
-            # keep serving on its own; nothing signals a parent's death, so poll
-            while os.getppid() == parent_pid:  # noqa: ASYNC110
-                await anyio.sleep(1.0)
-            logger.info("parent process exited: shutting down")
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(on_signal)
-        if parent_pid is not None:
-            tg.start_soon(on_orphaned)
-
-
-def _worker_process(sock: socket.socket, options: _ServeOptions, parent_pid: int) -> None:
-    _configure_logging()
     try:
-        _run_worker(sock, options, parent_pid)
+        status = run_worker(endpoint, options, parent_pid, report_ready)
     except KeyboardInterrupt:  # pragma: no cover - a SIGINT before the handlers were installed
-        pass
+        status = 0
+    sys.exit(status)
 
 
-def _supervise(sock: socket.socket, options: _ServeOptions, workers: int, banner: str) -> int:
-    """Run *workers* processes serving *sock*; stop them all on SIGINT/SIGTERM."""
+def _supervise(
+    endpoint: Endpoint, options: ServeOptions, workers: int, announce: Callable[[], None]
+) -> int:
+    """Run *workers* processes serving *endpoint*; stop them all on SIGINT/SIGTERM, or when one
+    of them exits."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -278,44 +185,61 @@ def _supervise(sock: socket.socket, options: _ServeOptions, workers: int, banner
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    # spawn, not fork: a clean interpreter per worker, the same on every platform (the socket is
-    # passed by multiprocessing's descriptor sharing, as hypercorn does for its own workers)
+    # spawn, not fork: a clean interpreter per worker, the same on every platform (a hypercorn
+    # socket is passed by multiprocessing's descriptor sharing, as hypercorn does for its workers)
     context = multiprocessing.get_context("spawn")
+    pipes = [context.Pipe(duplex=False) for _ in range(workers)]
     processes = [
         context.Process(
             target=_worker_process,
-            args=(sock, options, os.getpid()),
+            args=(endpoint, options, os.getpid(), sender),
             name=f"anytus-worker-{index}",
         )
-        for index in range(workers)
+        for index, (_, sender) in enumerate(pipes)
     ]
     for process in processes:
         process.start()
-    print(banner, file=sys.stderr, flush=True)
+    for _, sender in pipes:
+        sender.close()  # the workers hold their ends: EOF here means a worker died
     logger.info("started %d workers: %s", workers, " ".join(str(p.pid) for p in processes))
 
-    status = 0
-    while not stop.wait(0.25):
+    # the banner once every worker accepts connections (or, on hypercorn, waits on the socket)
+    worker_of = {receiver: process for (receiver, _), process in zip(pipes, processes, strict=True)}
+    waiting = set(worker_of)
+    dead: list[BaseProcess] = []
+    while waiting and not dead and not stop.is_set():
+        for receiver in multiprocessing.connection.wait(list(waiting), timeout=0.25):
+            assert isinstance(receiver, Connection)
+            try:
+                receiver.recv()
+            except EOFError:  # it exited before it was ready
+                worker_of[receiver].join(GRACEFUL_TIMEOUT)
+                dead.append(worker_of[receiver])
+            waiting.discard(receiver)
+            receiver.close()
+    if not dead and not stop.is_set():
+        announce()
+
+    while not dead and not stop.wait(0.25):
         dead = [process for process in processes if not process.is_alive()]
-        if dead:
-            # a worker that died is a bug or a resource problem: say so and stop the rest,
-            # rather than keep serving with fewer workers than asked for
-            for process in dead:
-                logger.error("worker %s exited with status %s", process.pid, process.exitcode)
-            status = 1
-            break
+    for worker in dead:
+        # a worker that died is a bug or a resource problem: say so and stop the rest, rather
+        # than keep serving with fewer workers than asked for
+        logger.error("worker %s exited with status %s", worker.pid, worker.exitcode)
+    status = 1 if dead else 0
 
     for process in processes:
         if process.is_alive() and process.pid is not None:
             os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + _GRACEFUL_TIMEOUT + 5.0
+    deadline = time.monotonic() + GRACEFUL_TIMEOUT + 5.0
     for process in processes:
         process.join(max(deadline - time.monotonic(), 0.1))
         if process.is_alive():
             logger.warning("worker %s did not stop: killing it", process.pid)
             process.kill()
             process.join()
-    sock.close()
+    for receiver in waiting:
+        receiver.close()
     if received:
         logger.info("stopped (%s)", signal.Signals(received[0]).name)
     return status

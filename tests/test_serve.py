@@ -1,0 +1,212 @@
+"""``anytus serve`` per backend: which server runs (granian on asyncio, hypercorn on trio), the
+options, the lifespan, the access log, and the supervisor's handling of dead processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from _server import TUS, ServerProcess, TusClient, run_server_process, subprocess_env, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+#: the server each backend runs, as it names itself in the ``Server`` response header
+SERVERS = {"asyncio": "granian", "trio": "hypercorn"}
+BACKENDS = [pytest.param(backend, id=f"{backend}-{server}") for backend, server in SERVERS.items()]
+
+# "[2026-01-01 10:00:00,000] [1234] [INFO] 127.0.0.1:5678 PATCH /files/abc 204 0.001s"
+_ACCESS = re.compile(
+    r"\[(?P<pid>\d+)\] \[INFO\] 127\.0\.0\.1:\d+ (?P<method>[A-Z]+) (?P<path>\S+) "
+    r"(?P<status>\d{3}) \d+\.\d{3}s$"
+)
+_WORKERS = re.compile(r"started \d+ workers: (?P<pids>[\d ]+)$")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The clients here run on asyncio only: the backend under test is the server's."""
+    return "asyncio"
+
+
+def access_lines(server: ServerProcess) -> list[tuple[str, str, str]]:
+    """(method, path, status) of every access-log line so far."""
+    return [
+        (m["method"], m["path"], m["status"])
+        for line in server.stderr_lines
+        if (m := _ACCESS.search(line))
+    ]
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    for line in server.stderr_lines:
+        if match := _WORKERS.search(line):
+            return [int(pid) for pid in match["pids"].split()]
+    raise AssertionError(f"no worker PIDs logged: {server.stderr_lines!r}")
+
+
+def running(pid: int) -> bool:
+    """Whether *pid* exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_backend_runs_its_server_and_serves_a_full_upload(
+    tmp_path: Path, backend: str
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    with run_server_process(tmp_path / "uploads", "--backend", backend) as server:
+        async with httpx.AsyncClient(timeout=30) as http:
+            tus = TusClient(http, server.url)
+            upload_id = await tus.upload(data, chunk=1024 * 1024)
+            download = await http.get(tus.upload_url(upload_id))
+            options = await http.options(server.url)
+
+        assert download.content == data
+        assert (server.directory / f"{upload_id}.bin").read_bytes() == data
+        for response in (download, options):
+            assert response.headers["server"].startswith(SERVERS[backend])
+
+        # one access-log line per request: POST, 4 PATCHes, GET, OPTIONS
+        expected = [
+            ("POST", "/files/", "201"),
+            *[("PATCH", f"/files/{upload_id}", "204")] * 4,
+            ("GET", f"/files/{upload_id}", "200"),
+            ("OPTIONS", "/files/", "200"),
+        ]
+        assert await wait_for(lambda: len(access_lines(server)) >= len(expected))
+        assert access_lines(server) == expected, server.stderr_lines
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_options_and_lifespan_cleanup(tmp_path: Path, backend: str) -> None:
+    """--base-path, --max-size, --durability and --expire-after reach the app; the expired upload
+    is removed by the periodic cleanup that TusApp runs in the ASGI lifespan."""
+    arguments = ["--backend", backend, "--base-path", "/up", "--max-size", "1000"]
+    arguments += ["--expire-after", "1", "--durability", "always"]
+    with run_server_process(tmp_path / "uploads", *arguments) as server:
+        assert server.url.endswith("/up/")
+        async with httpx.AsyncClient(timeout=10) as http:
+            options = await http.options(server.url)
+            assert options.headers["Tus-Max-Size"] == "1000"
+            too_big = await http.post(server.url, headers={**TUS, "Upload-Length": "1001"})
+            assert too_big.status_code == 413
+            tus = TusClient(http, server.url)
+            upload_id = await tus.new(1000)
+            assert (await tus.patch(upload_id, 0, b"x" * 10)).status_code == 204
+
+            # nobody asks for it again: only the lifespan's periodic cleanup can remove it
+            info = server.directory / f"{upload_id}.info"
+            assert await wait_for(lambda: not info.exists(), timeout=10), server.stderr_lines
+            assert not (server.directory / f"{upload_id}.bin").exists()
+            assert (await tus.head(upload_id)).status_code in (404, 410)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) -> None:
+    """A client streaming when SIGTERM arrives: exit 0, and every byte that arrived is kept."""
+    directory = tmp_path / "uploads"
+    size = 64 * 1024 * 1024
+    with run_server_process(directory, "--backend", backend) as server:
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(size)})
+        upload_id = created.headers["Location"].rsplit("/", 1)[1]
+        stored = directory / f"{upload_id}.bin"
+        sent = 0
+
+        def body() -> Iterator[bytes]:
+            # about 5 MiB/s: still streaming when the graceful timeout (5 s) runs out
+            nonlocal sent
+            block = b"\x01" * (256 * 1024)
+            while sent < size:
+                sent += len(block)
+                yield block
+                time.sleep(0.05)
+
+        outcome: list[object] = []
+
+        def stream() -> None:
+            headers = {
+                **TUS,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            }
+            headers["Content-Length"] = str(size)
+            try:
+                outcome.append(
+                    httpx.patch(f"{server.url}{upload_id}", headers=headers, content=body())
+                )
+            except httpx.HTTPError as exc:
+                outcome.append(exc)
+
+        client = threading.Thread(target=stream)
+        client.start()
+        try:
+            # mid-upload: some bytes stored, far from all
+            deadline = time.monotonic() + 20
+            while not (stored.exists() and stored.stat().st_size > 0):
+                assert time.monotonic() < deadline, server.stderr_lines
+                time.sleep(0.01)
+            exit_code = server.stop(signal.SIGTERM, timeout=20)
+        finally:
+            client.join(30)
+
+    assert exit_code == 0, server.stderr_lines[-20:]
+    kept = stored.stat().st_size
+    assert 0 < kept < size
+    assert stored.read_bytes() == b"\x01" * kept
+    assert not list(directory.glob("*.lock"))
+    with run_server_process(directory, "--backend", backend) as again:
+        head = httpx.head(f"{again.url}{upload_id}", headers=TUS)
+        assert head.headers["Upload-Offset"] == str(kept)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_killed_worker_stops_the_server(tmp_path: Path, backend: str) -> None:
+    with run_server_process(tmp_path / "uploads", "--backend", backend, "--workers", "2") as server:
+        first, second = worker_pids(server)
+        os.kill(first, signal.SIGKILL)
+        assert server.process.wait(20) == 1
+        assert any(f"worker {first} exited with status -9" in line for line in server.stderr_lines)
+        assert not running(second)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path, backend: str) -> None:
+    with run_server_process(tmp_path / "uploads", "--backend", backend, "--workers", "2") as server:
+        workers = worker_pids(server)
+        server.process.kill()
+        server.process.wait()
+        deadline = time.monotonic() + 15
+        while any(running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "workers kept running without their supervisor"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_port_in_use_is_refused(tmp_path: Path, backend: str) -> None:
+    """Even against granian's SO_REUSEPORT listeners, a second server does not join the port."""
+    with run_server_process(tmp_path / "first") as server:
+        command = [sys.executable, "-m", "anytus", "serve", "--dir", str(tmp_path / "second")]
+        command += ["--backend", backend, "--port", str(server.port)]
+        second = subprocess.run(
+            command, capture_output=True, text=True, env=subprocess_env(), timeout=30, check=False
+        )
+        assert second.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{server.port}" in second.stderr
+        assert httpx.options(server.url).status_code == 200
