@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import itertools
 import os
 import secrets
 import sys
@@ -73,6 +74,8 @@ Durability = Literal["none", "finish", "always"]
 _FILE_MODE = 0o664  # tusd's default (tus/tusd#56), before the umask
 _TEMP_MARK = ".tmp-"
 _STALE_TEMP_AGE = 3600.0
+_temp_counter = itertools.count()
+_TEMP_TOKEN = secrets.token_hex(4)
 _MIN_READ_CHUNK = 64 * 1024
 # chunks smaller than this are copied together, so that a source of tiny chunks costs neither a
 # writev entry nor a Python object per few bytes
@@ -426,11 +429,15 @@ class FileStore(
         return info, data_path
 
     def _create_sync(self, info: UploadInfo, upload_id: str) -> UploadInfo:
-        self.path.mkdir(parents=True, exist_ok=True)
         bin_path = self._bin_path(upload_id)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            os.close(os.open(bin_path, flags, _FILE_MODE))
+            try:
+                os.close(os.open(bin_path, flags, _FILE_MODE))
+            except FileNotFoundError:
+                # the directory is created on first use (and again if someone removed it)
+                self.path.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(bin_path, flags, _FILE_MODE))
         except FileExistsError:
             raise UploadExists(f"upload {upload_id} exists already") from None
         info = dataclasses.replace(
@@ -451,7 +458,9 @@ class FileStore(
     def _write_info_sync(self, info: UploadInfo) -> None:
         """Replace ``[id].info`` atomically: write a temporary file, fsync it, rename it."""
         info_path = self._info_path(info.id)
-        temp_path = f"{info_path}{_TEMP_MARK}{secrets.token_hex(4)}"
+        # unique: the counter within this process, the PID and a random token across processes
+        # (a restarted server may have the same PID as the one that left a temp file behind)
+        temp_path = f"{info_path}{_TEMP_MARK}{os.getpid()}-{_TEMP_TOKEN}-{next(_temp_counter)}"
         sync = self.durability != "none"
         try:
             fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)

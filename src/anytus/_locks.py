@@ -256,6 +256,22 @@ def _process_start_ticks(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
+_own_records: dict[tuple[int, str], bytes] = {}
+
+
+def _own_record(hostname: str) -> bytes:
+    """What this process writes into its lock files (the same for the process's lifetime)."""
+    key = (os.getpid(), hostname)
+    record = _own_records.get(key)
+    if record is None:
+        record = _own_records[key] = (
+            f"{os.getpid()}\n"
+            f"anytus {hostname} {_read_boot_id()} "
+            f"{_process_start_ticks(os.getpid()) or '-'} {PROCESS_TOKEN}\n"
+        ).encode()
+    return record
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -298,11 +314,12 @@ class FileLocker(Locker):
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self._hostname = socket.gethostname()
+        self._directory = str(self.path)
         # lock files are small and quick: keep them off the store's data-transfer threads
         self._limiter = anyio.CapacityLimiter(8)
 
     def _lock_path(self, upload_id: str) -> str:
-        return str(self.path / f"{upload_id}.lock")
+        return os.path.join(self._directory, upload_id + ".lock")
 
     def locked(self, upload_id: str) -> bool:
         holder = _held_locks.get(self._lock_path(validate_upload_id(upload_id)))
@@ -317,7 +334,7 @@ class FileLocker(Locker):
     ) -> None:
         validate_upload_id(upload_id)
         lock_path = self._lock_path(upload_id)
-        stop_path = str(self.path / f"{upload_id}.stop")
+        stop_path = os.path.join(self._directory, upload_id + ".stop")
         token = anyio.lowlevel.current_token()
         asked_by_file = False
         try:
@@ -376,7 +393,7 @@ class FileLocker(Locker):
             upload_id=upload_id,
             fd=-1,
             lock_path=lock_path,
-            stop_path=str(self.path / f"{upload_id}.stop"),
+            stop_path=os.path.join(self._directory, upload_id + ".stop"),
             on_release=None,
             token=anyio.lowlevel.current_token(),
             poll_interval=math.inf,
@@ -421,7 +438,7 @@ class FileLocker(Locker):
             upload_id=upload_id,
             fd=fd,
             lock_path=self._lock_path(upload_id),
-            stop_path=str(self.path / f"{upload_id}.stop"),
+            stop_path=os.path.join(self._directory, upload_id + ".stop"),
             on_release=on_release,
             token=token,
             poll_interval=self.holder_poll_interval,
@@ -482,13 +499,12 @@ class FileLocker(Locker):
                     os.close(fd)
                     return None
 
-                record = (
-                    f"{os.getpid()}\n"
-                    f"anytus {self._hostname} {_read_boot_id()} "
-                    f"{_process_start_ticks(os.getpid()) or '-'} {PROCESS_TOKEN}\n"
-                ).encode()
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, record, 0)
+                if ours.st_size:
+                    # Only a stale record is cut: truncating a file and writing it again makes
+                    # ext4 flush it to disk on close (its auto_da_alloc rule), which made every
+                    # lock cost a disk write.
+                    os.ftruncate(fd, 0)
+                os.pwrite(fd, _own_record(self._hostname), 0)
                 # a release request left for the previous holder is not meant for us; a waiter
                 # that still wants the lock asks again on its next poll
                 _unlink_quietly(lock_path[: -len(".lock")] + ".stop")
