@@ -628,6 +628,9 @@ class FileUpload(Upload):
             sync = store.durability == "always" or (store.durability == "finish" and complete)
             try:
                 await appender.finish(sync)
+            except OSError as exc:
+                # the last write, the fsync or the close failed: that data is not safe
+                raise storage_error(exc) from exc
             finally:
                 self._info = dataclasses.replace(
                     info, offset=info.offset + appender.written, modified_at=time.time()

@@ -48,7 +48,7 @@ __all__ = (
     "run_worker",
 )
 
-logger = logging.getLogger("anytus")
+logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("anytus.access")
 
 #: how long a worker lets running requests finish after a shutdown signal
