@@ -162,7 +162,8 @@ class FileStore(
         :raises ~anytus.UploadExists: if *info* carries the ID of an existing upload
         :raises ~anytus.StorageError: if the storage cannot be written
         """
-        upload_id = validate_upload_id(info.id) if info.id else new_upload_id()
+        # a new ID is made in the worker thread: it reads the system's random source
+        upload_id = validate_upload_id(info.id) if info.id else None
         return await self._run(self._create_sync, info, upload_id)
 
     async def get_upload(self, upload_id: str) -> FileUpload:
@@ -407,8 +408,7 @@ class FileStore(
     def _load_sync(self, upload_id: str) -> tuple[UploadInfo, str]:
         info_path = self._info_path(upload_id)
         try:
-            with open(info_path, "rb") as f:
-                document = f.read()
+            document = _read_file(info_path)
         except FileNotFoundError:
             raise UploadNotFound(f"upload {upload_id} not found") from None
         try:
@@ -428,7 +428,8 @@ class FileStore(
         )
         return info, data_path
 
-    def _create_sync(self, info: UploadInfo, upload_id: str) -> UploadInfo:
+    def _create_sync(self, info: UploadInfo, upload_id: str | None) -> UploadInfo:
+        upload_id = upload_id or new_upload_id()
         bin_path = self._bin_path(upload_id)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
@@ -881,6 +882,20 @@ class _ReaderContext:
     ) -> None:
         if self._stream is not None:
             await self._stream.aclose()
+
+
+def _read_file(path: str) -> bytes:
+    """A small file's content, in as few system calls as it takes (open, read, close)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            if len(chunk) < 65536:
+                break  # a short read of a regular file is its end
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _open_read(path: str) -> int:

@@ -407,7 +407,7 @@ class FileLocker(Locker):
                 # created or removed, so a HEAD never writes file-system metadata (which would
                 # queue behind other uploads' fsyncs)
                 return self._is_free(lock_path)
-            fd = self._try_lock(lock_path, None)
+            fd = self._try_lock(lock_path, None, clear_stop=False)
             if fd is None:
                 return False
             holder.fd = fd
@@ -464,13 +464,26 @@ class FileLocker(Locker):
 
     # -- the blocking parts, run in worker threads -------------------------------------------
 
-    def _try_lock(self, lock_path: str, stop_path: str | None) -> int | None:
+    def _try_lock(
+        self, lock_path: str, stop_path: str | None, *, clear_stop: bool = True
+    ) -> int | None:
         """Take the lock and return its file descriptor, or return None (after asking the
-        holder to let go through *stop_path*, if given)."""
+        holder to let go through *stop_path*, if given).
+
+        :param clear_stop: remove a release request left for the previous holder (a holder that
+            lets go within one worker-thread hop never looks for one)
+        """
         assert fcntl is not None
         while True:
+            created = True
             try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                created = False
+                try:
+                    fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # its holder just removed it: create it again
             except FileNotFoundError:
                 # the store directory is created on first use, and this may be it
                 os.makedirs(self.path, exist_ok=True)
@@ -483,31 +496,37 @@ class FileLocker(Locker):
                     os.close(fd)
                     return None
 
-                # the previous holder may have removed the file between our open and our flock
                 ours = os.fstat(fd)
-                try:
-                    current = os.stat(lock_path)
-                except FileNotFoundError:
-                    os.close(fd)
-                    continue
-                if (current.st_dev, current.st_ino) != (ours.st_dev, ours.st_ino):
-                    os.close(fd)
-                    continue
-
-                if self._held_elsewhere(lock_path, os.pread(fd, 4096, 0), ours.st_mtime):
-                    self._request_release(stop_path)
-                    os.close(fd)
-                    return None
-
-                if ours.st_size:
-                    # Only a stale record is cut: truncating a file and writing it again makes
-                    # ext4 flush it to disk on close (its auto_da_alloc rule), which made every
-                    # lock cost a disk write.
-                    os.ftruncate(fd, 0)
+                if created:
+                    # A file we created is new and empty; only a holder that took and let go
+                    # of it between our open and our flock can have removed it since.
+                    if ours.st_nlink == 0:
+                        os.close(fd)
+                        continue
+                else:
+                    # the previous holder may have removed it between our open and our flock
+                    try:
+                        current = os.stat(lock_path)
+                    except FileNotFoundError:
+                        os.close(fd)
+                        continue
+                    if (current.st_dev, current.st_ino) != (ours.st_dev, ours.st_ino):
+                        os.close(fd)
+                        continue
+                    if self._held_elsewhere(lock_path, os.pread(fd, 4096, 0), ours.st_mtime):
+                        self._request_release(stop_path)
+                        os.close(fd)
+                        return None
+                    if ours.st_size:
+                        # Only a stale record is cut: truncating a file and writing it again
+                        # makes ext4 flush it to disk on close (its auto_da_alloc rule), which
+                        # made every lock cost a disk write.
+                        os.ftruncate(fd, 0)
                 os.pwrite(fd, _own_record(self._hostname), 0)
-                # a release request left for the previous holder is not meant for us; a waiter
-                # that still wants the lock asks again on its next poll
-                _unlink_quietly(lock_path[: -len(".lock")] + ".stop")
+                if clear_stop:
+                    # a release request left for the previous holder is not meant for us; a
+                    # waiter that still wants the lock asks again on its next poll
+                    _unlink_quietly(lock_path[: -len(".lock")] + ".stop")
                 return fd
             except BaseException:
                 with contextlib.suppress(OSError):
