@@ -12,7 +12,6 @@ import functools
 import hashlib
 import itertools
 import os
-import random
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ import anyio
 import pytest
 from anyio.abc import ByteReceiveStream
 
+from _helpers import pattern
 from anytus import (
     ConcatenatableStore,
     DataStore,
@@ -156,11 +156,6 @@ def split(data: bytes, sizes: Iterable[int]) -> Iterator[bytes]:
         yield data[position : position + size]
         position += size
         index += 1
-
-
-def pattern(length: int, seed: int = 0) -> bytes:
-    """Deterministic, non-periodic bytes: a misplaced block is always detected."""
-    return random.Random(seed).randbytes(length)
 
 
 class Clock:
