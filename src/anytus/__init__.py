@@ -47,13 +47,17 @@ from ._ids import validate_upload_id as validate_upload_id
 from ._info import UploadInfo as UploadInfo
 from ._locks import FileLocker as FileLocker
 from ._locks import MemoryLocker as MemoryLocker
+from ._memorystore import MemoryStore as MemoryStore
+from ._memorystore import MemoryUpload as MemoryUpload
 
 __version__ = "0.1.0"
 
 __all__ = (
-    # the store
+    # the stores
     "FileStore",
     "FileUpload",
+    "MemoryStore",
+    "MemoryUpload",
     "UploadInfo",
     "new_upload_id",
     "validate_upload_id",
