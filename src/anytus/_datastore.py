@@ -327,7 +327,7 @@ class Locker(ABC):
 class InlineHold:
     """A lock reserved by :meth:`Locker.hold_inline`, to be taken in a worker thread."""
 
-    __slots__ = ("close", "enter", "exit")
+    __slots__ = ("blocking", "close", "enter", "exit")
 
     def __init__(
         self,
@@ -335,6 +335,7 @@ class InlineHold:
         enter: Callable[[], bool],
         exit: Callable[[], None],
         close: Callable[[], None],
+        blocking: bool = True,
     ) -> None:
         #: take the lock (worker thread); ``False`` if another process holds it
         self.enter = enter
@@ -342,6 +343,9 @@ class InlineHold:
         self.exit = exit
         #: end the reservation (event loop), whatever happened
         self.close = close
+        #: whether :attr:`enter` and :attr:`exit` block (make system calls): then they must run
+        #: in a worker thread; if not, a store may call them in the event loop
+        self.blocking = blocking
 
 
 class _LockContext(AbstractAsyncContextManager[None]):

@@ -173,7 +173,7 @@ class FileStore(
         :raises ~anytus.UploadNotFound: if there is no such upload
         :raises ~anytus.CorruptUploadInfo: if ``[id].info`` is unreadable
         """
-        self._info_path(upload_id)
+        # the ID is validated in the worker thread too: a malformed one is still a checkpoint
         info, data_path = await self._run(self._load_sync, upload_id, read_only=True)
         return FileUpload(self, info, data_path)
 
@@ -237,12 +237,15 @@ class FileStore(
 
         :raises ~anyio.WouldBlock: if the lock is held (nothing was done)
         """
-        self._info_path(upload_id)
         try:
+            self._info_path(upload_id)
             hold = self.locker.hold_inline(upload_id, shared=read_only)
         except NotImplementedError:
             await anyio.lowlevel.checkpoint()
             raise anyio.WouldBlock from None
+        except BaseException:
+            await anyio.lowlevel.checkpoint()  # always a checkpoint, errors included
+            raise
         try:
             # a cancelled caller leaves the hop to finish: the lock is let go in the thread
             return await self._run(self._run_locked_sync, hold, upload_id, fn)
@@ -507,7 +510,10 @@ class FileStore(
         try:
             position = 0
             for path, size in sources:
-                source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise UploadNotFound(f"the partial upload {path} is gone") from None
                 try:
                     _copy_range(source, out, size, position)
                 finally:

@@ -138,7 +138,7 @@ class MemoryLocker(Locker):
             holder.released.set()
 
         # in memory, the reservation is the whole lock: nothing to do in the worker thread
-        return InlineHold(enter=_always, exit=_nothing, close=close)
+        return InlineHold(enter=_always, exit=_nothing, close=close, blocking=False)
 
 
 def _always() -> bool:

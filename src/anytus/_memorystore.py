@@ -212,7 +212,7 @@ class MemoryStore(
             hold = self.locker.hold_inline(upload_id, shared=read_only)
         except NotImplementedError:
             raise anyio.WouldBlock from None
-        inline = isinstance(self.locker, MemoryLocker)
+        inline = not hold.blocking
         try:
             entered = hold.enter() if inline else await anyio.to_thread.run_sync(hold.enter)
             if not entered:
