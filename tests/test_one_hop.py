@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.abc
 import pytest
 
 from anytus import FileLocker, FileStore, UploadInfo
@@ -129,14 +130,14 @@ async def test_a_held_lock_takes_the_waiting_path(
     released = anyio.Event()
     async with anyio.create_task_group() as tg:
 
-        async def hold() -> None:
+        async def hold(*, task_status: anyio.abc.TaskStatus[None]) -> None:
             # another request holds the lock; asked to let go, it does
             await locker.acquire(info.id, on_release=released.set)
+            task_status.started()
             await released.wait()
             await locker.release(info.id)
 
-        tg.start_soon(hold)
-        await anyio.wait_all_tasks_blocked()
+        await tg.start(hold)
         status, headers = await request(app, "HEAD", f"/files/{info.id}", TUS)
     assert (status, headers["upload-offset"]) == (200, "0")
     assert released.is_set()
