@@ -475,7 +475,7 @@ async def wait_for(
     predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
     *,
     timeout: float = 5.0,
-    interval: float = 0.05,
+    interval: float = 0.01,
 ) -> bool:
     """Poll *predicate* until it is true or *timeout* passes; return its last value."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
@@ -567,6 +567,27 @@ async def test_websocket_scope_is_refused(app: TusApp) -> None:
         raise AssertionError("not called")
 
     await app(cast("Scope", {"type": "websocket"}), receive, send)
+
+
+FILESTORE_EXTENSIONS = (
+    "creation,creation-with-upload,creation-defer-length,termination,concatenation,checksum"
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "extensions", "max_size"),
+    [
+        ({}, FILESTORE_EXTENSIONS, None),
+        ({"max_size": 1000, "expire_after": 60}, FILESTORE_EXTENSIONS + ",expiration", "1000"),
+    ],
+)
+async def test_options_advertises_what_the_app_and_store_do(
+    store: FileStore, options: dict[str, Any], extensions: str, max_size: str | None
+) -> None:
+    reply = await call(TusApp(store, **options), "OPTIONS", "/files/")
+    assert reply.status == 200
+    assert reply.headers["tus-extension"] == extensions
+    assert reply.headers.get("tus-max-size") == max_size
 
 
 async def test_options_outside_the_base_path_is_404(app: TusApp) -> None:
