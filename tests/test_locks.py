@@ -10,7 +10,6 @@ import fcntl
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from _children import command
 from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def anytus_lock(pid: int, host: str | None = None, ticks: int | None = None) -> 
 
 
 def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = subprocess.Popen(command("exit"))
     process.wait()
     return process.pid
 
