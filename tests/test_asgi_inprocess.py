@@ -178,7 +178,7 @@ async def offset_of(app: TusApp, path: str) -> int:
     return int(reply.headers["upload-offset"])
 
 
-def virtual_time(autojump_threshold: float = 0) -> pytest.MarkDecorator:
+def virtual_time(autojump_threshold: float = 0.01) -> pytest.MarkDecorator:
     """Run a test on asyncio (real time: the timeouts involved are short) and on trio with a
     :class:`~trio.testing.MockClock` that jumps to the next deadline whenever every task waits,
     so that a timeout passes without anyone waiting for it. Time is measured with
@@ -187,7 +187,9 @@ def virtual_time(autojump_threshold: float = 0) -> pytest.MarkDecorator:
     The clock also jumps while a task waits for a worker thread, to whatever deadline is
     pending: such a test uses :func:`memory_store` (its locks take no thread) and
     :func:`guard` (no deadline of its own on trio). A test whose pending deadline must not pass
-    while the store works in a thread gives the clock an *autojump_threshold* of real time.
+    while the store works in a thread gives the clock a longer *autojump_threshold* of real time.
+    The default is not 0: with no deadline pending, a threshold of 0 makes trio's run loop poll
+    without sleeping while the store works in a thread, which starves that thread of the GIL.
     """
     return pytest.mark.parametrize(
         "anyio_backend",
