@@ -334,7 +334,7 @@ class TusClient:
 
     async def offset(self, upload_id: str) -> int:
         response = await self.head(upload_id)
-        assert response.status_code in (200, 204), response.status_code
+        assert response.status_code == 200, response.status_code
         return int(response.headers["Upload-Offset"])
 
     async def upload(self, data: bytes, *, chunk: int = 1 << 16, **create: Any) -> str:
@@ -475,7 +475,7 @@ async def wait_for(
     predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
     *,
     timeout: float = 5.0,
-    interval: float = 0.05,
+    interval: float = 0.01,
 ) -> bool:
     """Poll *predicate* until it is true or *timeout* passes; return its last value."""
     deadline = time.monotonic() + timeout

@@ -8,18 +8,22 @@ real :class:`~anytus.FileStore` on ``tmp_path``. Real-HTTP behaviour is in ``tes
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
 import pytest
+import sniffio
+import trio
+from trio.testing import MockClock
 
-from anytus import FileStore, HookRejected, UploadInfo
+from anytus import FileStore, HookRejected, MemoryLocker, UploadInfo
 from anytus._asgi_types import ASGIReceiveEvent, ASGISendEvent, HTTPScope, Scope
 from anytus.asgi import HookRequest, TusApp
 
@@ -174,6 +178,45 @@ async def offset_of(app: TusApp, path: str) -> int:
     return int(reply.headers["upload-offset"])
 
 
+def virtual_time(autojump_threshold: float = 0.01) -> pytest.MarkDecorator:
+    """Run a test on asyncio (real time: the timeouts involved are short) and on trio with a
+    :class:`~trio.testing.MockClock` that jumps to the next deadline whenever every task waits,
+    so that a timeout passes without anyone waiting for it. Time is measured with
+    ``anyio.current_time()``, which is the mock clock's on trio.
+
+    The clock also jumps while a task waits for a worker thread, to whatever deadline is
+    pending: such a test uses :func:`memory_store` (its locks take no thread) and
+    :func:`guard` (no deadline of its own on trio). A test whose pending deadline must not pass
+    while the store works in a thread gives the clock a longer *autojump_threshold* of real time.
+    The default is not 0: with no deadline pending, a threshold of 0 makes trio's run loop poll
+    without sleeping while the store works in a thread, which starves that thread of the GIL.
+    """
+    return pytest.mark.parametrize(
+        "anyio_backend",
+        [
+            pytest.param(("asyncio", {"debug": True}), id="asyncio"),
+            pytest.param(
+                ("trio", {"clock": MockClock(autojump_threshold=autojump_threshold)}), id="trio"
+            ),
+        ],
+    )
+
+
+def guard(seconds: float) -> contextlib.AbstractContextManager[object]:
+    """``fail_after(seconds)`` in real time; nothing under a mock clock, which would jump to
+    that deadline while the store works in a thread."""
+    if sniffio.current_async_library() == "trio" and isinstance(
+        trio.lowlevel.current_clock(), MockClock
+    ):
+        return contextlib.nullcontext()
+    return anyio.fail_after(seconds)
+
+
+def memory_store(tmp_path: Path) -> FileStore:
+    """A FileStore whose locks live in memory: taking a free lock takes no worker thread."""
+    return FileStore(tmp_path / "uploads", locker=MemoryLocker())
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> FileStore:
     return FileStore(tmp_path / "uploads")
@@ -243,15 +286,19 @@ async def test_deferred_length_is_capped_at_max_size(store: FileStore) -> None:
     assert await offset_of(app, path) == 8
 
 
-async def test_idle_timeout_ends_the_request_and_keeps_the_bytes(store: FileStore) -> None:
-    app = TusApp(store, idle_timeout=0.3)
+# The idle watchdog runs beside the store's first thread hop (opening the file): a clock that
+# jumped the moment the loop waits for that thread would time the request out before it took
+# the body. 50 ms of real idleness first is still 6 times quicker than real time.
+@virtual_time(autojump_threshold=0.05)
+async def test_idle_timeout_ends_the_request_and_keeps_the_bytes(tmp_path: Path) -> None:
+    app = TusApp(memory_store(tmp_path), idle_timeout=0.3)
     path = await create(app, 100)
     exchange = Exchange(app, "PATCH", path, {**PATCH, "Upload-Offset": "0"})
     exchange.push(b"hello")
-    started = time.monotonic()
-    with anyio.fail_after(5):
+    started = anyio.current_time()
+    with guard(5):
         await exchange.run()
-    assert 0.25 < time.monotonic() - started < 3
+    assert 0.3 <= anyio.current_time() - started < 3
     # 500, as tusd: tus clients retry on 5xx
     assert exchange.reply.status == 500
     assert exchange.reply.text.startswith("ERR_READ_TIMEOUT: ")
@@ -303,16 +350,18 @@ async def test_interrupted_patch_with_checksum_is_rolled_back(
     assert patch.reply.status == 400
 
 
-async def test_lock_timeout_is_423(store: FileStore) -> None:
+@virtual_time()
+async def test_lock_timeout_is_423(tmp_path: Path) -> None:
+    store = memory_store(tmp_path)
     app = TusApp(store, lock_timeout=0.3)
     path = await create(app, 10)
     upload_id = path.rsplit("/", 1)[1]
     # a holder that ignores release requests
     async with store.lock(upload_id):
-        started = time.monotonic()
+        started = anyio.current_time()
         reply = await call(app, "HEAD", path, TUS)
     assert reply.status == 423
-    assert time.monotonic() - started < 3
+    assert 0.3 <= anyio.current_time() - started < 3
     assert reply.body == b""  # HEAD: no body
 
 
@@ -569,6 +618,27 @@ async def test_websocket_scope_is_refused(app: TusApp) -> None:
     await app(cast("Scope", {"type": "websocket"}), receive, send)
 
 
+FILESTORE_EXTENSIONS = (
+    "creation,creation-with-upload,creation-defer-length,termination,concatenation,checksum"
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "extensions", "max_size"),
+    [
+        ({}, FILESTORE_EXTENSIONS, None),
+        ({"max_size": 1000, "expire_after": 60}, FILESTORE_EXTENSIONS + ",expiration", "1000"),
+    ],
+)
+async def test_options_advertises_what_the_app_and_store_do(
+    store: FileStore, options: dict[str, Any], extensions: str, max_size: str | None
+) -> None:
+    reply = await call(TusApp(store, **options), "OPTIONS", "/files/")
+    assert reply.status == 200
+    assert reply.headers["tus-extension"] == extensions
+    assert reply.headers.get("tus-max-size") == max_size
+
+
 async def test_options_outside_the_base_path_is_404(app: TusApp) -> None:
     assert (await call(app, "OPTIONS", "/files/")).status == 200
     assert (await call(app, "OPTIONS", "/elsewhere")).status == 404
@@ -611,30 +681,30 @@ async def test_short_chunked_body_is_drained_too(app: TusApp) -> None:
     assert exchange._from_test.statistics().current_buffer_used == 0
 
 
-async def test_an_early_answer_waits_a_bounded_time_for_the_unread_body(
-    store: FileStore,
-) -> None:
+@virtual_time()
+async def test_an_early_answer_waits_a_bounded_time_for_the_unread_body(tmp_path: Path) -> None:
     # the rest of the body is read and dropped for at most min(idle_timeout, 5 s), then the
     # response ends with the body unread, and the server closes the connection
-    app = TusApp(store, idle_timeout=0.5)
+    app = TusApp(memory_store(tmp_path), idle_timeout=0.5)
     path = await create(app, 4)
     headers = {**PATCH, "Upload-Offset": "3", "Content-Length": str(64 << 20)}
     exchange = Exchange(app, "PATCH", path, headers)
     exchange.push(b"x" * 1000)
-    started = time.monotonic()
-    with anyio.fail_after(5):
+    started = anyio.current_time()
+    with guard(5):
         await exchange.run()
-    assert 0.4 <= time.monotonic() - started < 3
+    assert 0.5 <= anyio.current_time() - started < 3
     assert exchange.reply.status == 409
     assert exchange.reply.text.startswith("ERR_MISMATCHED_OFFSET: ")
 
 
-async def test_stalled_body_closes_the_connection(store: FileStore) -> None:
-    app = TusApp(store, idle_timeout=0.2)
+@virtual_time()
+async def test_stalled_body_closes_the_connection(tmp_path: Path) -> None:
+    app = TusApp(memory_store(tmp_path), idle_timeout=0.2)
     path = await create(app, 100)
     exchange = Exchange(app, "PATCH", path, {**PATCH, "Upload-Offset": "0", "Content-Length": "50"})
     exchange.push(b"x" * 10)
-    with anyio.fail_after(5):
+    with guard(5):
         await exchange.run()
     assert exchange.reply.status == 500
     assert exchange.reply.headers["connection"] == "close"

@@ -4,6 +4,11 @@ Every test runs on asyncio and on trio (hypercorn's worker for the running backe
 own event loop), against a real :class:`~anytus.FileStore` in ``tmp_path``. Assertions look at the
 HTTP responses *and* at the files on disk, because "the request changed nothing" is a statement
 about the store, not about a status code.
+
+The header rules themselves (every status and error code for every malformed header) are tables in
+``tests/test_core.py``, with no server; here each verb and area keeps an end-to-end test, a few
+error paths, and everything that is about I/O: bodies, disconnects, early answers, draining, locks,
+release requests, idle timeouts, concatenation, downloads, CORS and hooks.
 """
 
 from __future__ import annotations
@@ -30,11 +35,8 @@ import pytest
 from _server import (
     OFFSET_CONTENT_TYPE,
     TUS,
-    ConnectionClosedError,
-    RawResponse,
     TusClient,
     decode_metadata,
-    encode_metadata,
     race_to_completion,
     raw_request,
     read_raw_response,
@@ -94,7 +96,10 @@ class Served:
         return document
 
     def files(self) -> set[str]:
-        """Names in the store directory, ignoring lock files (they come and go with requests)."""
+        """Names in the store directory, ignoring lock files (they come and go with requests);
+        none before the store has made its directory (it does so on first use)."""
+        if not self.directory.exists():
+            return set()
         return {p.name for p in self.directory.iterdir() if p.suffix not in (".lock", ".stop")}
 
     def uploads(self) -> set[str]:
@@ -148,34 +153,20 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 class TestDiscovery:
     async def test_options_advertises_the_protocol(self, srv: Served) -> None:
         response = await srv.http.options(srv.url)
-        assert response.status_code in (200, 204)
-        assert next(v.strip() for v in response.headers["Tus-Version"].split(",")) == "1.0.0"
+        assert response.status_code == 200
+        assert response.headers["Tus-Version"] == "1.0.0"
         assert extensions(response) == BASE_EXTENSIONS  # no expiration: expire_after is not set
         assert comma_set(response.headers["Tus-Checksum-Algorithm"]) == CHECKSUM_ALGORITHMS
         assert "Tus-Max-Size" not in response.headers
 
-    async def test_options_with_max_size_and_expiration(self, tmp_path: Path) -> None:
-        async with running(tmp_path, max_size=1000, expire_after=60) as srv:
-            response = await srv.http.options(srv.url)
-        assert response.status_code in (200, 204)
-        assert response.headers["Tus-Max-Size"] == "1000"
-        assert extensions(response) == BASE_EXTENSIONS | {"expiration"}
-
-    async def test_options_ignores_tus_resumable(self, srv: Served) -> None:
-        response = await srv.http.options(srv.url, headers={"Tus-Resumable": "0.2.2"})
-        assert response.status_code in (200, 204)
-        assert "1.0.0" in response.headers["Tus-Version"]
-
 
 class TestVersion:
-    @pytest.mark.parametrize("version", [None, "0.2.2", "1.0.1", ""])
-    async def test_unsupported_version_is_refused_and_changes_nothing(
-        self, srv: Served, version: str | None
-    ) -> None:
+    async def test_unsupported_version_is_refused_and_changes_nothing(self, srv: Served) -> None:
+        # every version and request is in test_core's table; this one goes through real HTTP
         upload_id = await srv.tus.new(10)
         assert (await srv.tus.patch(upload_id, 0, b"hello")).status_code == 204
         before = srv.files()
-        headers = {} if version is None else {"Tus-Resumable": version}
+        headers = {"Tus-Resumable": "0.2.2"}
         patch_headers = {
             **headers,
             "Upload-Offset": "5",
@@ -197,17 +188,11 @@ class TestVersion:
         ]
 
         for response in responses:
-            assert_error(response, 412)
-            assert "1.0.0" in response.headers["Tus-Version"]
+            assert_error(response, 412, "ERR_UNSUPPORTED_VERSION")
+            assert response.headers["Tus-Version"] == "1.0.0"
         assert srv.files() == before
         assert srv.data(upload_id) == b"hello"
         assert await srv.tus.offset(upload_id) == 5
-
-    async def test_get_does_not_need_tus_resumable(self, srv: Served) -> None:
-        upload_id = await srv.tus.upload(b"hello")
-        response = await srv.http.get(srv.tus.upload_url(upload_id))
-        assert response.status_code == 200
-        assert response.content == b"hello"
 
     async def test_every_response_carries_tus_resumable(self, srv: Served) -> None:
         upload_id = await srv.tus.new(4)
@@ -264,7 +249,9 @@ class TestCreation:
         assert head.headers["Upload-Offset"] == "0"
         assert head.headers["Upload-Length"] == "0"
         download = await srv.http.get(srv.tus.upload_url(upload_id))
-        assert download.status_code in (200, 204)
+        # a download of an empty file is still a file: 200, not tusd's 204
+        assert download.status_code == 200
+        assert download.headers["Content-Length"] == "0"
         assert download.content == b""
 
     async def test_deferred_length(self, srv: Served) -> None:
@@ -274,36 +261,6 @@ class TestCreation:
         assert "Upload-Length" not in head.headers
         assert head.headers["Upload-Offset"] == "0"
         assert srv.info(upload_id)["SizeIsDeferred"] is True
-
-    @pytest.mark.parametrize(
-        "headers",
-        [
-            pytest.param({}, id="neither"),
-            pytest.param({"Upload-Length": "5", "Upload-Defer-Length": "1"}, id="both"),
-            pytest.param({"Upload-Length": "-5"}, id="negative"),
-            pytest.param({"Upload-Length": "abc"}, id="not-a-number"),
-            pytest.param({"Upload-Length": "1.5"}, id="fraction"),
-            pytest.param({"Upload-Length": "0x10"}, id="hex"),
-            pytest.param({"Upload-Length": "1e3"}, id="exponent"),
-            pytest.param({"Upload-Length": "1_000"}, id="underscore"),
-            pytest.param({"Upload-Length": ""}, id="empty"),
-            pytest.param({"Upload-Defer-Length": "0"}, id="defer-0"),
-            pytest.param({"Upload-Defer-Length": "2"}, id="defer-2"),
-            pytest.param({"Upload-Defer-Length": "bad"}, id="defer-bad"),
-        ],
-    )
-    async def test_invalid_length_headers(self, srv: Served, headers: dict[str, str]) -> None:
-        response = await srv.http.post(srv.url, headers={**TUS, **headers})
-        assert_error(response, 400)
-        assert "Location" not in response.headers
-        assert not srv.directory.exists() or srv.files() == set()
-
-    async def test_length_above_max_size(self, tmp_path: Path) -> None:
-        async with running(tmp_path, max_size=100) as srv:
-            too_big = await srv.tus.create(101)
-            assert_error(too_big, 413)
-            assert srv.files() == set()
-            assert (await srv.tus.create(100)).status_code == 201
 
     async def test_metadata_is_echoed_byte_for_byte(self, srv: Served) -> None:
         metadata: dict[str, bytes | None] = {
@@ -323,26 +280,6 @@ class TestCreation:
         assert stored["filename"] == "résumé.txt"  # tusd keeps decoded strings
         assert stored["novalue"] == ""
         assert stored["emptyvalue"] == ""
-
-    @pytest.mark.parametrize(
-        "header",
-        [
-            pytest.param("filename %%%%", id="not-base64"),
-            pytest.param("filename aGVsbG8=x", id="trailing-garbage"),
-            pytest.param("a b c", id="three-parts"),
-        ],
-    )
-    async def test_invalid_metadata(self, srv: Served, header: str) -> None:
-        response = await srv.tus.create(3, headers={"Upload-Metadata": header})
-        assert_error(response, 400)
-        assert not srv.directory.exists() or srv.files() == set()
-
-    async def test_huge_metadata_header(self, srv: Served) -> None:
-        value = encode_metadata({f"key{i}": b"x" * 64 for i in range(100)})  # about 9 KB
-        assert 4096 < len(value) < 15000  # below hypercorn's own header limit
-        response = await srv.tus.create(3, headers={"Upload-Metadata": value})
-        assert_error(response, 400)
-        assert not srv.directory.exists() or srv.files() == set()
 
     async def test_creation_with_upload(self, srv: Served) -> None:
         response = await srv.tus.create(11, body=b"hello")
@@ -364,21 +301,23 @@ class TestCreation:
 
     async def test_creation_with_upload_longer_than_length(self, srv: Served) -> None:
         response = await srv.tus.create(5, body=b"0123456789")
-        assert_error(response, 413)
-        # whatever was created holds exactly what fits, never more
-        for upload_id in srv.uploads():
-            assert srv.data(upload_id) in (b"", b"01234")
+        assert_error(response, 413, "ERR_UPLOAD_SIZE_EXCEEDED")
+        # the Content-Length says it is too long: refused before anything is created
+        assert "Location" not in response.headers
+        assert srv.files() == set()
+
+    async def test_creation_without_a_length_creates_nothing(self, srv: Served) -> None:
+        response = await srv.http.post(srv.url, headers=TUS)
+        assert_error(response, 400, "ERR_INVALID_HEADER")
+        assert "Location" not in response.headers
+        assert srv.files() == set()
 
     async def test_unknown_method_on_upload(self, srv: Served) -> None:
         upload_id = await srv.tus.new(3)
         response = await srv.http.put(srv.tus.upload_url(upload_id), headers=TUS, content=b"abc")
-        assert_error(response, 405)
+        assert_error(response, 405, "ERR_METHOD_NOT_ALLOWED")
+        assert response.headers["Allow"] == "HEAD, PATCH, GET, OPTIONS, DELETE"
         assert srv.data(upload_id) == b""
-
-    async def test_unknown_path(self, srv: Served) -> None:
-        origin = srv.url.removesuffix("/files/")
-        response = await srv.http.head(f"{origin}/elsewhere/abc", headers=TUS)
-        assert response.status_code == 404
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -392,7 +331,7 @@ class TestHead:
 
         head = await srv.tus.head(upload_id)
 
-        assert head.status_code in (200, 204)
+        assert head.status_code == 200
         assert head.headers["Upload-Offset"] == "3"
         assert head.headers["Upload-Length"] == "10"
         assert head.headers["Cache-Control"] == "no-store"
@@ -406,11 +345,6 @@ class TestHead:
         assert head.status_code == 404
         assert "Upload-Offset" not in head.headers
         assert head.content == b""
-
-    async def test_head_of_complete_upload(self, srv: Served) -> None:
-        upload_id = await srv.tus.upload(b"x" * 1000, chunk=300)
-        head = await srv.tus.head(upload_id)
-        assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == "1000"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -431,41 +365,13 @@ class TestPatch:
         assert srv.data(upload_id) == b"hello world"
         assert await srv.tus.offset(upload_id) == 11
 
-    @pytest.mark.parametrize(
-        "content_type", [None, "text/plain", "application/octet-stream", "application/offset"]
-    )
-    async def test_wrong_content_type(self, srv: Served, content_type: str | None) -> None:
-        upload_id = await srv.tus.new(10)
-        headers = {**TUS, "Upload-Offset": "0"}
-        if content_type is not None:
-            headers["Content-Type"] = content_type
-        response = await srv.http.patch(
-            srv.tus.upload_url(upload_id), headers=headers, content=b"hello"
-        )
-        assert_error(response, 415)
-        assert srv.data(upload_id) == b""
-        assert await srv.tus.offset(upload_id) == 0
-
-    @pytest.mark.parametrize("offset", [0, 3, 7, 10, 11])
-    async def test_offset_mismatch(self, srv: Served, offset: int) -> None:
+    async def test_offset_mismatch(self, srv: Served) -> None:
         upload_id = await srv.tus.new(10)
         assert (await srv.tus.patch(upload_id, 0, b"hello")).status_code == 204
-        response = await srv.tus.patch(upload_id, offset, b"xx")
-        assert_error(response, 409)
+        response = await srv.tus.patch(upload_id, 3, b"xx")
+        assert_error(response, 409, "ERR_MISMATCHED_OFFSET")
         assert srv.data(upload_id) == b"hello"
         assert await srv.tus.offset(upload_id) == 5
-
-    @pytest.mark.parametrize("offset", [None, "", "-1", "abc", "1.0", "0x0", "1_0", "+0 0"])
-    async def test_invalid_offset(self, srv: Served, offset: str | None) -> None:
-        upload_id = await srv.tus.new(10)
-        headers = {**TUS, "Content-Type": OFFSET_CONTENT_TYPE}
-        if offset is not None:
-            headers["Upload-Offset"] = offset
-        response = await srv.http.patch(
-            srv.tus.upload_url(upload_id), headers=headers, content=b"hello"
-        )
-        assert_error(response, 400)
-        assert srv.data(upload_id) == b""
 
     async def test_patch_completes_the_upload(self, srv: Served) -> None:
         data = os.urandom(100_000)
@@ -568,7 +474,7 @@ class TestPatch:
     async def test_patch_unknown_upload(self, srv: Served) -> None:
         response = await srv.tus.patch("f" * 32, 0, b"abc")
         assert_error(response, 404, "ERR_UPLOAD_NOT_FOUND")
-        assert not srv.directory.exists() or srv.files() == set()
+        assert srv.files() == set()
 
     async def test_deferred_length_declared_on_patch(self, srv: Served) -> None:
         upload_id = await srv.tus.new(None)
@@ -587,62 +493,26 @@ class TestPatch:
         assert srv.info(upload_id)["Size"] == 8
         assert srv.data(upload_id) == b"hello!!!"
 
-    async def test_declared_length_cannot_change(self, srv: Served) -> None:
-        upload_id = await srv.tus.new(None)
-        declared = await srv.tus.patch(upload_id, 0, b"ab", headers={"Upload-Length": "10"})
-        assert declared.status_code == 204
-        again = await srv.tus.patch(upload_id, 2, b"cd", headers={"Upload-Length": "20"})
-        assert_error(again, 400)
-        assert srv.data(upload_id) == b"ab"
-        assert (await srv.tus.head(upload_id)).headers["Upload-Length"] == "10"
-
-    async def test_upload_length_on_patch_of_known_length(self, srv: Served) -> None:
-        upload_id = await srv.tus.new(10)
-        response = await srv.tus.patch(upload_id, 0, b"ab", headers={"Upload-Length": "20"})
-        assert_error(response, 400)
-        assert srv.data(upload_id) == b""
-        assert (await srv.tus.head(upload_id)).headers["Upload-Length"] == "10"
-
-    async def test_declared_length_below_offset(self, srv: Served) -> None:
-        upload_id = await srv.tus.new(None)
-        assert (await srv.tus.patch(upload_id, 0, b"hello")).status_code == 204
-        response = await srv.tus.patch(upload_id, 5, b"", headers={"Upload-Length": "3"})
-        assert_error(response, 400)
-        head = await srv.tus.head(upload_id)
-        assert head.headers["Upload-Defer-Length"] == "1"
-        assert head.headers["Upload-Offset"] == "5"
-
     async def test_deferred_upload_capped_by_max_size(self, tmp_path: Path) -> None:
         async with running(tmp_path, max_size=10) as srv:
             upload_id = await srv.tus.new(None)
+            # a Content-Length past the maximum: refused before a byte is read
             response = await srv.tus.patch(upload_id, 0, b"x" * 25)
-            assert_error(response, 413)
-            assert len(srv.data(upload_id)) <= 10
-            declared = await srv.tus.patch(
-                upload_id, len(srv.data(upload_id)), b"", headers={"Upload-Length": "11"}
-            )
-            assert declared.status_code in (400, 413)
+            assert_error(response, 413, "ERR_MAX_SIZE_EXCEEDED")
+            assert srv.data(upload_id) == b""
 
-    async def test_method_override(self, srv: Served) -> None:
-        upload_id = await srv.tus.new(5)
-        url = srv.tus.upload_url(upload_id)
-        patched = await srv.http.post(
-            url,
-            headers={
-                **TUS,
-                "X-HTTP-Method-Override": "PATCH",
-                "Upload-Offset": "0",
-                "Content-Type": OFFSET_CONTENT_TYPE,
-            },
-            content=b"hello",
-        )
-        assert patched.status_code == 204
-        assert patched.headers["Upload-Offset"] == "5"
-        assert srv.data(upload_id) == b"hello"
+            # a chunked body is cut at the maximum: what fits is stored
+            async def chunked() -> AsyncIterator[bytes]:
+                for _ in range(5):
+                    yield b"y" * 5
 
-        deleted = await srv.http.post(url, headers={**TUS, "X-HTTP-Method-Override": "DELETE"})
-        assert deleted.status_code == 204
-        assert upload_id not in srv.uploads()
+            response = await srv.tus.patch(upload_id, 0, chunked())
+            assert_error(response, 413, "ERR_MAX_SIZE_EXCEEDED")
+            assert srv.data(upload_id) == b"y" * 10
+            declared = await srv.tus.patch(upload_id, 10, b"", headers={"Upload-Length": "11"})
+            assert_error(declared, 413, "ERR_MAX_SIZE_EXCEEDED")
+            head = await srv.tus.head(upload_id)
+            assert head.headers["Upload-Defer-Length"] == "1"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -660,10 +530,10 @@ class TestTermination:
         assert response.status_code == 204
         assert response.headers["Tus-Resumable"] == "1.0.0"
         assert srv.files() == {f"{other}.bin", f"{other}.info"}
-        assert (await srv.tus.head(upload_id)).status_code in (404, 410)
-        assert (await srv.tus.patch(upload_id, 3, b"d")).status_code in (404, 410)
+        assert (await srv.tus.head(upload_id)).status_code == 404
+        assert_error(await srv.tus.patch(upload_id, 3, b"d"), 404, "ERR_UPLOAD_NOT_FOUND")
         again = await srv.http.delete(srv.tus.upload_url(upload_id), headers=TUS)
-        assert again.status_code in (404, 410)
+        assert_error(again, 404, "ERR_UPLOAD_NOT_FOUND")
         assert srv.files() == {f"{other}.bin", f"{other}.info"}
 
     async def test_delete_unknown(self, srv: Served) -> None:
@@ -734,22 +604,6 @@ class TestConcatenation:
         assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == "6"
         assert (await srv.http.get(srv.tus.upload_url(final))).content == b"abcdef"
 
-    async def test_final_with_a_body(self, srv: Served) -> None:
-        part = await self.partial(srv, b"abc")
-        before = srv.files()
-        response = await srv.http.post(
-            srv.url,
-            headers={
-                **TUS,
-                "Upload-Concat": f"final;/files/{part}",
-                "Content-Type": OFFSET_CONTENT_TYPE,
-            },
-            content=b"xyz",
-        )
-        assert response.status_code in (400, 403), response.text
-        assert srv.files() == before
-        assert srv.data(part) == b"abc"
-
     async def test_partial_with_upload_on_creation(self, srv: Served) -> None:
         response = await srv.tus.create(3, headers={"Upload-Concat": "partial"}, body=b"abc")
         assert response.status_code == 201
@@ -795,29 +649,8 @@ class TestConcatenation:
         response = await srv.http.post(
             srv.url, headers={**TUS, "Upload-Concat": f"final;/files/{done} /files/{'0' * 32}"}
         )
-        assert response.status_code in (400, 404), response.text
+        assert_error(response, 400, "ERR_UPLOAD_NOT_FINISHED")
         assert srv.files() == before
-
-    @pytest.mark.parametrize(
-        "header", ["final;", "final", "whole", "partial;x", "final;/files/../x"]
-    )
-    async def test_invalid_concat_header(self, srv: Served, header: str) -> None:
-        response = await srv.http.post(
-            srv.url, headers={**TUS, "Upload-Concat": header, "Upload-Length": "3"}
-        )
-        assert response.status_code in (400, 404), response.text
-        assert not srv.directory.exists() or srv.files() == set()
-
-    async def test_concatenation_above_max_size(self, tmp_path: Path) -> None:
-        async with running(tmp_path, max_size=5) as srv:
-            first = await self.partial(srv, b"abc")
-            second = await self.partial(srv, b"def")
-            before = srv.files()
-            response = await srv.http.post(
-                srv.url, headers={**TUS, "Upload-Concat": f"final;/files/{first} /files/{second}"}
-            )
-            assert_error(response, 413)
-            assert srv.files() == before
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -833,7 +666,7 @@ def checksum(algorithm: str, data: bytes) -> str:
 
 
 class TestChecksum:
-    @pytest.mark.parametrize("algorithm", sorted(CHECKSUM_ALGORITHMS))
+    @pytest.mark.parametrize("algorithm", ["sha1"])
     async def test_matching_checksum(self, srv: Served, algorithm: str) -> None:
         upload_id = await srv.tus.new(11)
         response = await srv.tus.patch(
@@ -843,7 +676,7 @@ class TestChecksum:
         assert response.headers["Upload-Offset"] == "5"
         assert srv.data(upload_id) == b"hello"
 
-    @pytest.mark.parametrize("algorithm", sorted(CHECKSUM_ALGORITHMS))
+    @pytest.mark.parametrize("algorithm", ["crc32"])
     async def test_mismatching_checksum(self, srv: Served, algorithm: str) -> None:
         upload_id = await srv.tus.new(100)
         assert (await srv.tus.patch(upload_id, 0, b"abc")).status_code == 204
@@ -862,22 +695,6 @@ class TestChecksum:
         assert retry.status_code == 204
         assert srv.data(upload_id) == b"abc" + chunk
 
-    @pytest.mark.parametrize(
-        "header",
-        [
-            pytest.param("whirlpool AAAA", id="unknown"),
-            pytest.param("SHA1 " + checksum("sha1", b"hello").split()[1], id="uppercase"),
-            pytest.param("sha1", id="no-value"),
-            pytest.param("sha1 %%%", id="not-base64"),
-        ],
-    )
-    async def test_bad_checksum_header(self, srv: Served, header: str) -> None:
-        upload_id = await srv.tus.new(10)
-        response = await srv.tus.patch(upload_id, 0, b"hello", headers={"Upload-Checksum": header})
-        assert response.status_code in (400, 460), response.text
-        assert srv.data(upload_id) == b""
-        assert await srv.tus.offset(upload_id) == 0
-
 
 # ---------------------------------------------------------------------------------------------------
 # expiration
@@ -886,6 +703,19 @@ class TestChecksum:
 def parse_http_date(value: str) -> float:
     assert value.endswith(" GMT"), value
     return email.utils.parsedate_to_datetime(value).timestamp()
+
+
+class Clock:
+    """The wall clock, plus however far a test has moved it (``TusApp(clock=...)``)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 class TestExpiration:
@@ -908,44 +738,48 @@ class TestExpiration:
             assert finished.status_code == 204
             assert "Upload-Expires" not in finished.headers  # a complete upload never expires
 
-    async def test_no_upload_expires_without_expiration(self, srv: Served) -> None:
-        created = await srv.tus.create(10)
-        assert "Upload-Expires" not in created.headers
-
     async def test_expired_upload_is_gone(self, tmp_path: Path) -> None:
-        async with running(tmp_path, expire_after=1.0, cleanup_interval=3600) as srv:
+        clock = Clock()
+        async with running(tmp_path, expire_after=60, cleanup_interval=3600, clock=clock) as srv:
             unfinished = await srv.tus.new(10)
             assert (await srv.tus.patch(unfinished, 0, b"abc")).status_code == 204
+            other = await srv.tus.new(10)
             finished = await srv.tus.upload(b"complete")
-            await anyio.sleep(1.5)
+            clock.advance(61)
 
-            assert_error(await srv.tus.patch(unfinished, 3, b"def"), 410)
-            assert not srv.bin(unfinished).exists() or srv.data(unfinished) == b"abc"
-            assert (await srv.tus.head(unfinished)).status_code in (404, 410)
-            assert await wait_for(lambda: unfinished not in srv.uploads(), timeout=3)
+            # the request that finds it expired removes it, then answers
+            assert_error(await srv.tus.patch(unfinished, 3, b"def"), 410, "ERR_UPLOAD_EXPIRED")
+            assert unfinished not in srv.uploads()
             assert not srv.bin(unfinished).exists()
+            assert (await srv.tus.head(unfinished)).status_code == 404
+            head = await srv.tus.head(other)
+            assert (head.status_code, head.headers["Tus-Resumable"]) == (410, "1.0.0")
+            assert srv.uploads() == {finished}
             # the complete one stays
-            assert (await srv.tus.head(finished)).status_code in (200, 204)
+            assert (await srv.tus.head(finished)).status_code == 200
             assert srv.data(finished) == b"complete"
 
     async def test_periodic_cleanup_inside_the_server(self, tmp_path: Path) -> None:
-        async with running(tmp_path, expire_after=1.0, cleanup_interval=0.2) as srv:
+        clock = Clock()
+        async with running(tmp_path, expire_after=60, cleanup_interval=0.05, clock=clock) as srv:
             unfinished = await srv.tus.new(10)
             finished = await srv.tus.upload(b"complete")
-            # no request touches the upload: the server's own cleanup must remove it
+            clock.advance(61)
+            # no request touches the upload: the server's own cleanup must remove it (the
+            # directory has no event to wait on)
             assert await wait_for(lambda: unfinished not in srv.uploads(), timeout=5)
             assert srv.files() == {f"{finished}.bin", f"{finished}.info"}
 
     async def test_app_cleanup(self, tmp_path: Path) -> None:
-        async with running(tmp_path, expire_after=60, cleanup_interval=3600) as srv:
+        clock = Clock()
+        async with running(tmp_path, expire_after=60, cleanup_interval=3600, clock=clock) as srv:
             stale = await srv.tus.new(10)
-            fresh = await srv.tus.new(10)
             finished = await srv.tus.upload(b"done")
-            hour_ago = time.time() - 3600
-            os.utime(srv.bin(stale), (hour_ago, hour_ago))
-            os.utime(srv.bin(finished), (hour_ago, hour_ago))
+            clock.advance(3600)
+            fresh = await srv.tus.new(10)
+            os.utime(srv.bin(fresh), (clock(), clock()))
 
-            await srv.app.cleanup()
+            assert await srv.app.cleanup() == [stale]
 
             assert srv.uploads() == {fresh, finished}
 
@@ -1004,11 +838,9 @@ class TestDownload:
     @pytest.mark.parametrize(
         ("range_", "content_range", "body"),
         [
+            # every Range form is in test_protocol's table
             ("bytes=0-4", "bytes 0-4/11", b"hello"),
-            ("bytes=6-", "bytes 6-10/11", b"world"),
             ("bytes=-5", "bytes 6-10/11", b"world"),
-            ("bytes=4-4", "bytes 4-4/11", b"o"),
-            ("bytes=6-100", "bytes 6-10/11", b"world"),
         ],
     )
     async def test_range(self, srv: Served, range_: str, content_range: str, body: bytes) -> None:
@@ -1019,11 +851,11 @@ class TestDownload:
         assert response.headers["Content-Length"] == str(len(body))
         assert response.content == body
 
-    @pytest.mark.parametrize("range_", ["bytes=11-", "bytes=20-30"])
-    async def test_unsatisfiable_range(self, srv: Served, range_: str) -> None:
+    async def test_unsatisfiable_range(self, srv: Served) -> None:
         upload_id = await srv.tus.upload(b"hello world")
-        response = await srv.http.get(srv.tus.upload_url(upload_id), headers={"Range": range_})
-        assert response.status_code == 416
+        response = await srv.http.get(srv.tus.upload_url(upload_id), headers={"Range": "bytes=11-"})
+        assert_error(response, 416, "ERR_RANGE_NOT_SATISFIABLE")
+        assert response.headers["Content-Range"] == "bytes */11"
 
     async def test_get_unknown(self, srv: Served) -> None:
         response = await srv.http.get(srv.tus.upload_url("b" * 32))
@@ -1084,8 +916,9 @@ class TestCors:
                 "Access-Control-Request-Headers": "tus-resumable,upload-offset,content-type",
             },
         )
-        assert response.status_code in (200, 204)
-        assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://app.example")
+        assert response.status_code == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert response.headers["Vary"] == "Origin"
         methods = comma_set(response.headers["Access-Control-Allow-Methods"])
         assert {"post", "head", "patch", "delete", "options", "get"} <= methods
         assert ALLOWED_HEADERS <= comma_set(response.headers["Access-Control-Allow-Headers"])
@@ -1098,7 +931,7 @@ class TestCors:
             created,
             await srv.http.head(created.headers["Location"], headers={**TUS, **origin}),
         ):
-            assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://app.example")
+            assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
             assert EXPOSED_HEADERS <= comma_set(response.headers["Access-Control-Expose-Headers"])
 
     async def test_restricted_origins(self, tmp_path: Path) -> None:
@@ -1112,10 +945,8 @@ class TestCors:
                 srv.url,
                 headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
             )
-            assert bad.headers.get("Access-Control-Allow-Origin") not in (
-                "*",
-                "https://evil.example",
-            )
+            assert_error(bad, 403, "ERR_ORIGIN_NOT_ALLOWED")
+            assert "Access-Control-Allow-Origin" not in bad.headers
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1156,6 +987,9 @@ class TestHostileInput:
             legit = await srv.tus.new(100)
             before = srv.files()
             for target in HOSTILE_TARGETS:
+                # a target that is not ASCII is refused by the HTTP server itself (h11); every
+                # other one reaches the app, which finds no such upload
+                expected = 404 if target.isascii() else 400
                 for method, extra, body in (
                     ("HEAD", {}, b""),
                     ("GET", {}, b""),
@@ -1179,31 +1013,11 @@ class TestHostileInput:
                             + body
                         )
                         response = await read_raw_response(stream, head_only=method == "HEAD")
-                    assert response.status in (400, 404), (method, target, response)
+                    assert response.status == expected, (method, target, response)
             assert srv.files() == before
             assert srv.data(legit) == b""
         after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
         assert after == secret_files
-
-    @pytest.mark.parametrize(
-        "headers",
-        [
-            pytest.param({"Upload-Length": "\uff11\uff10"}, id="fullwidth-digits"),
-            pytest.param({"Upload-Length": "10 10"}, id="two-numbers"),
-            pytest.param({"Upload-Length": "99999999999999999999999999"}, id="absurd"),
-            pytest.param({"Upload-Length": "10", "Upload-Concat": "partial;"}, id="concat"),
-        ],
-    )
-    async def test_malformed_creation_headers(
-        self, tmp_path: Path, headers: dict[str, str]
-    ) -> None:
-        async with running(tmp_path, max_size=1 << 40) as srv:
-            stream = await srv.connect()
-            async with stream:
-                await stream.send(_encode_head("POST", "/files/", srv.host, {**TUS, **headers}))
-                response = await read_raw_response(stream)
-            assert response.status in (400, 413), response
-            assert not srv.directory.exists() or srv.files() == set()
 
 
 def _encode_head(method: str, target: str, host: str, headers: Mapping[str, str]) -> bytes:
@@ -1244,6 +1058,17 @@ async def send_partial_patch(
     return stream
 
 
+async def wait_locked(srv: Served, upload_id: str) -> None:
+    """Wait until a PATCH holds the upload's lock: it is in its handler, reading the body.
+
+    The body's first bytes went out in the same write as the request head (one segment on the
+    loopback), so by then the server has them too.
+    """
+    locker = srv.store.locker
+    # the lock has no event to wait on from outside: poll it
+    assert await wait_for(lambda: locker.locked(upload_id), timeout=5), "the PATCH never started"
+
+
 def set_linger_zero(stream: anyio.abc.SocketStream) -> None:
     """Make close() send RST instead of FIN."""
     raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
@@ -1257,8 +1082,8 @@ class TestBrokenConnections:
         upload_id = await srv.tus.new(len(data))
 
         stream = await send_partial_patch(srv, upload_id, 0, len(data), data[:30_000])
-        # let the server read what was sent before the connection goes away
-        await anyio.sleep(0.5)
+        # the server has read what was sent before the connection goes away
+        await wait_locked(srv, upload_id)
         if how == "reset":
             set_linger_zero(stream)
         await stream.aclose()
@@ -1277,13 +1102,14 @@ class TestBrokenConnections:
         upload_id = await srv.tus.new(len(data))
         stream = await send_partial_patch(srv, upload_id, 0, len(data), data[:20_000])
         async with stream:
-            await anyio.sleep(0.5)  # the PATCH holds the lock and waits for more body
+            # the PATCH holds the lock and waits for more body
+            await wait_locked(srv, upload_id)
 
             started = time.monotonic()
             head = await srv.tus.head(upload_id)
             elapsed = time.monotonic() - started
 
-            assert head.status_code in (200, 204)
+            assert head.status_code == 200
             assert head.headers["Upload-Offset"] == "20000"
             assert elapsed < 3, f"HEAD waited {elapsed:.1f}s for the stalled PATCH"
             with anyio.fail_after(5):
@@ -1297,19 +1123,21 @@ class TestBrokenConnections:
         assert srv.data(upload_id) == data
 
     async def test_idle_body_ends_the_request(self, tmp_path: Path) -> None:
-        async with running(tmp_path, idle_timeout=1.0) as srv:
-            data = os.urandom(50_000)
+        # real time: hypercorn and the socket run on it (the in-process test of the same rule
+        # uses trio's MockClock)
+        async with running(tmp_path, idle_timeout=0.3) as srv:
+            data = os.urandom(100_000)
             upload_id = await srv.tus.new(len(data))
             stream = await send_partial_patch(srv, upload_id, 0, len(data), data[:10_000])
             async with stream:
                 started = time.monotonic()
-                response: RawResponse | None = None
                 with anyio.fail_after(6):
-                    # closing the connection is an acceptable way to end it too
-                    with contextlib.suppress(ConnectionClosedError):
-                        response = await read_raw_response(stream)
-                assert response is None or response.status >= 400, response
-                assert time.monotonic() - started >= 0.9
+                    response = await read_raw_response(stream)
+                # 500, as tusd: tus clients retry on 5xx; and the connection is not reused
+                assert response.status == 500, response
+                assert response.body.startswith(b"ERR_READ_TIMEOUT: "), response
+                assert response.headers["connection"] == "close", response
+                assert time.monotonic() - started >= 0.25
             assert srv.data(upload_id) == data[:10_000]
             assert await srv.tus.offset(upload_id) == 10_000
             assert (await srv.tus.patch(upload_id, 10_000, data[10_000:])).status_code == 204
@@ -1320,17 +1148,19 @@ class TestBrokenConnections:
         upload_id = await srv.tus.new(len(data))
         stream = await send_partial_patch(srv, upload_id, 0, len(data), data[:20_000])
         async with stream:
-            await anyio.sleep(0.5)
+            await wait_locked(srv, upload_id)
             with anyio.fail_after(5):
                 deleted = await srv.http.delete(srv.tus.upload_url(upload_id), headers=TUS)
+                interrupted = await read_raw_response(stream)
             assert deleted.status_code == 204
-            # the interrupted PATCH must not bring the upload back to life
-            await anyio.sleep(0.5)
-            await stream.send(data[20_000:40_000])
-            await anyio.sleep(0.5)
+            assert interrupted.status == 400
+            assert interrupted.body.startswith(b"ERR_UPLOAD_INTERRUPTED: ")
+            # the PATCH has answered: it is over, and more body must not bring the upload back
+            with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                await stream.send(data[20_000:40_000])
         assert not srv.bin(upload_id).exists()
         assert upload_id not in srv.uploads()
-        assert (await srv.tus.head(upload_id)).status_code in (404, 410)
+        assert (await srv.tus.head(upload_id)).status_code == 404
 
     async def test_disconnect_with_checksum_keeps_nothing_unverified(self, srv: Served) -> None:
         data = os.urandom(100_000)
@@ -1351,15 +1181,14 @@ class TestBrokenConnections:
             )
             + data[:30_000]
         )
-        await anyio.sleep(0.5)
+        await wait_locked(srv, upload_id)
         await stream.aclose()
-        await anyio.sleep(0.5)
         # the bytes that arrived cannot be checked against the checksum: they must not count
+        assert await wait_for(lambda: srv.data(upload_id) == b"", timeout=5)
         assert await srv.tus.offset(upload_id) == 0
-        assert srv.data(upload_id) == b""
 
     async def test_lock_timeout_is_423(self, tmp_path: Path) -> None:
-        async with running(tmp_path, lock_timeout=0.5) as srv:
+        async with running(tmp_path, lock_timeout=0.2) as srv:
             upload_id = await srv.tus.new(10)
             release_requests: list[str] = []
             # a holder that ignores release requests: the request must give up in time
@@ -1367,9 +1196,9 @@ class TestBrokenConnections:
                 started = time.monotonic()
                 response = await srv.tus.patch(upload_id, 0, b"abc")
                 elapsed = time.monotonic() - started
-                assert_error(response, 423)
-                assert elapsed < 3
-                assert release_requests
+                assert_error(response, 423, "ERR_LOCK_TIMEOUT")
+                assert 0.2 <= elapsed < 3
+                assert release_requests == ["x"]
             assert srv.data(upload_id) == b""
             assert (await srv.tus.patch(upload_id, 0, b"abc")).status_code == 204
 
@@ -1393,7 +1222,8 @@ class TestHooks:
         assert response.status_code == 403
         assert response.text == "ERR_REJECTED_BY_HOOK: uploads are closed\n"
         assert with_body.status_code == 403
-        assert not (tmp_path / "store").exists() or list((tmp_path / "store").iterdir()) == []
+        # the store was never even used: it made no directory
+        assert not (tmp_path / "store").exists()
         assert seen[0].size == 10
         assert dict(seen[0].metadata) == {"filename": "x.txt"}
 
@@ -1433,9 +1263,8 @@ class TestHooks:
             )
             final = upload_id_of(concat.headers["Location"])
 
-        concatenated = [info.id for info in finished[before_concat:]]
-        assert concatenated.count(final) == 1  # the partial may be reported too
-        assert set(concatenated) <= {part, final}
+        # the partial finishes when its body is in, the final when it is made: once each
+        assert [info.id for info in finished[before_concat:]] == [part, final]
         ids = [info.id for info in finished[:before_concat]]
         assert sorted(ids) == sorted([upload_id, empty, whole, deferred])
         by_id = {info.id: info for info in finished}

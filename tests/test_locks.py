@@ -10,7 +10,6 @@ import fcntl
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from _children import command
 from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def anytus_lock(pid: int, host: str | None = None, ticks: int | None = None) -> 
 
 
 def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = subprocess.Popen(command("exit"))
     process.wait()
     return process.pid
 
@@ -442,8 +442,10 @@ class TestFileLockerFile:
         async with locker.lock(UPLOAD_ID):
             old = time.time() - 3600
             await anyio.to_thread.run_sync(os.utime, path, (old, old))
-            await anyio.sleep(0.8)
-            assert time.time() - path.stat().st_mtime < 5
+            # the next heartbeat (0.2 s) makes it fresh; the file has no event to wait on
+            with anyio.fail_after(5):
+                while time.time() - path.stat().st_mtime >= 5:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
 
     async def test_stale_stop_file_does_not_interrupt_new_holder(
         self, file_locker: FileLocker, lock_dir: Path
@@ -462,13 +464,15 @@ class TestFileLockerFile:
         assert names(lock_dir) == []
 
     async def test_missing_directory(self, tmp_path: Path) -> None:
-        locker = await anyio.to_thread.run_sync(FileLocker, tmp_path / "nope")
-        # either the directory is made, or the lock fails cleanly; it must not hang or crash oddly
-        try:
+        directory = tmp_path / "nope"
+        locker = await anyio.to_thread.run_sync(FileLocker, directory)
+        # the directory is made on the first lock, not before; nothing stays after the release
+        assert not directory.exists()
+        with anyio.fail_after(5):
             async with locker.lock(UPLOAD_ID, timeout=0.5):
-                pass
-        except (LockTimeout, OSError):
-            pass
+                assert locker.locked(UPLOAD_ID)
+                assert (directory / f"{UPLOAD_ID}.lock").exists()
+        assert names(directory) == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Locks and writes across real processes: mutual exclusion, release requests, and a writer killed
 with SIGKILL mid-upload.
 
-Children are ``sys.executable -c SCRIPT`` running the public API under ``anyio.run``; the temporary
-directory and everything else they need arrive through ``argv``.
+Children are the functions of ``tests/_children.py``, run as ``python tests/_children.py NAME ARG...``:
+the public API under ``anyio.run``; the temporary directory and everything else they need arrive
+through ``argv``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import anyio
 import pytest
 
 import anytus
+from _children import BLOCK, block, command
 from _helpers import Chunks, file_sha256
 from anytus import FileLocker, FileStore, UploadInfo
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from anyio.abc import Process
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
-BLOCK = 64 * 1024
 
 # the children find anytus where this process found it, installed or not
 _SRC = str(Path(anytus.__file__).resolve().parent.parent)
@@ -41,104 +40,6 @@ _ENV = {
     **os.environ,
     "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
 }
-
-_PRELUDE = """\
-import os, sys, time
-import anyio
-from anytus import FileLocker, FileStore, UploadInfo
-
-def touch(path, text=""):
-    with open(path, "w") as f:
-        f.write(text)
-
-def append_line(path, line):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\\n").encode())
-    finally:
-        os.close(fd)
-"""
-
-COMPETITOR = """
-lock_dir, work_dir, name, rounds, backend = sys.argv[1:6]
-
-async def main():
-    locker = FileLocker(lock_dir)
-    touch(os.path.join(work_dir, "ready-" + name))
-    while not os.path.exists(os.path.join(work_dir, "go")):
-        await anyio.sleep(0.01)
-    log = os.path.join(work_dir, "log")
-    for i in range(int(rounds)):
-        async with locker.lock("shared", timeout=60):
-            append_line(log, f"start {name} {i} {time.monotonic()}")
-            await anyio.sleep(0.03)
-            append_line(log, f"end {name} {i} {time.monotonic()}")
-        await anyio.sleep(0.01)
-
-anyio.run(main, backend=backend)
-"""
-
-HOLDER = """
-lock_dir, work_dir, upload_id, backend = sys.argv[1:5]
-
-async def main():
-    locker = FileLocker(lock_dir)
-    calls = []
-    with anyio.CancelScope() as scope:
-        def on_release():
-            calls.append(1)
-            scope.cancel()
-        async with locker.lock(upload_id, timeout=10, on_release=on_release):
-            touch(os.path.join(work_dir, "locked"))
-            await anyio.sleep(60)
-    touch(os.path.join(work_dir, "released"), f"{scope.cancelled_caught} {len(calls)}")
-
-anyio.run(main, backend=backend)
-"""
-
-REQUESTER = """
-lock_dir, work_dir, upload_id, backend = sys.argv[1:5]
-
-async def main():
-    locker = FileLocker(lock_dir)
-    start = time.monotonic()
-    async with locker.lock(upload_id, timeout=20):
-        elapsed = time.monotonic() - start
-    touch(os.path.join(work_dir, "acquired"), str(elapsed))
-
-anyio.run(main, backend=backend)
-"""
-
-WRITER = """
-store_dir, work_dir, upload_id, backend = sys.argv[1:5]
-BLOCK = 64 * 1024
-
-def block(i):
-    return (i % 2**32).to_bytes(4, "big") * (BLOCK // 4)
-
-class Endless:
-    def __init__(self):
-        self.i = 0
-    def __aiter__(self):
-        return self
-    async def __anext__(self):
-        await anyio.sleep(0.005)
-        chunk = block(self.i)
-        self.i += 1
-        return chunk
-
-async def main():
-    store = await anyio.to_thread.run_sync(FileStore, store_dir)
-    async with store.lock(upload_id, timeout=10):
-        touch(os.path.join(work_dir, "writing"))
-        await store.write_chunk(upload_id, 0, Endless())
-
-anyio.run(main, backend=backend)
-"""
-
-
-def block(i: int) -> bytes:
-    return (i % 2**32).to_bytes(4, "big") * (BLOCK // 4)
 
 
 def expected_stream(start: int, end: int) -> Iterator[bytes]:
@@ -155,10 +56,6 @@ def expected_stream(start: int, end: int) -> Iterator[bytes]:
         index += 1
 
 
-def command(script: str, *args: object) -> list[str]:
-    return [sys.executable, "-c", _PRELUDE + textwrap.dedent(script), *map(str, args)]
-
-
 def open_log(path: Path) -> IO[bytes]:
     return path.open("wb")
 
@@ -171,11 +68,11 @@ def other_backend(name: str) -> str:
     return "trio" if name == "asyncio" else "asyncio"
 
 
-async def spawn(script: str, *args: object, stderr_path: Path) -> Process:
+async def spawn(child: str, *args: object, stderr_path: Path) -> Process:
     stderr = await anyio.to_thread.run_sync(open_log, stderr_path)
     try:
         return await anyio.open_process(
-            command(script, *args),
+            command(child, *args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -215,7 +112,7 @@ def test_competing_processes_exclude_each_other(dirs: tuple[Path, Path]) -> None
     for name, backend in backends.items():
         logs[name] = (work_dir / f"stderr-{name}").open("wb")
         children[name] = subprocess.Popen(
-            command(COMPETITOR, lock_dir, work_dir, name, rounds, backend),
+            command("competitor", lock_dir, work_dir, name, rounds, backend),
             stdout=subprocess.DEVNULL,
             stderr=logs[name],
             env=_ENV,
@@ -263,7 +160,7 @@ async def test_release_request_reaches_another_process(
     lock_dir, work_dir = dirs
     locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
     process = await spawn(
-        HOLDER,
+        "holder",
         lock_dir,
         work_dir,
         UPLOAD_ID,
@@ -308,7 +205,7 @@ async def test_release_request_from_another_process(
 
         async with locker.lock(UPLOAD_ID, on_release=on_release):
             process = await spawn(
-                REQUESTER,
+                "requester",
                 lock_dir,
                 work_dir,
                 UPLOAD_ID,
@@ -337,7 +234,7 @@ async def test_writer_killed_mid_upload(tmp_path: Path, anyio_backend_name: str)
     data_file = store_dir / f"{info.id}.bin"
 
     process = await spawn(
-        WRITER,
+        "writer",
         store_dir,
         work_dir,
         info.id,

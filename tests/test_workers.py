@@ -136,7 +136,9 @@ async def test_release_request_across_workers(workers: ServerProcess) -> None:
                     )
                     + data[:20_000]
                 )
-                await anyio.sleep(0.3)  # the PATCH now holds the lock and waits for more
+                # the PATCH now holds the lock (its file is there) and waits for more
+                lock_file = workers.directory / f"{upload_id}.lock"
+                assert await wait_for(lock_file.exists), "the PATCH never took the lock"
 
                 started = time.monotonic()
                 head = await tus.head(upload_id)
@@ -191,7 +193,11 @@ def test_signal_shuts_down_cleanly(tmp_path: Path, sig: int, worker_count: int) 
                 )
                 + data[:20_000]
             )
-            time.sleep(0.5)  # let the server read it
+            # the PATCH holds the lock (its file is there): the server is reading the body
+            deadline = time.monotonic() + 10
+            while not (directory / f"{upload_id}.lock").exists():
+                assert time.monotonic() < deadline, server.stderr_lines[-20:]
+                time.sleep(0.01)
 
             started = time.monotonic()
             exit_code = server.stop(sig, timeout=20)

@@ -1,0 +1,147 @@
+"""Child processes of the multi-process tests: ``python tests/_children.py NAME ARG...``.
+
+Each child runs the public API under ``anyio.run`` on the backend it is given and reports through
+files in a work directory (the parent polls for them). A real module rather than ``python -c``
+source, so that ruff and mypy check it like the rest of the tests. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from anytus import FileLocker, FileStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+#: this file, for the parent's command line
+PATH = Path(__file__).resolve()
+#: the writer's block size
+BLOCK = 64 * 1024
+
+
+def command(name: str, *args: object) -> list[str]:
+    """The command line that runs child *name* with *args* (each turned into ``str``)."""
+    return [sys.executable, str(PATH), name, *map(str, args)]
+
+
+def block(i: int) -> bytes:
+    """Block *i* of the writer's endless stream: its index, big-endian, repeated."""
+    return (i % 2**32).to_bytes(4, "big") * (BLOCK // 4)
+
+
+def touch(path: str, text: str = "") -> None:
+    Path(path).write_text(text)
+
+
+def append_line(path: str, line: str) -> None:
+    """Append one line with a single ``O_APPEND`` write: lines of several children never mix."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def competitor(lock_dir: str, work_dir: str, name: str, rounds: str, backend: str) -> None:
+    """Take the lock ``shared`` *rounds* times, once ``go`` exists; log each hold's start and end."""
+
+    async def main() -> None:
+        locker = FileLocker(lock_dir)
+        touch(os.path.join(work_dir, "ready-" + name))
+        # the parent's signal is a file: there is no event to wait on across processes
+        while not os.path.exists(os.path.join(work_dir, "go")):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        log = os.path.join(work_dir, "log")
+        for i in range(int(rounds)):
+            async with locker.lock("shared", timeout=60):
+                append_line(log, f"start {name} {i} {time.monotonic()}")
+                await anyio.sleep(0.03)
+                append_line(log, f"end {name} {i} {time.monotonic()}")
+            await anyio.sleep(0.01)
+
+    anyio.run(main, backend=backend)
+
+
+def holder(lock_dir: str, work_dir: str, upload_id: str, backend: str) -> None:
+    """Hold the lock until asked to release it; write ``released`` with what happened."""
+
+    async def main() -> None:
+        locker = FileLocker(lock_dir)
+        calls: list[int] = []
+        with anyio.CancelScope() as scope:
+
+            def on_release() -> None:
+                calls.append(1)
+                scope.cancel()
+
+            async with locker.lock(upload_id, timeout=10, on_release=on_release):
+                touch(os.path.join(work_dir, "locked"))
+                await anyio.sleep(60)
+        touch(os.path.join(work_dir, "released"), f"{scope.cancelled_caught} {len(calls)}")
+
+    anyio.run(main, backend=backend)
+
+
+def requester(lock_dir: str, work_dir: str, upload_id: str, backend: str) -> None:
+    """Take the lock (asking its holder to let go); write ``acquired`` with the time it took."""
+
+    async def main() -> None:
+        locker = FileLocker(lock_dir)
+        start = time.monotonic()
+        async with locker.lock(upload_id, timeout=20):
+            elapsed = time.monotonic() - start
+        touch(os.path.join(work_dir, "acquired"), str(elapsed))
+
+    anyio.run(main, backend=backend)
+
+
+class _Endless:
+    """The writer's body: :func:`block` after block, forever, a little at a time."""
+
+    def __init__(self) -> None:
+        self.i = 0
+
+    def __aiter__(self) -> _Endless:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await anyio.sleep(0.005)
+        chunk = block(self.i)
+        self.i += 1
+        return chunk
+
+
+def writer(store_dir: str, work_dir: str, upload_id: str, backend: str) -> None:
+    """Write an endless stream into the upload under its lock (until the parent kills us)."""
+
+    async def main() -> None:
+        store = await anyio.to_thread.run_sync(FileStore, store_dir)
+        async with store.lock(upload_id, timeout=10):
+            touch(os.path.join(work_dir, "writing"))
+            await store.write_chunk(upload_id, 0, _Endless())
+
+    anyio.run(main, backend=backend)
+
+
+def exit_now() -> None:
+    """Exit at once (a PID that is certainly dead afterwards)."""
+
+
+CHILDREN: dict[str, Callable[..., None]] = {
+    "competitor": competitor,
+    "holder": holder,
+    "requester": requester,
+    "writer": writer,
+    "exit": exit_now,
+}
+
+
+if __name__ == "__main__":
+    CHILDREN[sys.argv[1]](*sys.argv[2:])
