@@ -199,6 +199,7 @@ class _BodyReader:
         "_exchange",
         "_hasher",
         "_limit",
+        "_started",
         "complete",
         "error",
         "last_activity",
@@ -216,6 +217,7 @@ class _BodyReader:
         self._limit = limit
         self._exceeded = exceeded
         self._hasher = hasher
+        self._started = False
         #: why the body ended early (timeout, too long), if it did
         self.error: TusError | None = None
         #: the body's last byte has arrived
@@ -228,6 +230,11 @@ class _BodyReader:
 
     async def __anext__(self) -> bytes:
         exchange = self._exchange
+        if not self._started:
+            # the client is idle only from when the body is asked for: the time the store took
+            # to get ready (opening the file) is not the client's
+            self._started = True
+            self.last_activity = anyio.current_time()
         while exchange.body is _Body.UNREAD and self.error is None:
             # No fail_after() here: one per message (64 KiB from some servers) was 12-16% of the
             # CPU time of a large PATCH. Stamping the time is all the idle watchdog needs.
