@@ -127,14 +127,14 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
     """A client streaming when SIGTERM arrives: exit 0, and every byte that arrived is kept."""
     directory = tmp_path / "uploads"
     size = 64 * 1024 * 1024
-    with run_server_process(directory, "--backend", backend) as server:
+    with run_server_process(directory, "--backend", backend, "--shutdown-timeout", "1") as server:
         created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(size)})
         upload_id = created.headers["Location"].rsplit("/", 1)[1]
         stored = directory / f"{upload_id}.bin"
         sent = 0
 
         def body() -> Iterator[bytes]:
-            # about 5 MiB/s: still streaming when the graceful timeout (5 s) runs out
+            # about 5 MiB/s: still streaming when the shutdown timeout (1 s) runs out
             nonlocal sent
             block = b"\x01" * (256 * 1024)
             while sent < size:

@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="expire unfinished uploads idle this long (and remove them periodically)",
     )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=GRACEFUL_TIMEOUT,
+        metavar="SECONDS",
+        help=f"on SIGINT/SIGTERM, let running requests go on this long, then cancel them (they "
+        f"keep what they received); default: {GRACEFUL_TIMEOUT:g}",
+    )
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -110,6 +118,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--expire-after must be positive")
     if not args.base_path.startswith("/"):
         parser.error("--base-path must start with '/'")
+    if args.shutdown_timeout < 0:
+        parser.error("--shutdown-timeout must not be negative")
     configure_logging()
     base_path = args.base_path if args.base_path.endswith("/") else args.base_path + "/"
     options = ServeOptions(
@@ -119,6 +129,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         expire_after=args.expire_after,
         backend=args.backend,
         durability=args.durability,
+        shutdown_timeout=args.shutdown_timeout,
     )
     # create the directory once, up front, so that a bad path fails here and not in N workers
     try:
@@ -213,7 +224,7 @@ def _supervise(
             try:
                 receiver.recv()
             except EOFError:  # it exited before it was ready
-                worker_of[receiver].join(GRACEFUL_TIMEOUT)
+                worker_of[receiver].join(options.shutdown_timeout)
                 dead.append(worker_of[receiver])
             waiting.discard(receiver)
             receiver.close()
@@ -231,7 +242,7 @@ def _supervise(
     for process in processes:
         if process.is_alive() and process.pid is not None:
             os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + GRACEFUL_TIMEOUT + 5.0
+    deadline = time.monotonic() + options.shutdown_timeout + 5.0
     for process in processes:
         process.join(max(deadline - time.monotonic(), 0.1))
         if process.is_alive():

@@ -51,7 +51,7 @@ __all__ = (
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("anytus.access")
 
-#: how long a worker lets running requests finish after a shutdown signal
+#: how long a worker lets running requests finish after a shutdown signal, by default
 GRACEFUL_TIMEOUT = 5.0
 #: the listen backlog
 BACKLOG = 2048
@@ -79,6 +79,8 @@ class ServeOptions:
     expire_after: float | None
     backend: Literal["asyncio", "trio"]
     durability: Literal["none", "finish", "always"]
+    #: how long running requests may go on after a shutdown signal
+    shutdown_timeout: float = GRACEFUL_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -192,10 +194,8 @@ async def _serve(
     async def shutdown_trigger() -> None:
         await _wait_for_shutdown(parent_pid)
 
-    if options.backend == "trio":
-        await _serve_hypercorn(app, endpoint, shutdown_trigger, ready)
-    else:
-        await _serve_granian(app, endpoint, shutdown_trigger, ready)
+    serve = _serve_hypercorn if options.backend == "trio" else _serve_granian
+    await serve(app, endpoint, shutdown_trigger, ready, options.shutdown_timeout)
     logger.info("stopped")
 
 
@@ -204,6 +204,7 @@ async def _serve_hypercorn(
     endpoint: Endpoint,
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None],
+    shutdown_timeout: float,
 ) -> None:
     import hypercorn.trio
     from hypercorn.config import Config
@@ -214,7 +215,7 @@ async def _serve_hypercorn(
     config.bind = [f"fd://{endpoint.sock.detach()}"]
     config.accesslog = None  # _AccessLog writes it, the same on both servers
     config.errorlog = logging.getLogger("anytus.server")
-    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config.graceful_timeout = shutdown_timeout
     # the socket listens already: connections wait in its backlog until hypercorn accepts
     ready()
     await hypercorn.trio.serve(cast("Any", app), config, shutdown_trigger=shutdown_trigger)
@@ -225,6 +226,7 @@ async def _serve_granian(
     endpoint: Endpoint,
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None],
+    shutdown_timeout: float,
 ) -> None:
     from granian.constants import HTTPModes, Interfaces, TaskImpl
     from granian.log import LogLevels
@@ -271,12 +273,12 @@ async def _serve_granian(
         await shutdown_trigger()
         stopping = True
         server.stop()  # type: ignore[no-untyped-call]
-        with anyio.move_on_after(GRACEFUL_TIMEOUT):
+        with anyio.move_on_after(shutdown_timeout):
             await stopped.wait()
         if not stopped.is_set():
             # requests still running (a client that went quiet mid-upload): when this loop ends
             # they are cancelled, and keep what they received, as on hypercorn's graceful timeout
-            logger.warning("requests still running after %gs: cancelling them", GRACEFUL_TIMEOUT)
+            logger.warning("requests still running after %gs: cancelling them", shutdown_timeout)
             app.cancelling = True
         tg.cancel_scope.cancel()
 
