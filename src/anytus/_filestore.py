@@ -24,19 +24,9 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._core import is_expired
 from ._datastore import (
-    DEFAULT_LOCK_TIMEOUT,
-    ConcatenatableStore,
-    DataStore,
-    ExpiringStore,
-    LengthDeferrableStore,
     Locker,
-    OneHopStore,
-    StoreComposer,
     SyncUpload,
-    TerminatableStore,
-    TruncatableStore,
     Upload,
 )
 from ._exceptions import (
@@ -54,6 +44,7 @@ from ._exceptions import (
 from ._ids import new_upload_id, validate_upload_id
 from ._info import UploadInfo
 from ._locks import FileLocker
+from ._storebase import StoreBase
 from ._streams import UploadReadStream
 
 if TYPE_CHECKING:
@@ -83,15 +74,7 @@ _SMALL_CHUNK = 16 * 1024
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
-class FileStore(
-    DataStore,
-    OneHopStore,
-    TerminatableStore,
-    ConcatenatableStore,
-    LengthDeferrableStore,
-    TruncatableStore,
-    ExpiringStore,
-):
+class FileStore(StoreBase):
     """Uploads as files in one directory, in tusd's layout: ``[id].bin`` holds the bytes,
     ``[id].info`` the upload's JSON, ``[id].lock`` the lock while there is one.
 
@@ -311,86 +294,9 @@ class FileStore(
         """Return the IDs of every upload in the store directory."""
         return await self._run(self._list_sync, read_only=True)
 
-    async def cleanup(self, expire_after: float, *, now: float | None = None) -> list[str]:
-        """Remove every unfinished upload whose data was last written *expire_after* seconds
-        ago or earlier, and leftover temporary files.
-
-        Each upload is removed under its lock; uploads that are locked (in use) are skipped, and
-        their holders are not disturbed.
-
-        :return: the IDs removed
-        """
-        now = time.time() if now is None else now
-        removed = []
-        for upload_id in await self.list_uploads():
-            if not await self._is_expired(upload_id, expire_after, now):
-                continue
-            # an upload in use is skipped, without asking its holder to let go
-            try:
-                await self.locker.acquire_nowait(upload_id)
-            except anyio.WouldBlock:
-                continue
-            try:
-                # look again under the lock: it may have been resumed meanwhile
-                if await self._is_expired(upload_id, expire_after, now):
-                    await self.terminate(upload_id)
-                    removed.append(upload_id)
-            except UploadNotFound:
-                pass
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self.locker.release(upload_id)
+    async def _after_cleanup(self, now: float) -> None:
+        # temporary files that a crash left behind
         await self._run(self._remove_stale_temps_sync, now)
-        return removed
-
-    async def _is_expired(self, upload_id: str, expire_after: float, now: float) -> bool:
-        try:
-            info = await self.get_info(upload_id)
-        except (UploadNotFound, CorruptUploadInfo):
-            return False
-        return is_expired(info, expire_after, now)
-
-    # -- locks ------------------------------------------------------------------------------
-
-    def lock(
-        self,
-        upload_id: str,
-        *,
-        timeout: float = DEFAULT_LOCK_TIMEOUT,
-        on_release: Callable[[], object] | None = None,
-    ) -> AbstractAsyncContextManager[None]:
-        """Hold the upload's lock for an ``async with`` block (see :class:`~anytus.Locker`).
-
-        :raises ~anytus.LockTimeout: on entering, if the lock was not acquired in *timeout* s
-        """
-        return self.locker.lock(upload_id, timeout=timeout, on_release=on_release)
-
-    async def lock_upload(
-        self,
-        upload_id: str,
-        *,
-        timeout: float = DEFAULT_LOCK_TIMEOUT,
-        on_release: Callable[[], object] | None = None,
-    ) -> None:
-        """Take the upload's lock (tusd's ``LockUpload``); pair with :meth:`unlock_upload`.
-
-        :raises ~anytus.LockTimeout: if the lock was not acquired in *timeout* seconds
-        """
-        await self.locker.acquire(upload_id, timeout=timeout, on_release=on_release)
-
-    async def unlock_upload(self, upload_id: str) -> None:
-        """Release the upload's lock (tusd's ``UnlockUpload``)."""
-        await self.locker.release(upload_id)
-
-    def use_in(self, composer: StoreComposer) -> None:
-        """Register the core and every extension this store has, and its locker."""
-        composer.use_core(self)
-        composer.use_terminater(self)
-        composer.use_concater(self)
-        composer.use_length_deferrer(self)
-        composer.use_truncater(self)
-        composer.use_expirer(self)
-        composer.use_locker(self.locker)
 
     # -- the blocking parts, run in worker threads ------------------------------------------
 

@@ -16,19 +16,9 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import ByteReceiveStream
 
-from ._core import is_expired
 from ._datastore import (
-    DEFAULT_LOCK_TIMEOUT,
-    ConcatenatableStore,
-    DataStore,
-    ExpiringStore,
-    LengthDeferrableStore,
     Locker,
-    OneHopStore,
-    StoreComposer,
     SyncUpload,
-    TerminatableStore,
-    TruncatableStore,
     Upload,
 )
 from ._exceptions import (
@@ -42,6 +32,7 @@ from ._exceptions import (
 )
 from ._ids import new_upload_id, validate_upload_id
 from ._locks import MemoryLocker
+from ._storebase import StoreBase
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Sequence
@@ -72,15 +63,7 @@ class _Entry:
         return dataclasses.replace(self.info, offset=len(self.data), modified_at=self.modified_at)
 
 
-class MemoryStore(
-    DataStore,
-    OneHopStore,
-    TerminatableStore,
-    ConcatenatableStore,
-    LengthDeferrableStore,
-    TruncatableStore,
-    ExpiringStore,
-):
+class MemoryStore(StoreBase):
     """Uploads in memory, in one process: :class:`~anytus.FileStore`'s API and behaviour (the same
     exceptions, offsets and checks) without a file system.
 
@@ -273,85 +256,8 @@ class MemoryStore(
         await anyio.lowlevel.checkpoint()
         return sorted(self._uploads)
 
-    async def cleanup(self, expire_after: float, *, now: float | None = None) -> list[str]:
-        """Remove every unfinished upload last written *expire_after* seconds before *now*
-        (default: the store's clock) or earlier.
-
-        Each upload is removed under its lock; uploads that are locked (in use) are skipped, and
-        their holders are not disturbed.
-
-        :return: the IDs removed
-        """
-        now = self.clock() if now is None else now
-        removed = []
-        for upload_id in await self.list_uploads():
-            if not await self._is_expired(upload_id, expire_after, now):
-                continue
-            # an upload in use is skipped, without asking its holder to let go
-            try:
-                await self.locker.acquire_nowait(upload_id)
-            except anyio.WouldBlock:
-                continue
-            try:
-                # look again under the lock: it may have been resumed meanwhile
-                if await self._is_expired(upload_id, expire_after, now):
-                    await self.terminate(upload_id)
-                    removed.append(upload_id)
-            except UploadNotFound:
-                pass
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self.locker.release(upload_id)
-        return removed
-
-    async def _is_expired(self, upload_id: str, expire_after: float, now: float) -> bool:
-        try:
-            info = await self.get_info(upload_id)
-        except UploadNotFound:
-            return False
-        return is_expired(info, expire_after, now)
-
-    # -- locks ------------------------------------------------------------------------------
-
-    def lock(
-        self,
-        upload_id: str,
-        *,
-        timeout: float = DEFAULT_LOCK_TIMEOUT,
-        on_release: Callable[[], object] | None = None,
-    ) -> AbstractAsyncContextManager[None]:
-        """Hold the upload's lock for an ``async with`` block (see :class:`~anytus.Locker`).
-
-        :raises ~anytus.LockTimeout: on entering, if the lock was not acquired in *timeout* s
-        """
-        return self.locker.lock(upload_id, timeout=timeout, on_release=on_release)
-
-    async def lock_upload(
-        self,
-        upload_id: str,
-        *,
-        timeout: float = DEFAULT_LOCK_TIMEOUT,
-        on_release: Callable[[], object] | None = None,
-    ) -> None:
-        """Take the upload's lock (tusd's ``LockUpload``); pair with :meth:`unlock_upload`.
-
-        :raises ~anytus.LockTimeout: if the lock was not acquired in *timeout* seconds
-        """
-        await self.locker.acquire(upload_id, timeout=timeout, on_release=on_release)
-
-    async def unlock_upload(self, upload_id: str) -> None:
-        """Release the upload's lock (tusd's ``UnlockUpload``)."""
-        await self.locker.release(upload_id)
-
-    def use_in(self, composer: StoreComposer) -> None:
-        """Register the core and every extension this store has, and its locker."""
-        composer.use_core(self)
-        composer.use_terminater(self)
-        composer.use_concater(self)
-        composer.use_length_deferrer(self)
-        composer.use_truncater(self)
-        composer.use_expirer(self)
-        composer.use_locker(self.locker)
+    def _now(self) -> float:
+        return self.clock()
 
 
 class MemoryUpload(Upload):

@@ -1,0 +1,135 @@
+"""What every store of anytus shares: the lock methods, ``use_in`` and expiry cleanup."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._core import is_expired
+from ._datastore import (
+    DEFAULT_LOCK_TIMEOUT,
+    ConcatenatableStore,
+    DataStore,
+    ExpiringStore,
+    LengthDeferrableStore,
+    OneHopStore,
+    TerminatableStore,
+    TruncatableStore,
+)
+from ._exceptions import CorruptUploadInfo, UploadNotFound
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractAsyncContextManager
+
+    from ._datastore import Locker, StoreComposer
+
+__all__ = ("StoreBase",)
+
+
+class StoreBase(
+    DataStore,
+    OneHopStore,
+    TerminatableStore,
+    ConcatenatableStore,
+    LengthDeferrableStore,
+    TruncatableStore,
+    ExpiringStore,
+):
+    """A store with every capability and a :class:`~anytus.Locker` of its own (``locker``).
+
+    Subclasses implement the storage; this gives them tusd's lock methods, ``use_in`` and
+    :meth:`cleanup`, written once.
+    """
+
+    #: the store's locks
+    locker: Locker
+
+    def _now(self) -> float:
+        """The wall clock, in seconds since the epoch (what expiry is judged by)."""
+        return time.time()
+
+    def lock(
+        self,
+        upload_id: str,
+        *,
+        timeout: float = DEFAULT_LOCK_TIMEOUT,
+        on_release: Callable[[], object] | None = None,
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold the upload's lock for an ``async with`` block (see :class:`~anytus.Locker`).
+
+        :raises ~anytus.LockTimeout: on entering, if the lock was not acquired in *timeout* s
+        """
+        return self.locker.lock(upload_id, timeout=timeout, on_release=on_release)
+
+    async def lock_upload(
+        self,
+        upload_id: str,
+        *,
+        timeout: float = DEFAULT_LOCK_TIMEOUT,
+        on_release: Callable[[], object] | None = None,
+    ) -> None:
+        """Take the upload's lock (tusd's ``LockUpload``); pair with :meth:`unlock_upload`.
+
+        :raises ~anytus.LockTimeout: if the lock was not acquired in *timeout* seconds
+        """
+        await self.locker.acquire(upload_id, timeout=timeout, on_release=on_release)
+
+    async def unlock_upload(self, upload_id: str) -> None:
+        """Release the upload's lock (tusd's ``UnlockUpload``)."""
+        await self.locker.release(upload_id)
+
+    def use_in(self, composer: StoreComposer) -> None:
+        """Register the core and every extension this store has, and its locker."""
+        composer.use_core(self)
+        composer.use_terminater(self)
+        composer.use_concater(self)
+        composer.use_length_deferrer(self)
+        composer.use_truncater(self)
+        composer.use_expirer(self)
+        composer.use_locker(self.locker)
+
+    async def cleanup(self, expire_after: float, *, now: float | None = None) -> list[str]:
+        """Remove every unfinished upload last written *expire_after* seconds before *now*
+        (default: the store's clock) or earlier.
+
+        Each upload is removed under its lock; uploads that are locked (in use) are skipped, and
+        their holders are not disturbed.
+
+        :return: the IDs removed
+        """
+        now = self._now() if now is None else now
+        removed = []
+        for upload_id in await self.list_uploads():
+            if not await self._is_expired(upload_id, expire_after, now):
+                continue
+            # an upload in use is skipped, without asking its holder to let go
+            try:
+                await self.locker.acquire_nowait(upload_id)
+            except anyio.WouldBlock:
+                continue
+            try:
+                # look again under the lock: it may have been resumed meanwhile
+                if await self._is_expired(upload_id, expire_after, now):
+                    await self.terminate(upload_id)
+                    removed.append(upload_id)
+            except UploadNotFound:
+                pass
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.locker.release(upload_id)
+        await self._after_cleanup(now)
+        return removed
+
+    async def _after_cleanup(self, now: float) -> None:
+        """Whatever else a store clears away after a cleanup pass (a checkpoint)."""
+        await anyio.lowlevel.checkpoint()
+
+    async def _is_expired(self, upload_id: str, expire_after: float, now: float) -> bool:
+        try:
+            info = await self.get_info(upload_id)
+        except (UploadNotFound, CorruptUploadInfo):
+            return False
+        return is_expired(info, expire_after, now)
