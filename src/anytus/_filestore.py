@@ -38,7 +38,6 @@ from ._exceptions import (
     StorageFull,
     UploadExists,
     UploadIsFinal,
-    UploadNotFinished,
     UploadNotFound,
 )
 from ._ids import new_upload_id, validate_upload_id
@@ -256,39 +255,6 @@ class FileStore(StoreBase):
         """
         self._info_path(upload_id)
         await self._run(self._terminate_sync, upload_id, None)
-
-    async def concat_uploads(self, final_id: str, partial_ids: Sequence[str]) -> None:
-        """Fill the empty final upload with the partial uploads' bytes, in order.
-
-        The copy runs in the kernel where it can (``copy_file_range``, else a read/write loop). Every
-        file is closed, and a failed copy leaves the final upload empty rather than half filled.
-        If the final upload's size is deferred, it is set to the sum of the partials'.
-
-        :raises ~anytus.UploadNotFinished: if a partial upload is not complete
-        :raises ~anytus.UploadNotFound: if the final or a partial upload does not exist
-        :raises ValueError: if the final upload is not empty, or its size is not the sum
-        """
-        final = await self.get_upload(final_id)
-        partials = [await self.get_upload(partial_id) for partial_id in partial_ids]
-        for partial in partials:
-            if not partial.info.is_complete:
-                raise UploadNotFinished(f"partial upload {partial.info.id} is not complete")
-        await final.concat(partials)
-
-    async def declare_length(self, upload_id: str, length: int) -> UploadInfo:
-        """Set the length of an upload created without one (creation-defer-length).
-
-        :raises ~anytus.LengthAlreadyDeclared: if the length is known already, or *length* is
-            smaller than the bytes already stored
-        """
-        return await (await self.get_upload(upload_id)).declare_length(length)
-
-    async def truncate(self, upload_id: str, offset: int) -> None:
-        """Discard every stored byte after *offset* (the checksum extension's rollback).
-
-        :raises ValueError: if *offset* is negative or beyond the upload's offset
-        """
-        await (await self.get_upload(upload_id)).truncate(offset)
 
     async def list_uploads(self) -> list[str]:
         """Return the IDs of every upload in the store directory."""
@@ -577,6 +543,9 @@ class FileUpload(Upload):
         await self._store._run(self._store._terminate_sync, self._info.id, self._data_path)
 
     async def concat(self, partials: Sequence[Upload]) -> None:
+        """Fill this empty final upload with the partials' bytes, in order: in the kernel where
+        it can (``copy_file_range``, else a read/write loop). Every file is closed, and a failed
+        copy leaves the final upload empty rather than half filled."""
         sources = []
         for partial in partials:
             if not isinstance(partial, FileUpload):

@@ -27,7 +27,6 @@ from ._exceptions import (
     SizeExceeded,
     UploadExists,
     UploadIsFinal,
-    UploadNotFinished,
     UploadNotFound,
 )
 from ._ids import new_upload_id, validate_upload_id
@@ -219,37 +218,6 @@ class MemoryStore(StoreBase):
         :raises ~anytus.UploadNotFound: if there is no such upload
         """
         await (await self.get_upload(upload_id)).terminate()
-
-    async def concat_uploads(self, final_id: str, partial_ids: Sequence[str]) -> None:
-        """Fill the empty final upload with the partial uploads' bytes, in order.
-
-        If the final upload's size is deferred, it is set to the sum of the partials'.
-
-        :raises ~anytus.UploadNotFinished: if a partial upload is not complete
-        :raises ~anytus.UploadNotFound: if the final or a partial upload does not exist
-        :raises ValueError: if the final upload is not empty, or its size is not the sum
-        """
-        final = await self.get_upload(final_id)
-        partials = [await self.get_upload(partial_id) for partial_id in partial_ids]
-        for partial in partials:
-            if not partial.info.is_complete:
-                raise UploadNotFinished(f"partial upload {partial.info.id} is not complete")
-        await final.concat(partials)
-
-    async def declare_length(self, upload_id: str, length: int) -> UploadInfo:
-        """Set the length of an upload created without one (creation-defer-length).
-
-        :raises ~anytus.LengthAlreadyDeclared: if the length is known already, or *length* is
-            smaller than the bytes already stored
-        """
-        return await (await self.get_upload(upload_id)).declare_length(length)
-
-    async def truncate(self, upload_id: str, offset: int) -> None:
-        """Discard every stored byte after *offset* (the checksum extension's rollback).
-
-        :raises ValueError: if *offset* is negative or beyond the upload's offset
-        """
-        await (await self.get_upload(upload_id)).truncate(offset)
 
     async def list_uploads(self) -> list[str]:
         """Return the IDs of every upload in the store."""

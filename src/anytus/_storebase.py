@@ -18,13 +18,14 @@ from ._datastore import (
     TerminatableStore,
     TruncatableStore,
 )
-from ._exceptions import CorruptUploadInfo, UploadNotFound
+from ._exceptions import CorruptUploadInfo, UploadNotFinished, UploadNotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from ._datastore import Locker, StoreComposer
+    from ._info import UploadInfo
 
 __all__ = ("StoreBase",)
 
@@ -90,6 +91,37 @@ class StoreBase(
         composer.use_truncater(self)
         composer.use_expirer(self)
         composer.use_locker(self.locker)
+
+    async def concat_uploads(self, final_id: str, partial_ids: Sequence[str]) -> None:
+        """Fill the empty final upload with the partial uploads' bytes, in order.
+
+        If the final upload's size is deferred, it is set to the sum of the partials'.
+
+        :raises ~anytus.UploadNotFinished: if a partial upload is not complete
+        :raises ~anytus.UploadNotFound: if the final or a partial upload does not exist
+        :raises ValueError: if the final upload is not empty, or its size is not the sum
+        """
+        final = await self.get_upload(final_id)
+        partials = [await self.get_upload(partial_id) for partial_id in partial_ids]
+        for partial in partials:
+            if not partial.info.is_complete:
+                raise UploadNotFinished(f"partial upload {partial.info.id} is not complete")
+        await final.concat(partials)
+
+    async def declare_length(self, upload_id: str, length: int) -> UploadInfo:
+        """Set the length of an upload created without one (creation-defer-length).
+
+        :raises ~anytus.LengthAlreadyDeclared: if the length is known already, or *length* is
+            smaller than the bytes already stored
+        """
+        return await (await self.get_upload(upload_id)).declare_length(length)
+
+    async def truncate(self, upload_id: str, offset: int) -> None:
+        """Discard every stored byte after *offset* (the checksum extension's rollback).
+
+        :raises ValueError: if *offset* is negative or beyond the upload's offset
+        """
+        await (await self.get_upload(upload_id)).truncate(offset)
 
     async def cleanup(self, expire_after: float, *, now: float | None = None) -> list[str]:
         """Remove every unfinished upload last written *expire_after* seconds before *now*
