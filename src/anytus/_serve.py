@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -194,31 +194,37 @@ async def _serve(
     async def shutdown_trigger() -> None:
         await _wait_for_shutdown(parent_pid)
 
-    serve = _serve_hypercorn if options.backend == "trio" else _serve_granian
+    serve = _serve_h11 if options.backend == "trio" else _serve_granian
     await serve(app, endpoint, shutdown_trigger, ready, options.shutdown_timeout)
     logger.info("stopped")
 
 
-async def _serve_hypercorn(
+async def _serve_h11(
     app: _AccessLog,
     endpoint: Endpoint,
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None],
     shutdown_timeout: float,
 ) -> None:
-    import hypercorn.trio
-    from hypercorn.config import Config
+    from ._h11server import LifespanFailedError, serve
 
     assert endpoint.sock is not None
-    config = Config()
-    # hypercorn takes over the descriptor (and closes it at the end)
-    config.bind = [f"fd://{endpoint.sock.detach()}"]
-    config.accesslog = None  # _AccessLog writes it, the same on both servers
-    config.errorlog = logging.getLogger("anytus.server")
-    config.graceful_timeout = shutdown_timeout
-    # the socket listens already: connections wait in its backlog until hypercorn accepts
-    ready()
-    await hypercorn.trio.serve(cast("Any", app), config, shutdown_trigger=shutdown_trigger)
+
+    def cancelling() -> None:
+        app.cancelling = True
+
+    try:
+        await serve(
+            app,
+            endpoint.sock,
+            shutdown_trigger=shutdown_trigger,
+            # after the lifespan startup; clients that connected earlier waited in the backlog
+            ready=ready,
+            shutdown_timeout=shutdown_timeout,
+            before_cancel=cancelling,
+        )
+    except LifespanFailedError as exc:
+        raise WorkerFailedError(str(exc)) from exc
 
 
 async def _serve_granian(
