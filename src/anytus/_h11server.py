@@ -26,6 +26,7 @@ running requests may go on for *shutdown_timeout* before they are cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http
 import logging
@@ -128,8 +129,11 @@ class _Connection:
 
     def _reset_request(self) -> None:
         self.method = b""
-        #: the client is gone, or broke the protocol mid-body: no more reads, sends are dropped
+        #: sending failed (the client is gone): sends are dropped
         self.disconnected = False
+        #: the client's side ended (closed, half-closed or reset, or a broken body): no more reads,
+        #: but a half-closed client may still read the response
+        self.eof = False
         self.body_done = False
         self.response_started = False
         self.response_complete = False
@@ -219,7 +223,14 @@ class _Connection:
 
     async def receive(self) -> dict[str, Any]:
         """ASGI ``receive``: the body as it arrives, then ``http.disconnect``."""
-        if self.disconnected or self.response_complete:
+        if self.pending_start is not None and not self.disconnected:
+            # the app waits for the body with its response started: the head goes out now (an
+            # early answer must reach a client that waits for it before it sends the rest)
+            try:
+                await self._flush_start(None)
+            except _Disconnected:
+                pass
+        if self.disconnected or self.eof or self.response_complete:
             return {"type": "http.disconnect"}
         conn = self.conn
         if self.expect_100:
@@ -242,7 +253,7 @@ class _Connection:
                 # the client closed mid-body (or sent a broken chunked body): what came is
                 # passed on, then the app sees the disconnect
                 logger.debug("request body from %s ended early: %s", self.client, exc)
-                self.disconnected = True
+                self.eof = True
                 if chunks:
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": True}
                 return {"type": "http.disconnect"}
@@ -259,7 +270,7 @@ class _Connection:
                 await self._read()
                 continue
             # ConnectionClosed or PAUSED cannot come mid-body; treat as gone
-            self.disconnected = True
+            self.eof = True
             return {"type": "http.disconnect"}
 
     async def _wait_for_end(self) -> None:
@@ -272,7 +283,7 @@ class _Connection:
                 # client that sends a lot of those is just no longer watched
                 while len(self.conn.trailing_data[0]) < MAX_HEAD_SIZE:
                     if not await self._read():
-                        self.disconnected = True
+                        self.eof = True
                         break
                 else:
                     await trio.sleep_forever()
@@ -321,16 +332,19 @@ class _Connection:
         conn = self.conn
         try:
             if self.pending_start is not None:
-                start, self.pending_start = self.pending_start, None
-                await self._send_bytes(
-                    conn.send(self._response(start, None if more_body else len(body)))
-                )
+                await self._flush_start(None if more_body else len(body))
             if body and self.method != b"HEAD":
                 await self._send_bytes(conn.send(h11.Data(data=body)))
             if not more_body:
                 await self._send_bytes(conn.send(h11.EndOfMessage()))
         except _Disconnected:
             return
+
+    async def _flush_start(self, length: int | None) -> None:
+        """Send the held ``http.response.start``; *length*: the whole body's, if known."""
+        assert self.pending_start is not None
+        start, self.pending_start = self.pending_start, None
+        await self._send_bytes(self.conn.send(self._response(start, length)))
 
     def _response(self, start: dict[str, Any], length: int | None) -> h11.Response:
         headers: list[tuple[bytes, bytes]] = []
@@ -397,7 +411,7 @@ class _Connection:
                 failed = await self._call_app(request)
             finally:
                 self.server.busy -= 1
-            if failed or self.disconnected:
+            if failed or self.disconnected or self.eof:
                 return
             if conn.our_state is not h11.DONE:
                 return
@@ -421,9 +435,18 @@ class _Connection:
             return True
         if not self.response_complete and not self.disconnected:
             if self.response_started:
+                if self.eof:
+                    # the client half-closed mid-body and the app stopped there (TusApp does):
+                    # end the response if what was sent is complete (Content-Length: 0)
+                    with contextlib.suppress(h11.LocalProtocolError, _Disconnected):
+                        if self.pending_start is not None:
+                            await self._flush_start(0)
+                        await self._send_bytes(self.conn.send(h11.EndOfMessage()))
+                    return True
                 logger.error("the ASGI app returned without completing its response")
                 return True
-            logger.error("the ASGI app returned without a response")
+            # (after a disconnect of the client's side, TusApp does so on purpose)
+            (logger.debug if self.eof else logger.error)("the ASGI app returned without a response")
             await self._send_error(500)
             return True
         return False
