@@ -16,7 +16,7 @@ import trio
 import trio.lowlevel
 
 from _helpers import make_store
-from _server import TusClient, read_raw_response, wait_for
+from _server import ConnectionClosedError, TusClient, read_raw_response, wait_for
 from anytus._h11server import serve
 from anytus.asgi import TusApp
 
@@ -288,9 +288,12 @@ async def test_issue_7_half_close_with_an_early_answer(tmp_path: Path) -> None:
                     b"Content-Length: 100\r\n\r\n"
                 )
                 await stream.send_eof()
-                response = await read_raw_response(stream)
                 if expected is not None:
-                    assert response.status == expected
+                    assert (await read_raw_response(stream)).status == expected
+                else:
+                    # TusApp sees the end of the body before it answers: it does not answer
+                    with pytest.raises(ConnectionClosedError):
+                        await read_raw_response(stream)
         async with httpx.AsyncClient() as http:
             options = await http.options(f"http://{address[0]}:{address[1]}/files/")
         assert options.status_code == 200

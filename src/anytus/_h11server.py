@@ -3,7 +3,7 @@
 Why not hypercorn: its trio server reads the socket 64 KiB at a time and passes every piece through
 its protocol layers and an app queue; on a large upload the event loop spends its time there. This
 server is *pull-based*: the socket is read only inside the app's ``receive()`` (and between
-requests), in large pieces (:data:`READ_SIZE`, 1 MiB), and everything h11 parsed out of one read
+requests), in large pieces (:data:`READ_SIZE`, 256 KiB), and everything h11 parsed out of one read
 goes to the app as one ``http.request`` message. That also gives backpressure for free: nothing is read
 while the app has not asked for more, so a connection holds at most one read of body in memory.
 
@@ -55,12 +55,13 @@ __all__ = (
 
 logger = logging.getLogger("anytus.server")
 
-#: how much one socket read asks for. Measured with bench_vs_tusd.py (2 rounds each, 2-core VM):
-#: 256 KiB / 512 KiB / 1 MiB gave one 512 MiB upload 601 / 605 / 917 MiB/s, eight parallel
-#: 524 / 741 / 724, small requests no different (noise: 820 / 748 / 664 req/s); the cost of larger
-#: reads is HEAD latency while uploads stream (p99 26 / 40 / 54 ms: each message keeps the loop
-#: longer). Memory stays bounded: one read per connection (h11 copies it once more).
-READ_SIZE = 1024 * 1024
+#: how much one socket read asks for. Measured with bench_vs_tusd.py on the 2-core VM, anytus
+#: alone, 2 runs of 2 rounds per size, alternating: 256 KiB / 1 MiB gave one 512 MiB upload
+#: 664, 618 / 644, 594 MiB/s, eight parallel 619, 615 / 567, 750, small requests 706, 743 / 637,
+#: 734 req/s (no difference beyond noise), but HEAD p99 while four uploads stream 22, 15 / 66, 44
+#: ms: a larger read keeps the loop longer per message. 64 KiB (hypercorn's) costs far more per
+#: byte. Memory stays bounded: one read per connection (h11 copies it once more).
+READ_SIZE = 256 * 1024
 #: the longest request head h11 accepts (request line and headers)
 MAX_HEAD_SIZE = 64 * 1024
 #: how long a connection may wait for the first byte of its next request (hypercorn's default)
@@ -448,8 +449,11 @@ class _Connection:
                     return True
                 logger.error("the ASGI app returned without completing its response")
                 return True
-            # (after a disconnect of the client's side, TusApp does so on purpose)
-            (logger.debug if self.eof else logger.error)("the ASGI app returned without a response")
+            if self.eof:
+                # the client's side ended before the app answered: the app chose not to (TusApp
+                # does so on purpose); a 500 would only mislead a half-closed client
+                return True
+            logger.error("the ASGI app returned without a response")
             await self._send_error(500)
             return True
         return False

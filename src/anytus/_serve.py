@@ -4,7 +4,7 @@ own HTTP/1.1 server (:mod:`anytus._h11server`, trio), in this process, until a s
 granian runs on asyncio only (its HTTP layer is Rust; see the README's "Serving uploads") and is
 configured through its public options only. On trio, hypercorn read sockets 64 KiB at a time and
 passed every piece through its protocol layers and a queue, 3-6x slower than tusd; the h11 server
-reads 1 MiB at a time and hands each read to the app as one message.
+reads 256 KiB at a time and hands each read to the app as one message.
 
 The two differ in who owns the listening socket:
 
