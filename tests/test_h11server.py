@@ -427,3 +427,16 @@ async def test_app_errors_give_500_and_the_server_goes_on() -> None:
     async with running(app) as (host, port), httpx.AsyncClient() as http:
         assert (await http.get(f"http://{host}:{port}/boom")).status_code == 500
         assert (await http.get(f"http://{host}:{port}/ok")).status_code == 200
+
+
+async def test_absolute_form_target() -> None:
+    """``PATCH http://host/files/id``, as http.client sends for a full URL: the path is its own."""
+    async with running(echo) as address:
+        stream = await connect(address)
+        async with stream:
+            await stream.send(
+                b"POST http://x:1/abs/p?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            )
+            ((response, body),) = await read_responses(stream, 1)
+            assert response.status_code == 200
+            assert body == b"POST /abs/p q=1 0 1"

@@ -77,6 +77,8 @@ LIFESPAN_TIMEOUT = 60.0
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _SERVER_HEADER = (b"server", b"anytus")
+#: a response message up to this size is sent with one write (joined), a larger one piecewise
+_JOIN_LIMIT = 64 * 1024
 #: reason phrases (h11 sends an empty one unless told)
 _REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
 #: statuses whose responses never have a body, nor a Content-Length of it
@@ -334,13 +336,22 @@ class _Connection:
         if self.disconnected:
             return  # nobody to send to; the app learns it from receive()
         conn = self.conn
+        pieces: list[bytes] = []
+        if self.pending_start is not None:
+            start, self.pending_start = self.pending_start, None
+            pieces.append(conn.send(self._response(start, None if more_body else len(body))) or b"")
+        if body and self.method != b"HEAD":
+            pieces.append(conn.send(h11.Data(data=body)) or b"")
+        if not more_body:
+            pieces.append(conn.send(h11.EndOfMessage()) or b"")
+        # one send per message: a small response (head, body, chunked trailer) costs one syscall
+        # and goes out in one segment; a large body is not copied just to be joined
         try:
-            if self.pending_start is not None:
-                await self._flush_start(None if more_body else len(body))
-            if body and self.method != b"HEAD":
-                await self._send_bytes(conn.send(h11.Data(data=body)))
-            if not more_body:
-                await self._send_bytes(conn.send(h11.EndOfMessage()))
+            if sum(map(len, pieces)) <= _JOIN_LIMIT:
+                await self._send_bytes(b"".join(pieces))
+            else:
+                for piece in pieces:
+                    await self._send_bytes(piece)
         except _Disconnected:
             return
 
@@ -383,6 +394,11 @@ class _Connection:
 
     def scope(self, request: h11.Request) -> dict[str, Any]:
         target = bytes(request.target)
+        if not target.startswith(b"/") and b"://" in target:
+            # absolute-form (RFC 9112 3.2.2, which servers must accept): the path is what follows
+            # the authority
+            slash = target.find(b"/", target.index(b"://") + 3)
+            target = target[slash:] if slash >= 0 else b"/"
         raw_path, _, query = target.partition(b"?")
         return {
             "type": "http",
