@@ -1,4 +1,4 @@
-"""``anytus serve`` per backend: which server runs (granian on asyncio, hypercorn on trio), the
+"""``anytus serve`` per backend: which server runs (granian on asyncio, anytus._h11server on trio), the
 options, the lifespan, the access log, and the supervisor's handling of dead processes."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 #: the server each backend runs, as it names itself in the ``Server`` response header
-SERVERS = {"asyncio": "granian", "trio": "hypercorn"}
+SERVERS = {"asyncio": "granian", "trio": "anytus"}
 BACKENDS = [pytest.param(backend, id=f"{backend}-{server}") for backend, server in SERVERS.items()]
 
 # "[2026-01-01 10:00:00,000] [1234] [INFO] 127.0.0.1:5678 PATCH /files/abc 204 0.001s"

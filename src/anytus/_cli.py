@@ -1,8 +1,8 @@
 """The ``anytus`` command: ``anytus serve`` and ``anytus cleanup``.
 
-``serve`` runs :class:`~anytus.asgi.TusApp` under granian on asyncio and under hypercorn on trio
-(:mod:`anytus._serve`). The port is chosen here, before any server starts, so that ``--port 0`` can
-report the real one; ``--workers N`` runs N processes on it (hypercorn's share one listening socket,
+``serve`` runs :class:`~anytus.asgi.TusApp` under granian on asyncio and under anytus's h11 server
+on trio (:mod:`anytus._serve`). The port is chosen here, before any server starts, so that ``--port 0`` can
+report the real one; ``--workers N`` runs N processes on it (on trio they share one listening socket,
 granian's each listen with ``SO_REUSEPORT``; the kernel spreads the connections). The banner is
 printed once every worker accepts connections. Every worker opens the same directory: the file
 locks make that safe.
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve a directory over HTTP as a tus 1.0.0 server",
         description="Serve a directory over HTTP as a tus 1.0.0 server (granian on asyncio, "
-        "hypercorn on trio).",
+        "its own h11 server on trio).",
     )
     serve.add_argument("--dir", type=Path, default=Path("uploads"), help="default: ./uploads")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
@@ -196,8 +196,8 @@ def _supervise(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    # spawn, not fork: a clean interpreter per worker, the same on every platform (a hypercorn
-    # socket is passed by multiprocessing's descriptor sharing, as hypercorn does for its workers)
+    # spawn, not fork: a clean interpreter per worker, the same on every platform (the trio
+    # server's socket is passed by multiprocessing's descriptor sharing, as hypercorn does)
     context = multiprocessing.get_context("spawn")
     pipes = [context.Pipe(duplex=False) for _ in range(workers)]
     processes = [
@@ -214,7 +214,7 @@ def _supervise(
         sender.close()  # the workers hold their ends: EOF here means a worker died
     logger.info("started %d workers: %s", workers, " ".join(str(p.pid) for p in processes))
 
-    # the banner once every worker accepts connections (or, on hypercorn, waits on the socket)
+    # the banner once every worker accepts connections (or, on trio, once its lifespan started)
     worker_of = {receiver: process for (receiver, _), process in zip(pipes, processes, strict=True)}
     waiting = set(worker_of)
     dead: list[BaseProcess] = []

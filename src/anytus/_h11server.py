@@ -1,0 +1,711 @@
+"""A lean ASGI 3 HTTP/1.1 server on trio, built on h11, for ``anytus serve --backend trio``.
+
+Why not hypercorn: its trio server reads the socket 64 KiB at a time and passes every piece through
+its protocol layers and an app queue; on a large upload the event loop spends its time there. This
+server is *pull-based*: the socket is read only inside the app's ``receive()`` (and between
+requests), in large pieces (:data:`READ_SIZE`, 256 KiB), and everything h11 parsed out of one read
+goes to the app as one ``http.request`` message. That also gives backpressure for free: nothing is read
+while the app has not asked for more, so a connection holds at most one read of body in memory.
+
+What it does, per connection (one trio task each, in one nursery):
+
+- parse the request head with h11 (at most :data:`MAX_HEAD_SIZE` bytes, within
+  :data:`HEAD_TIMEOUT` of its first byte; an idle keep-alive connection is closed after
+  :data:`KEEP_ALIVE_TIMEOUT`), then run the app inline with its ``receive`` and ``send``;
+- ``Expect: 100-continue``: the ``100 Continue`` goes out when the app first calls ``receive()``;
+- after the response: keep the connection (h11 keep-alive and pipelining) when both sides
+  finished their message; a body the app did not read is read and dropped for a bounded time
+  (:data:`DRAIN_TIME`, :data:`DRAIN_SIZE`), otherwise the connection is closed;
+- a malformed request gets a ``400`` (h11's status hint) with ``Connection: close``; no exception
+  leaves a connection task (each is logged), so one connection never stops the server.
+
+Around the connections: the app's lifespan (startup before *ready* is called, shutdown at the end)
+and a graceful shutdown: on the trigger the listener is closed, idle connections are closed, and
+running requests may go on for *shutdown_timeout* before they are cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import http
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote
+
+import h11
+import trio
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Awaitable, Callable
+
+__all__ = (
+    "DRAIN_SIZE",
+    "DRAIN_TIME",
+    "HEAD_TIMEOUT",
+    "KEEP_ALIVE_TIMEOUT",
+    "MAX_HEAD_SIZE",
+    "READ_SIZE",
+    "LifespanFailedError",
+    "serve",
+)
+
+logger = logging.getLogger("anytus.server")
+
+#: how much one socket read asks for. Measured with bench_vs_tusd.py on the 2-core VM, anytus
+#: alone, 2 runs of 2 rounds per size, alternating: 256 KiB / 1 MiB gave one 512 MiB upload
+#: 664, 618 / 644, 594 MiB/s, eight parallel 619, 615 / 567, 750, small requests 706, 743 / 637,
+#: 734 req/s (no difference beyond noise), but HEAD p99 while four uploads stream 22, 15 / 66, 44
+#: ms: a larger read keeps the loop longer per message. 64 KiB (hypercorn's) costs far more per
+#: byte. Memory stays bounded: one read per connection (h11 copies it once more).
+READ_SIZE = 256 * 1024
+#: the longest request head h11 accepts (request line and headers)
+MAX_HEAD_SIZE = 64 * 1024
+#: how long a connection may wait for the first byte of its next request (hypercorn's default)
+KEEP_ALIVE_TIMEOUT = 5.0
+#: how long a request head may take from its first byte to its end
+HEAD_TIMEOUT = 10.0
+#: how long, and how many bytes, of a request body the app left unread are dropped to keep the
+#: connection; past either it is closed
+DRAIN_TIME = 2.0
+DRAIN_SIZE = 16 * 1024 * 1024
+#: how long lifespan startup and shutdown may take
+LIFESPAN_TIMEOUT = 60.0
+
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_SERVER_HEADER = (b"server", b"anytus")
+#: a response message up to this size is sent with one write (joined), a larger one piecewise
+_JOIN_LIMIT = 64 * 1024
+#: reason phrases (h11 sends an empty one unless told)
+_REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
+#: statuses whose responses never have a body, nor a Content-Length of it
+_NO_BODY = frozenset({204, 304, *range(100, 200)})
+
+
+class LifespanFailedError(Exception):
+    """The app answered ``lifespan.startup.failed`` (or did not finish its startup in time)."""
+
+
+class _Date:
+    """The ``Date`` header value, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def value(self) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(now, usegmt=True).encode("ascii")
+        return self._value
+
+
+_date = _Date()
+
+
+class _Disconnected(Exception):
+    """The client went away (or broke the protocol) while a request was running."""
+
+
+class _Connection:
+    """One client connection: h11's state, the socket, and the running request's ASGI state."""
+
+    def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        #: waiting for a request head with nothing received yet: shutdown may close it at once
+        self.idle = False
+        self.idle_scope: trio.CancelScope | None = None
+        self.client: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        try:
+            self.client = _address(stream.socket.getpeername())
+            self.local = _address(stream.socket.getsockname())
+        except OSError:
+            pass
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self.method = b""
+        #: sending failed (the client is gone): sends are dropped
+        self.disconnected = False
+        #: the client's side ended (closed, half-closed or reset, or a broken body): no more reads,
+        #: but a half-closed client may still read the response
+        self.eof = False
+        self.body_done = False
+        self.response_started = False
+        self.response_complete = False
+        self.response_done_event = trio.Event()
+        self.pending_start: dict[str, Any] | None = None
+        self.expect_100 = False
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def _read(self) -> bool:
+        """Read once from the socket into h11; False once the client closed (or reset)."""
+        try:
+            data = await self.stream.receive_some(READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        # no checkpoint between the read and handing the bytes to h11: a cancellation (the app's
+        # timeout around receive()) never loses data
+        self.conn.receive_data(data)
+        return bool(data)
+
+    async def read_head(self) -> h11.Request | None:
+        """The next request's head, or None when the connection should close (the client closed
+        it, went idle too long, the server is stopping, or the head was malformed: answered)."""
+        conn = self.conn
+        deadline = math.inf
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._refuse(exc)
+                return None
+            if isinstance(event, h11.Request):
+                return event
+            if event is not h11.NEED_DATA:
+                # ConnectionClosed, or PAUSED after a protocol switch we never agree to
+                return None
+            if deadline == math.inf and not conn.trailing_data[0]:
+                # nothing of the next request yet: an idle keep-alive connection
+                if self.server.stopping:
+                    return None
+                self.idle = True
+                with trio.move_on_after(KEEP_ALIVE_TIMEOUT) as self.idle_scope:
+                    received = await self._read()
+                self.idle = False
+                self.idle_scope = None
+                if not received:
+                    # timed out, closed by the client, or by the shutdown: both sides are
+                    # between messages, so closing loses nothing
+                    return None
+                deadline = trio.current_time() + HEAD_TIMEOUT
+                continue
+            if deadline == math.inf:
+                deadline = trio.current_time() + HEAD_TIMEOUT
+            with trio.move_on_at(deadline):
+                await self._read()
+                continue
+            logger.debug("request head not complete within %gs: closing", HEAD_TIMEOUT)
+            return None
+
+    async def _refuse(self, exc: h11.RemoteProtocolError) -> None:
+        """Answer a malformed request head (400, or h11's status hint) if still possible."""
+        logger.debug("malformed request from %s: %s", self.client, exc)
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = f"{exc.error_status_hint} Bad Request: {exc}\n".encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"date", _date.value()),
+            _SERVER_HEADER,
+        ]
+        try:
+            await self._send_bytes(
+                self.conn.send(
+                    h11.Response(
+                        status_code=exc.error_status_hint,
+                        headers=headers,
+                        reason=_REASONS.get(exc.error_status_hint, b""),
+                    )
+                )
+            )
+            await self._send_bytes(self.conn.send(h11.Data(data=body)))
+            await self._send_bytes(self.conn.send(h11.EndOfMessage()))
+        except (h11.LocalProtocolError, _Disconnected):
+            pass
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``: the body as it arrives, then ``http.disconnect``."""
+        if self.pending_start is not None and not self.disconnected:
+            # the app waits for the body with its response started: the head goes out now (an
+            # early answer must reach a client that waits for it before it sends the rest)
+            try:
+                await self._flush_start(None)
+            except _Disconnected:
+                pass
+        if self.disconnected or self.eof or self.response_complete:
+            return {"type": "http.disconnect"}
+        conn = self.conn
+        if self.expect_100:
+            self.expect_100 = False
+            if conn.client_is_waiting_for_100_continue and not self.response_started:
+                try:
+                    await self._send_bytes(
+                        conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    )
+                except _Disconnected:
+                    return {"type": "http.disconnect"}
+        if self.body_done:
+            await self._wait_for_end()
+            return {"type": "http.disconnect"}
+        chunks: list[bytes | bytearray] = []
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                # the client closed mid-body (or sent a broken chunked body): what came is
+                # passed on, then the app sees the disconnect
+                logger.debug("request body from %s ended early: %s", self.client, exc)
+                self.eof = True
+                if chunks:
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": True}
+                return {"type": "http.disconnect"}
+            if isinstance(event, h11.Data):
+                chunks.append(event.data)
+                continue
+            if isinstance(event, h11.EndOfMessage):
+                self.body_done = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            if event is h11.NEED_DATA:
+                if chunks:
+                    # everything of the last read, in one message
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": True}
+                await self._read()
+                continue
+            # ConnectionClosed or PAUSED cannot come mid-body; treat as gone
+            self.eof = True
+            return {"type": "http.disconnect"}
+
+    async def _wait_for_end(self) -> None:
+        """Block (a ``receive()`` after the whole body) until the response is complete or the
+        client goes away."""
+        async with trio.open_nursery() as nursery:
+
+            async def watch_socket() -> None:
+                # bytes that come now belong to a pipelined next request: h11 keeps them; a
+                # client that sends a lot of those is just no longer watched
+                while len(self.conn.trailing_data[0]) < MAX_HEAD_SIZE:
+                    if not await self._read():
+                        self.eof = True
+                        break
+                else:
+                    await trio.sleep_forever()
+                nursery.cancel_scope.cancel()
+
+            async def watch_response() -> None:
+                await self.response_done_event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_socket)
+            nursery.start_soon(watch_response)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def _send_bytes(self, data: bytes | None) -> None:
+        if not data:
+            return
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.disconnected = True
+            raise _Disconnected from exc
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """ASGI ``send``: ``http.response.start`` and ``http.response.body``."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            self.response_started = True
+            # held until the first body message: a response given whole gets a Content-Length
+            # instead of chunked framing
+            self.pending_start = message
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if not self.response_started or self.response_complete:
+            raise RuntimeError("http.response.body outside a response")
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
+        if not more_body:
+            self.response_complete = True
+            self.response_done_event.set()
+        if self.disconnected:
+            return  # nobody to send to; the app learns it from receive()
+        conn = self.conn
+        pieces: list[bytes] = []
+        if self.pending_start is not None:
+            start, self.pending_start = self.pending_start, None
+            pieces.append(conn.send(self._response(start, None if more_body else len(body))) or b"")
+        if body and self.method != b"HEAD":
+            pieces.append(conn.send(h11.Data(data=body)) or b"")
+        if not more_body:
+            pieces.append(conn.send(h11.EndOfMessage()) or b"")
+        # one send per message: a small response (head, body, chunked trailer) costs one syscall
+        # and goes out in one segment; a large body is not copied just to be joined
+        try:
+            if sum(map(len, pieces)) <= _JOIN_LIMIT:
+                await self._send_bytes(b"".join(pieces))
+            else:
+                for piece in pieces:
+                    await self._send_bytes(piece)
+        except _Disconnected:
+            return
+
+    async def _flush_start(self, length: int | None) -> None:
+        """Send the held ``http.response.start``; *length*: the whole body's, if known."""
+        assert self.pending_start is not None
+        start, self.pending_start = self.pending_start, None
+        await self._send_bytes(self.conn.send(self._response(start, length)))
+
+    def _response(self, start: dict[str, Any], length: int | None) -> h11.Response:
+        headers: list[tuple[bytes, bytes]] = []
+        has_length = has_server = has_date = False
+        for name, value in start.get("headers", ()):
+            lower = bytes(name).lower()
+            if lower == b"content-length" or lower == b"transfer-encoding":
+                has_length = True
+            elif lower == b"server":
+                has_server = True
+            elif lower == b"date":
+                has_date = True
+            headers.append((lower, bytes(value)))
+        status = int(start["status"])
+        if (
+            not has_length
+            and length is not None
+            and self.method != b"HEAD"
+            and status not in _NO_BODY
+        ):
+            headers.append((b"content-length", str(length).encode("ascii")))
+        if not has_server:
+            headers.append(_SERVER_HEADER)
+        if not has_date:
+            headers.append((b"date", _date.value()))
+        if self.server.stopping:
+            # the last response on this connection: say so
+            headers.append((b"connection", b"close"))
+        return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+
+    # -- one request ----------------------------------------------------------------------------
+
+    def scope(self, request: h11.Request) -> dict[str, Any]:
+        target = bytes(request.target)
+        if not target.startswith(b"/") and b"://" in target:
+            # absolute-form (RFC 9112 3.2.2, which servers must accept): the path is what follows
+            # the authority
+            slash = target.find(b"/", target.index(b"://") + 3)
+            target = target[slash:] if slash >= 0 else b"/"
+        raw_path, _, query = target.partition(b"?")
+        return {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": request.http_version.decode("ascii"),
+            "method": request.method.decode("ascii"),
+            "scheme": "http",
+            "path": unquote(raw_path.decode("ascii", "replace")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": [(bytes(name), bytes(value)) for name, value in request.headers],
+            "client": self.client,
+            "server": self.local,
+            "state": dict(self.server.state),
+        }
+
+    async def run(self) -> None:
+        """Serve requests on this connection until it should close."""
+        conn = self.conn
+        while True:
+            request = await self.read_head()
+            if request is None:
+                return
+            self._reset_request()
+            self.method = bytes(request.method)
+            self.expect_100 = conn.client_is_waiting_for_100_continue
+            self.server.busy += 1
+            try:
+                failed = await self._call_app(request)
+            finally:
+                self.server.busy -= 1
+            if failed or self.disconnected or self.eof:
+                return
+            if conn.our_state is not h11.DONE:
+                return
+            if conn.their_state is h11.SEND_BODY and not await self._drain():
+                return
+            if conn.their_state is not h11.DONE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _call_app(self, request: h11.Request) -> bool:
+        """Run the app for *request*; True if the connection cannot go on."""
+        try:
+            await self.server.app(self.scope(request), self.receive, self.send)
+        except Exception:
+            logger.exception("error in the ASGI app (%s %s)", request.method, request.target)
+            if not self.response_started and not self.disconnected:
+                await self._send_error(500)
+            return True
+        if not self.response_complete and not self.disconnected:
+            if self.response_started:
+                if self.eof:
+                    # the client half-closed mid-body and the app stopped there (TusApp does):
+                    # end the response if what was sent is complete (Content-Length: 0)
+                    with contextlib.suppress(h11.LocalProtocolError, _Disconnected):
+                        if self.pending_start is not None:
+                            await self._flush_start(0)
+                        await self._send_bytes(self.conn.send(h11.EndOfMessage()))
+                    return True
+                logger.error("the ASGI app returned without completing its response")
+                return True
+            if self.eof:
+                # the client's side ended before the app answered: the app chose not to (TusApp
+                # does so on purpose); a 500 would only mislead a half-closed client
+                return True
+            logger.error("the ASGI app returned without a response")
+            await self._send_error(500)
+            return True
+        return False
+
+    async def _send_error(self, status: int) -> None:
+        self.response_started = True
+        self.response_complete = True
+        self.response_done_event.set()
+        self.pending_start = None
+        body = b"Internal Server Error\n"
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"connection", b"close"),
+            (b"date", _date.value()),
+            _SERVER_HEADER,
+        ]
+        try:
+            await self._send_bytes(
+                self.conn.send(
+                    h11.Response(status_code=status, headers=headers, reason=_REASONS[status])
+                )
+            )
+            if self.method != b"HEAD":
+                await self._send_bytes(self.conn.send(h11.Data(data=body)))
+            await self._send_bytes(self.conn.send(h11.EndOfMessage()))
+        except (h11.LocalProtocolError, _Disconnected):
+            pass
+
+    async def _drain(self) -> bool:
+        """Read and drop the rest of a body the app did not read; True if it all came in time."""
+        dropped = 0
+        with trio.move_on_after(DRAIN_TIME):
+            while dropped <= DRAIN_SIZE:
+                try:
+                    event = self.conn.next_event()
+                except h11.RemoteProtocolError:
+                    return False
+                if isinstance(event, h11.Data):
+                    dropped += len(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return True
+                elif event is h11.NEED_DATA:
+                    if not await self._read():
+                        return False
+                else:
+                    return False
+        return False
+
+    async def close(self) -> None:
+        """Close the connection; when the client may still be sending, first let it see our end of
+        the stream and drop what it sends meanwhile (a close with unread bytes makes the kernel
+        send a reset, which can lose the response we just sent)."""
+        stream = self.stream
+        lingering = (
+            not self.disconnected
+            and self.conn.their_state not in (h11.DONE, h11.CLOSED, h11.MUST_CLOSE, h11.IDLE)
+        ) or self.conn.their_state is h11.ERROR
+        try:
+            if lingering:
+                with trio.move_on_after(DRAIN_TIME):
+                    await stream.send_eof()
+                    dropped = 0
+                    while dropped <= DRAIN_SIZE:
+                        data = await stream.receive_some(READ_SIZE)
+                        if not data:
+                            break
+                        dropped += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+        finally:
+            await stream.aclose()
+
+
+def _address(address: Any) -> tuple[str, int] | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+class _Server:
+    def __init__(self, app: Any) -> None:
+        self.app: Callable[..., Awaitable[None]] = app
+        self.stopping = False
+        #: connections that are running a request
+        self.busy = 0
+        self.connections: set[_Connection] = set()
+        #: the lifespan state (ASGI ``state``): each request gets a shallow copy
+        self.state: dict[str, Any] = {}
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """One connection, start to end; never raises (except for cancellation)."""
+        connection = _Connection(self, stream)
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        except Exception:
+            # a bug here must cost this connection only, never the server (issue #7)
+            logger.exception("error on the connection from %s", connection.client)
+        finally:
+            self.connections.discard(connection)
+            try:
+                await connection.close()
+            except Exception:
+                logger.debug("error closing the connection", exc_info=True)
+
+    def stop_idle(self) -> None:
+        """Close every connection that waits for a next request."""
+        for connection in self.connections:
+            if connection.idle and connection.idle_scope is not None:
+                connection.idle_scope.cancel()
+
+
+class _Lifespan:
+    """The app's ``lifespan`` scope, run beside the server."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+        self._to_app_send, self._to_app = trio.open_memory_channel[dict[str, Any]](2)
+        self.started = trio.Event()
+        self.stopped = trio.Event()
+        self.failure: str | None = None
+        #: the app does not do lifespans (it raised before its startup completed)
+        self.unsupported = False
+
+    async def run(self) -> None:
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
+        try:
+            await self.app(scope, self._receive, self._send)
+        except Exception:
+            if not self.started.is_set():
+                logger.info("the ASGI app has no lifespan (it raised): going on without")
+                self.unsupported = True
+            else:
+                logger.exception("error in the ASGI app's lifespan")
+        finally:
+            self.started.set()
+            self.stopped.set()
+
+    async def _receive(self) -> dict[str, Any]:
+        return await self._to_app.receive()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            self.started.set()
+        elif kind == "lifespan.startup.failed":
+            self.failure = str(message.get("message", ""))
+            self.started.set()
+        elif kind == "lifespan.shutdown.complete":
+            self.stopped.set()
+        elif kind == "lifespan.shutdown.failed":
+            logger.error("lifespan shutdown failed: %s", message.get("message", ""))
+            self.stopped.set()
+
+    async def startup(self) -> None:
+        await self._to_app_send.send({"type": "lifespan.startup"})
+        with trio.move_on_after(LIFESPAN_TIMEOUT):
+            await self.started.wait()
+        if not self.started.is_set():
+            raise LifespanFailedError(f"lifespan startup took more than {LIFESPAN_TIMEOUT:g}s")
+        if self.failure is not None:
+            raise LifespanFailedError(f"lifespan startup failed: {self.failure}")
+
+    async def shutdown(self) -> None:
+        if self.unsupported or self.stopped.is_set():
+            return
+        await self._to_app_send.send({"type": "lifespan.shutdown"})
+        with trio.move_on_after(LIFESPAN_TIMEOUT):
+            await self.stopped.wait()
+
+
+async def serve(
+    app: Any,
+    sock: socket.socket,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    ready: Callable[[], None] | None = None,
+    shutdown_timeout: float = 5.0,
+    before_cancel: Callable[[], None] | None = None,
+) -> None:
+    """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
+    *shutdown_trigger* returns.
+
+    :param app: the ASGI application (``http`` and ``lifespan`` scopes)
+    :param sock: a listening TCP socket; it is closed when serving ends (other processes may hold
+        their own descriptors of it and go on accepting)
+    :param shutdown_trigger: returns when the server should stop
+    :param ready: called once the app's lifespan startup is complete and connections are accepted
+    :param shutdown_timeout: how long running requests may go on after the trigger before they are
+        cancelled
+    :param before_cancel: called just before running requests are cancelled at the end of
+        *shutdown_timeout*
+    :raises LifespanFailedError: the app's lifespan startup failed
+    """
+    server = _Server(app)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    lifespan = _Lifespan(server.app, server.state)
+    async with trio.open_nursery() as outer:
+        outer.start_soon(lifespan.run)
+        try:
+            await lifespan.startup()
+        except BaseException:
+            await listener.aclose()
+            outer.cancel_scope.cancel()
+            raise
+        async with trio.open_nursery() as connections:
+            accepting = trio.CancelScope()
+
+            async def accept() -> None:
+                with accepting:
+                    await trio.serve_listeners(
+                        cast("Any", server.handle), [listener], handler_nursery=connections
+                    )
+
+            connections.start_soon(accept)
+            if ready is not None:
+                ready()
+            await shutdown_trigger()
+            server.stopping = True
+            accepting.cancel()
+            await listener.aclose()
+            server.stop_idle()
+            with trio.move_on_after(shutdown_timeout):
+                while server.connections:
+                    server.stop_idle()
+                    await trio.sleep(0.01)
+            if server.busy:
+                logger.warning(
+                    "requests still running after %gs: cancelling them", shutdown_timeout
+                )
+                if before_cancel is not None:
+                    before_cancel()
+            connections.cancel_scope.cancel()
+        with trio.move_on_after(LIFESPAN_TIMEOUT) as scope:
+            scope.shield = True
+            await lifespan.shutdown()
+        outer.cancel_scope.cancel()

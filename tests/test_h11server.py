@@ -1,0 +1,442 @@
+"""The trio HTTP/1.1 server of ``anytus serve --backend trio`` (:mod:`anytus._h11server`), in
+process, against small ASGI apps and against TusApp: framing, keep-alive, pipelining, 100-continue,
+malformed requests, disconnects, the lifespan and the graceful shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import h11
+import httpx
+import pytest
+import trio
+import trio.lowlevel
+
+from _helpers import make_store
+from _server import ConnectionClosedError, TusClient, read_raw_response, wait_for
+from anytus._h11server import serve
+from anytus.asgi import TusApp
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from anyio.abc import SocketStream
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The server is trio-only."""
+    return "trio"
+
+
+@contextlib.asynccontextmanager
+async def running(
+    app: Any, *, shutdown_timeout: float = 2.0, ready: list[bool] | None = None
+) -> AsyncIterator[tuple[str, int]]:
+    """Serve *app* on a free port of 127.0.0.1; yield (host, port); shut down at the end."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    stop = trio.Event()
+    started = trio.Event()
+
+    def on_ready() -> None:
+        if ready is not None:
+            ready.append(True)
+        started.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: serve(
+                app,
+                sock,
+                shutdown_trigger=stop.wait,
+                ready=on_ready,
+                shutdown_timeout=shutdown_timeout,
+            )
+        )
+        await started.wait()
+        try:
+            yield "127.0.0.1", port
+        finally:
+            stop.set()
+
+
+async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the whole body; answers with its length, the number of messages and the scope."""
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    size = messages = 0
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request"
+        size += len(message["body"])
+        messages += 1
+        if not message["more_body"]:
+            break
+    body = (
+        f"{scope['method']} {scope['path']} {scope['query_string'].decode()} {size} {messages}"
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"x-path", scope["raw_path"])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def connect(address: tuple[str, int]) -> SocketStream:
+    return await anyio.connect_tcp(*address)
+
+
+async def read_responses(
+    stream: SocketStream, count: int, *, methods: list[bytes] | None = None
+) -> list[tuple[h11.Response, bytes]]:
+    """Read *count* responses that may arrive together (pipelining), parsed by an h11 client."""
+    client = h11.Connection(h11.CLIENT)
+    responses: list[tuple[h11.Response, bytes]] = []
+    for i in range(count):
+        # h11's client needs the request it answers (HEAD responses have no body)
+        method = methods[i] if methods else b"GET"
+        client.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+        client.send(h11.EndOfMessage())
+        head: h11.Response | None = None
+        body = b""
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                client.receive_data(await stream.receive())
+            elif isinstance(event, h11.Response):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        assert head is not None
+        responses.append((head, body))
+        client.start_next_cycle()
+    return responses
+
+
+async def test_scope_and_echo() -> None:
+    scopes: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scopes.append(scope)
+        await echo(scope, receive, send)
+
+    async with running(app) as (host, port), httpx.AsyncClient() as http:
+        response = await http.post(f"http://{host}:{port}/a%20b/c?x=1&y=%20", content=b"z" * 1000)
+    assert response.status_code == 200
+    assert response.text == "POST /a b/c x=1&y=%20 1000 1"
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.headers["server"] == "anytus"
+    assert "date" in response.headers
+    (scope,) = scopes
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+    assert scope["http_version"] == "1.1"
+    assert scope["scheme"] == "http"
+    assert scope["raw_path"] == b"/a%20b/c"
+    assert scope["root_path"] == ""
+    assert scope["server"] == (host, port)
+    assert scope["client"][0] == "127.0.0.1"
+    assert (b"content-length", b"1000") in scope["headers"]
+    assert all(name == name.lower() for name, _ in scope["headers"])
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    peers: set[object] = set()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            peers.add(scope["client"])
+        await echo(scope, receive, send)
+
+    async with running(app) as (host, port), httpx.AsyncClient() as http:
+        for i in range(5):
+            response = await http.put(f"http://{host}:{port}/{i}", content=b"x" * i)
+            assert response.text == f"PUT /{i}  {i} 1"
+    assert len(peers) == 1
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with running(echo) as address:
+        stream = await connect(address)
+        async with stream:
+            requests = b"".join(
+                f"POST /{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {i}\r\n\r\n".encode() + b"a" * i
+                for i in range(4)
+            )
+            await stream.send(requests)
+            responses = await read_responses(stream, 4)
+            for i, (response, body) in enumerate(responses):
+                assert response.status_code == 200
+                assert body.decode().startswith(f"POST /{i}  {i} ")
+
+
+async def test_chunked_request_body() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 1000
+            await trio.lowlevel.checkpoint()
+
+    async with running(echo) as (host, port), httpx.AsyncClient() as http:
+        response = await http.post(f"http://{host}:{port}/c", content=body())
+    assert response.text.startswith("POST /c  10000 ")
+
+
+async def test_large_body_arrives_in_large_messages() -> None:
+    """A body sent at once comes in few messages, each one socket read (not 64 KiB pieces)."""
+    async with running(echo) as (host, port), httpx.AsyncClient() as http:
+        response = await http.post(f"http://{host}:{port}/big", content=b"b" * (8 << 20))
+    _, _, _, size, messages = response.text.split(" ")
+    assert int(size) == 8 << 20
+    assert int(messages) < (8 << 20) // (64 * 1024)
+
+
+async def test_expect_100_continue() -> None:
+    async with running(echo) as address:
+        stream = await connect(address)
+        async with stream:
+            await stream.send(
+                b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+            )
+            interim = await stream.receive()
+            assert interim.startswith(b"HTTP/1.1 100 ")
+            await stream.send(b"abc")
+            response = await read_raw_response(stream)
+            assert response.status == 200
+            assert response.body == b"POST /e  3 1"
+
+
+async def test_head_response_has_no_body() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+        )
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    async with running(app) as address:
+        stream = await connect(address)
+        async with stream:
+            await stream.send(
+                b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            # parsed strictly: body bytes after the HEAD response would break the second one
+            (head, head_body), (get, get_body) = await read_responses(
+                stream, 2, methods=[b"HEAD", b"GET"]
+            )
+            assert (b"content-length", b"5") in head.headers
+            assert head_body == b""
+            assert get.status_code == 200
+            assert get_body == b"hello"
+
+
+async def test_malformed_request_gets_400_and_the_server_goes_on() -> None:
+    async with running(echo) as address:
+        stream = await connect(address)
+        async with stream:
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+            response = await read_raw_response(stream)
+            assert response.status == 400
+            assert response.headers["connection"] == "close"
+        async with httpx.AsyncClient() as http:
+            ok = await http.get(f"http://{address[0]}:{address[1]}/")
+        assert ok.status_code == 200
+
+
+async def test_oversized_head_is_refused() -> None:
+    async with running(echo) as address:
+        stream = await connect(address)
+        async with stream:
+            with contextlib.suppress(anyio.BrokenResourceError):
+                await stream.send(b"GET / HTTP/1.1\r\nX: " + b"a" * (100 * 1024) + b"\r\n\r\n")
+            response = await read_raw_response(stream)
+            assert response.status in (400, 431)
+
+
+async def test_issue_7_half_close_with_an_early_answer(tmp_path: Path) -> None:
+    """``Content-Length: 100``, no body, the client half-closes, the app answers without reading:
+    the connection ends, the server does not (hypercorn's trio server died on this)."""
+    app = TusApp(await make_store(tmp_path), base_path="/files/")
+    async with running(app) as address:
+        for content_type, expected in [
+            (b"text/plain", 415),
+            (b"application/offset+octet-stream", None),
+        ]:
+            stream = await connect(address)
+            async with stream:
+                # a PATCH with the wrong Content-Type: TusApp answers 415 without reading the
+                # body; then an unknown upload (TusApp sees the disconnect first: any answer)
+                await stream.send(
+                    b"PATCH /files/nope HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                    b"Upload-Offset: 0\r\nContent-Type: " + content_type + b"\r\n"
+                    b"Content-Length: 100\r\n\r\n"
+                )
+                await stream.send_eof()
+                if expected is not None:
+                    assert (await read_raw_response(stream)).status == expected
+                else:
+                    # TusApp sees the end of the body before it answers: it does not answer
+                    with pytest.raises(ConnectionClosedError):
+                        await read_raw_response(stream)
+        async with httpx.AsyncClient() as http:
+            options = await http.options(f"http://{address[0]}:{address[1]}/files/")
+        assert options.status_code == 200
+
+
+async def test_disconnect_mid_body_reaches_the_app() -> None:
+    seen: list[str] = []
+    done = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            while True:
+                message = await receive()
+                seen.append(message["type"])
+                if message["type"] == "http.disconnect" or not message.get("more_body"):
+                    return
+        finally:
+            done.set()
+
+    async with running(app) as address:
+        stream = await connect(address)
+        await stream.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a" * 10)
+        await trio.sleep(0.1)
+        await stream.aclose()
+        with trio.fail_after(5):
+            await done.wait()
+    assert seen[0] == "http.request"
+    assert seen[-1] == "http.disconnect"
+
+
+async def test_tus_upload_and_a_disconnect_keeps_the_bytes(tmp_path: Path) -> None:
+    app = TusApp(await make_store(tmp_path), base_path="/files/")
+    async with running(app) as (host, port), httpx.AsyncClient() as http:
+        url = f"http://{host}:{port}/files/"
+        tus = TusClient(http, url)
+        created = await tus.create(10)
+        assert created.status_code == 201
+        assert created.headers["location"].startswith(url)
+        upload_id = created.headers["location"].rsplit("/", 1)[1]
+        patched = await tus.patch(upload_id, 0, b"0123456789")
+        assert patched.status_code == 204
+        assert patched.headers["upload-offset"] == "10"
+        assert "content-length" not in patched.headers
+        head = await tus.head(upload_id)
+        assert head.status_code == 200
+        assert head.headers["upload-offset"] == "10"
+        assert head.headers["upload-length"] == "10"
+        assert head.headers["tus-resumable"] == "1.0.0"
+        assert head.headers["cache-control"] == "no-store"
+        assert head.content == b""
+
+        # a second upload whose client goes away after 3000 of 10000 bytes
+        second = await tus.new(10000)
+        stream = await connect((host, port))
+        await stream.send(
+            f"PATCH /files/{second} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+            "Content-Length: 10000\r\n\r\n".encode()
+            + b"c" * 3000
+        )
+        assert await wait_for(lambda: (tmp_path / f"{second}.bin").exists())
+        await trio.sleep(0.1)
+        await stream.aclose()
+
+        async def kept() -> bool:
+            return (await tus.offset(second)) == 3000
+
+        assert await wait_for(kept)
+
+
+async def test_lifespan_runs_around_serving() -> None:
+    events: list[str] = []
+    ready: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            assert (await receive())["type"] == "lifespan.startup"
+            events.append("startup")
+            scope["state"]["value"] = 42
+            await send({"type": "lifespan.startup.complete"})
+            assert (await receive())["type"] == "lifespan.shutdown"
+            events.append("shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        events.append(f"request {scope['state']['value']}")
+        await receive()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body"})
+
+    async with running(app, ready=ready) as (host, port):
+        assert events == ["startup"]
+        assert ready == [True]
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://{host}:{port}/")).status_code == 204
+    assert events == ["startup", "request 42", "shutdown"]
+
+
+async def test_graceful_shutdown_cancels_requests_after_the_timeout() -> None:
+    cancelled = trio.Event()
+    started = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        started.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+
+    with trio.fail_after(10):
+        async with running(app, shutdown_timeout=0.3) as address:
+            stream = await connect(address)
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await started.wait()
+        assert cancelled.is_set()
+        await stream.aclose()
+
+
+async def test_app_errors_give_500_and_the_server_goes_on() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        await echo(scope, receive, send)
+
+    async with running(app) as (host, port), httpx.AsyncClient() as http:
+        assert (await http.get(f"http://{host}:{port}/boom")).status_code == 500
+        assert (await http.get(f"http://{host}:{port}/ok")).status_code == 200
+
+
+async def test_absolute_form_target() -> None:
+    """``PATCH http://host/files/id``, as http.client sends for a full URL: the path is its own."""
+    async with running(echo) as address:
+        stream = await connect(address)
+        async with stream:
+            await stream.send(
+                b"POST http://x:1/abs/p?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            )
+            ((response, body),) = await read_responses(stream, 1)
+            assert response.status_code == 200
+            assert body == b"POST /abs/p q=1 0 1"
