@@ -624,3 +624,99 @@ class TestFileLockerStale:
         path.write_bytes(f"{sleeper.pid}\n".encode())
         await file_locker.release(UPLOAD_ID)
         assert path.read_bytes() == f"{sleeper.pid}\n".encode()
+
+
+async def hold_inline(locker: FileLocker, *, shared: bool) -> bool:
+    """Take the lock as a one-hop request does (reserve, enter in a thread, exit, close); return
+    whether it was free."""
+    hold = locker.hold_inline(UPLOAD_ID, shared=shared)
+    try:
+        entered = await anyio.to_thread.run_sync(hold.enter)
+        if entered:
+            await anyio.to_thread.run_sync(hold.exit)
+        return entered
+    finally:
+        hold.close()
+
+
+class TestInlineHolds:
+    """The one-hop path judges lock files as ``acquire`` does, and a shared hold changes none."""
+
+    @pytest.mark.parametrize("shared", [False, True])
+    async def test_free(self, file_locker: FileLocker, lock_dir: Path, shared: bool) -> None:
+        assert await hold_inline(file_locker, shared=shared)
+        assert names(lock_dir) == []  # the exclusive hold removed its lock file
+        assert not file_locker.locked(UPLOAD_ID)
+
+    @pytest.mark.parametrize("shared", [False, True])
+    async def test_live_tusd_holder_is_honoured(
+        self,
+        file_locker: FileLocker,
+        lock_dir: Path,
+        sleeper: subprocess.Popen[bytes],
+        shared: bool,
+    ) -> None:
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        path.write_bytes(f"{sleeper.pid}\n".encode())
+        assert not await hold_inline(file_locker, shared=shared)
+        assert path.read_bytes() == f"{sleeper.pid}\n".encode()
+        assert names(lock_dir) == [f"{UPLOAD_ID}.lock"]
+
+    @pytest.mark.parametrize("shared", [False, True])
+    async def test_dead_tusd_holder_is_ignored(
+        self, file_locker: FileLocker, lock_dir: Path, shared: bool
+    ) -> None:
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        pid = await anyio.to_thread.run_sync(dead_pid)
+        path.write_bytes(f"{pid}\n".encode())
+        assert await hold_inline(file_locker, shared=shared)
+        if shared:
+            # a reader changes nothing on disk, not even a stale lock file
+            assert path.read_bytes() == f"{pid}\n".encode()
+        else:
+            assert names(lock_dir) == []
+
+    @pytest.mark.parametrize("shared", [False, True])
+    async def test_holder_in_another_process_is_honoured(
+        self, lock_dir: Path, shared: bool
+    ) -> None:
+        holder = FileLocker(lock_dir)
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # another process's flock(): a new open file description conflicts like one
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, anytus_lock(os.getpid() + 1))
+            assert not await hold_inline(holder, shared=shared)
+        finally:
+            os.close(fd)
+        assert await hold_inline(holder, shared=shared)
+
+    async def test_held_in_this_process_would_block(self, file_locker: FileLocker) -> None:
+        await file_locker.acquire(UPLOAD_ID)
+        try:
+            for shared in (False, True):
+                with pytest.raises(anyio.WouldBlock):
+                    file_locker.hold_inline(UPLOAD_ID, shared=shared)
+        finally:
+            await file_locker.release(UPLOAD_ID)
+
+    async def test_an_acquirer_waits_for_an_inline_hold(self, file_locker: FileLocker) -> None:
+        hold = file_locker.hold_inline(UPLOAD_ID)
+        assert await anyio.to_thread.run_sync(hold.enter)
+        async with anyio.create_task_group() as tg:
+            acquired = anyio.Event()
+
+            async def acquire() -> None:
+                await file_locker.acquire(UPLOAD_ID, timeout=5)
+                acquired.set()
+
+            tg.start_soon(acquire)
+            await anyio.wait_all_tasks_blocked()
+            assert not acquired.is_set()
+            await anyio.to_thread.run_sync(hold.exit)
+            hold.close()
+            with anyio.fail_after(5):
+                await acquired.wait()
+        assert file_locker.locked(UPLOAD_ID)
+        await file_locker.release(UPLOAD_ID)
