@@ -1,4 +1,4 @@
-"""A lean ASGI 3 HTTP/1.1 server on trio, built on h11, for ``anytus serve --backend trio``.
+"""A lean ASGI 3 HTTP/1.1 server on anyio, built on h11, for ``anytus serve --backend trio``.
 
 Why not hypercorn: its trio server reads the socket 64 KiB at a time and passes every piece through
 its protocol layers and an app queue; on a large upload the event loop spends its time there. This
@@ -7,7 +7,7 @@ requests), in large pieces (:data:`READ_SIZE`, 256 KiB), and everything h11 pars
 goes to the app as one ``http.request`` message. That also gives backpressure for free: nothing is read
 while the app has not asked for more, so a connection holds at most one read of body in memory.
 
-What it does, per connection (one trio task each, in one nursery):
+What it does, per connection (one task each, in one task group):
 
 - parse the request head with h11 (at most :data:`MAX_HEAD_SIZE` bytes, within
   :data:`HEAD_TIMEOUT` of its first byte; an idle keep-alive connection is closed after
@@ -32,11 +32,12 @@ import http
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import anyio
+import anyio.abc
 import h11
-import trio
 
 if TYPE_CHECKING:
     import socket
@@ -117,20 +118,18 @@ class _Disconnected(Exception):
 class _Connection:
     """One client connection: h11's state, the socket, and the running request's ASGI state."""
 
-    def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
+    def __init__(self, server: _Server, stream: anyio.abc.SocketStream) -> None:
         self.server = server
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         #: waiting for a request head with nothing received yet: shutdown may close it at once
         self.idle = False
-        self.idle_scope: trio.CancelScope | None = None
+        self.idle_scope: anyio.CancelScope | None = None
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
-        try:
-            self.client = _address(stream.socket.getpeername())
-            self.local = _address(stream.socket.getsockname())
-        except OSError:
-            pass
+        with contextlib.suppress(OSError, anyio.TypedAttributeLookupError):
+            self.client = _address(stream.extra(anyio.abc.SocketAttribute.remote_address))
+            self.local = _address(stream.extra(anyio.abc.SocketAttribute.local_address))
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -143,7 +142,7 @@ class _Connection:
         self.body_done = False
         self.response_started = False
         self.response_complete = False
-        self.response_done_event = trio.Event()
+        self.response_done_event = anyio.Event()
         self.pending_start: dict[str, Any] | None = None
         self.expect_100 = False
 
@@ -152,8 +151,8 @@ class _Connection:
     async def _read(self) -> bool:
         """Read once from the socket into h11; False once the client closed (or reset)."""
         try:
-            data = await self.stream.receive_some(READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = await self.stream.receive(READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             data = b""
         # no checkpoint between the read and handing the bytes to h11: a cancellation (the app's
         # timeout around receive()) never loses data
@@ -181,7 +180,7 @@ class _Connection:
                 if self.server.stopping:
                     return None
                 self.idle = True
-                with trio.move_on_after(KEEP_ALIVE_TIMEOUT) as self.idle_scope:
+                with anyio.move_on_after(KEEP_ALIVE_TIMEOUT) as self.idle_scope:
                     received = await self._read()
                 self.idle = False
                 self.idle_scope = None
@@ -189,11 +188,11 @@ class _Connection:
                     # timed out, closed by the client, or by the shutdown: both sides are
                     # between messages, so closing loses nothing
                     return None
-                deadline = trio.current_time() + HEAD_TIMEOUT
+                deadline = anyio.current_time() + HEAD_TIMEOUT
                 continue
             if deadline == math.inf:
-                deadline = trio.current_time() + HEAD_TIMEOUT
-            with trio.move_on_at(deadline):
+                deadline = anyio.current_time() + HEAD_TIMEOUT
+            with anyio.CancelScope(deadline=deadline):
                 await self._read()
                 continue
             logger.debug("request head not complete within %gs: closing", HEAD_TIMEOUT)
@@ -282,7 +281,7 @@ class _Connection:
     async def _wait_for_end(self) -> None:
         """Block (a ``receive()`` after the whole body) until the response is complete or the
         client goes away."""
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
 
             async def watch_socket() -> None:
                 # bytes that come now belong to a pipelined next request: h11 keeps them; a
@@ -292,7 +291,7 @@ class _Connection:
                         self.eof = True
                         break
                 else:
-                    await trio.sleep_forever()
+                    await anyio.sleep_forever()
                 nursery.cancel_scope.cancel()
 
             async def watch_response() -> None:
@@ -308,8 +307,8 @@ class _Connection:
         if not data:
             return
         try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             self.disconnected = True
             raise _Disconnected from exc
 
@@ -431,6 +430,7 @@ class _Connection:
                 failed = await self._call_app(request)
             finally:
                 self.server.busy -= 1
+                self.server.notify()
             if failed or self.disconnected or self.eof:
                 return
             if conn.our_state is not h11.DONE:
@@ -502,7 +502,7 @@ class _Connection:
     async def _drain(self) -> bool:
         """Read and drop the rest of a body the app did not read; True if it all came in time."""
         dropped = 0
-        with trio.move_on_after(DRAIN_TIME):
+        with anyio.move_on_after(DRAIN_TIME):
             while dropped <= DRAIN_SIZE:
                 try:
                     event = self.conn.next_event()
@@ -530,15 +530,17 @@ class _Connection:
         ) or self.conn.their_state is h11.ERROR
         try:
             if lingering:
-                with trio.move_on_after(DRAIN_TIME):
+                with anyio.move_on_after(DRAIN_TIME):
                     await stream.send_eof()
                     dropped = 0
                     while dropped <= DRAIN_SIZE:
-                        data = await stream.receive_some(READ_SIZE)
-                        if not data:
-                            break
-                        dropped += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                        dropped += len(await stream.receive(READ_SIZE))
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            anyio.BusyResourceError,
+        ):
             pass
         finally:
             await stream.aclose()
@@ -557,10 +559,12 @@ class _Server:
         #: connections that are running a request
         self.busy = 0
         self.connections: set[_Connection] = set()
+        #: set (and replaced) when a connection ends or finishes a request
+        self.changed = anyio.Event()
         #: the lifespan state (ASGI ``state``): each request gets a shallow copy
         self.state: dict[str, Any] = {}
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: anyio.abc.SocketStream) -> None:
         """One connection, start to end; never raises (except for cancellation)."""
         connection = _Connection(self, stream)
         self.connections.add(connection)
@@ -571,10 +575,16 @@ class _Server:
             logger.exception("error on the connection from %s", connection.client)
         finally:
             self.connections.discard(connection)
+            self.notify()
             try:
                 await connection.close()
             except Exception:
                 logger.debug("error closing the connection", exc_info=True)
+
+    def notify(self) -> None:
+        """Wake whoever waits on :attr:`changed`."""
+        self.changed.set()
+        self.changed = anyio.Event()
 
     def stop_idle(self) -> None:
         """Close every connection that waits for a next request."""
@@ -589,12 +599,17 @@ class _Lifespan:
     def __init__(self, app: Callable[..., Awaitable[None]], state: dict[str, Any]) -> None:
         self.app = app
         self.state = state
-        self._to_app_send, self._to_app = trio.open_memory_channel[dict[str, Any]](2)
-        self.started = trio.Event()
-        self.stopped = trio.Event()
+        self._to_app_send, self._to_app = anyio.create_memory_object_stream[dict[str, Any]](2)
+        self.started = anyio.Event()
+        self.stopped = anyio.Event()
         self.failure: str | None = None
         #: the app does not do lifespans (it raised before its startup completed)
         self.unsupported = False
+
+    def close(self) -> None:
+        """Close the channel to the app (memory streams warn if dropped open)."""
+        self._to_app_send.close()
+        self._to_app.close()
 
     async def run(self) -> None:
         scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
@@ -628,7 +643,7 @@ class _Lifespan:
 
     async def startup(self) -> None:
         await self._to_app_send.send({"type": "lifespan.startup"})
-        with trio.move_on_after(LIFESPAN_TIMEOUT):
+        with anyio.move_on_after(LIFESPAN_TIMEOUT):
             await self.started.wait()
         if not self.started.is_set():
             raise LifespanFailedError(f"lifespan startup took more than {LIFESPAN_TIMEOUT:g}s")
@@ -639,7 +654,7 @@ class _Lifespan:
         if self.unsupported or self.stopped.is_set():
             return
         await self._to_app_send.send({"type": "lifespan.shutdown"})
-        with trio.move_on_after(LIFESPAN_TIMEOUT):
+        with anyio.move_on_after(LIFESPAN_TIMEOUT):
             await self.stopped.wait()
 
 
@@ -667,45 +682,47 @@ async def serve(
     :raises LifespanFailedError: the app's lifespan startup failed
     """
     server = _Server(app)
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    listener = await anyio.abc.SocketListener.from_socket(sock)
     lifespan = _Lifespan(server.app, server.state)
-    async with trio.open_nursery() as outer:
-        outer.start_soon(lifespan.run)
-        try:
-            await lifespan.startup()
-        except BaseException:
-            await listener.aclose()
-            outer.cancel_scope.cancel()
-            raise
-        async with trio.open_nursery() as connections:
-            accepting = trio.CancelScope()
+    # the channel to the app is closed however serving ends (memory streams warn if dropped open)
+    with contextlib.closing(lifespan):
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(lifespan.run)
+            try:
+                await lifespan.startup()
+            except BaseException:
+                await listener.aclose()
+                outer.cancel_scope.cancel()
+                raise
+            async with anyio.create_task_group() as connections:
+                accepting = anyio.CancelScope()
 
-            async def accept() -> None:
-                with accepting:
-                    await trio.serve_listeners(
-                        cast("Any", server.handle), [listener], handler_nursery=connections
+                async def accept() -> None:
+                    # closing the listener at shutdown ends a pending accept with ClosedResourceError
+                    with accepting, contextlib.suppress(anyio.ClosedResourceError):
+                        await listener.serve(server.handle, task_group=connections)
+
+                connections.start_soon(accept)
+                if ready is not None:
+                    ready()
+                await shutdown_trigger()
+                server.stopping = True
+                accepting.cancel()
+                await listener.aclose()
+                server.stop_idle()
+                with anyio.move_on_after(shutdown_timeout):
+                    while server.connections:
+                        server.stop_idle()
+                        # woken when a connection ends or one that was running a request goes idle
+                        await server.changed.wait()
+                if server.busy:
+                    logger.warning(
+                        "requests still running after %gs: cancelling them", shutdown_timeout
                     )
-
-            connections.start_soon(accept)
-            if ready is not None:
-                ready()
-            await shutdown_trigger()
-            server.stopping = True
-            accepting.cancel()
-            await listener.aclose()
-            server.stop_idle()
-            with trio.move_on_after(shutdown_timeout):
-                while server.connections:
-                    server.stop_idle()
-                    await trio.sleep(0.01)
-            if server.busy:
-                logger.warning(
-                    "requests still running after %gs: cancelling them", shutdown_timeout
-                )
-                if before_cancel is not None:
-                    before_cancel()
-            connections.cancel_scope.cancel()
-        with trio.move_on_after(LIFESPAN_TIMEOUT) as scope:
-            scope.shield = True
-            await lifespan.shutdown()
-        outer.cancel_scope.cancel()
+                    if before_cancel is not None:
+                        before_cancel()
+                connections.cancel_scope.cancel()
+            with anyio.move_on_after(LIFESPAN_TIMEOUT) as scope:
+                scope.shield = True
+                await lifespan.shutdown()
+            outer.cancel_scope.cancel()
