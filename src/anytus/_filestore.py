@@ -32,12 +32,10 @@ from ._datastore import (
 from ._exceptions import (
     CorruptUploadInfo,
     LengthAlreadyDeclared,
-    OffsetMismatch,
     SizeExceeded,
     StorageError,
     StorageFull,
     UploadExists,
-    UploadIsFinal,
     UploadNotFound,
 )
 from ._ids import new_upload_id, validate_upload_id
@@ -167,31 +165,6 @@ class FileStore(StoreBase):
         :raises ~anytus.CorruptUploadInfo: if ``[id].info`` is unreadable
         """
         return (await self.get_upload(upload_id)).info
-
-    async def write_chunk(self, upload_id: str, offset: int, source: AsyncIterable[bytes]) -> int:
-        """Append the bytes of *source* to the upload, starting at *offset*.
-
-        Chunks are gathered, without copying, into batches of at least ``buffer_size`` bytes that a
-        worker thread writes with one ``writev``; while it writes, the next batch is received, and
-        everything received meanwhile goes in the next write. At most about ``16 * buffer_size``
-        bytes per upload are in memory: receiving waits while ``8 * buffer_size`` are queued.
-        Bytes taken from *source* are stored even when *source* raises or the task is cancelled:
-        the exception then propagates, and the offset counts them.
-
-        :return: the number of bytes stored
-        :raises ~anytus.OffsetMismatch: if *offset* is not the upload's offset
-        :raises ~anytus.SizeExceeded: if *source* holds more than the upload's remaining length;
-            what fits is stored first
-        :raises ~anytus.UploadIsFinal: if the upload is a final upload
-        :raises ~anytus.UploadNotFound: if there is no such upload
-        """
-        upload = await self.get_upload(upload_id)
-        info = upload.info
-        if info.is_final:
-            raise UploadIsFinal(f"upload {upload_id} is a final upload and accepts no data")
-        if offset != info.offset:
-            raise OffsetMismatch(f"upload {upload_id} is at offset {info.offset}, not {offset}")
-        return await upload.write_chunk(source)
 
     def get_reader(
         self, upload_id: str, *, start: int = 0, end: int | None = None
@@ -453,8 +426,8 @@ class FileStore(StoreBase):
                             os.unlink(entry.path)
 
 
-class FileUpload(Upload):
-    """One upload of a :class:`FileStore`, loaded once (see :meth:`FileStore.get_upload`)."""
+class _Loaded:
+    """An upload of a :class:`FileStore` as loaded: its state and where its data is."""
 
     def __init__(self, store: FileStore, info: UploadInfo, data_path: str) -> None:
         self._store = store
@@ -463,12 +436,26 @@ class FileUpload(Upload):
 
     @property
     def info(self) -> UploadInfo:
+        """The upload as loaded, updated by what was done to it since."""
         return self._info
+
+
+class FileUpload(_Loaded, Upload):
+    """One upload of a :class:`FileStore`, loaded once (see :meth:`FileStore.get_upload`)."""
 
     def __repr__(self) -> str:
         return f"<FileUpload {self._info.id} at {self._info.offset}/{self._info.size}>"
 
     async def write_chunk(self, source: AsyncIterable[bytes]) -> int:
+        """Append the bytes of *source* at the loaded offset.
+
+        Chunks are gathered, without copying, into batches of at least ``buffer_size`` bytes that a
+        worker thread writes with one ``writev``; while it writes, the next batch is received, and
+        everything received meanwhile goes in the next write. At most about ``16 * buffer_size``
+        bytes per upload are in memory: receiving waits while ``8 * buffer_size`` are queued.
+        Bytes taken from *source* are stored even when *source* raises or the task is cancelled:
+        the exception then propagates, and the offset counts them.
+        """
         store = self._store
         info = self._info
         remaining = None if info.size is None else info.size - info.offset
@@ -556,17 +543,8 @@ class FileUpload(Upload):
         self._info = dataclasses.replace(self._info, size=total, offset=total)
 
 
-class _SyncFileUpload(SyncUpload):
+class _SyncFileUpload(_Loaded, SyncUpload):
     """A :class:`FileUpload` as seen from the worker thread of a one-hop request."""
-
-    def __init__(self, store: FileStore, info: UploadInfo, data_path: str) -> None:
-        self._store = store
-        self._info = info
-        self._data_path = data_path
-
-    @property
-    def info(self) -> UploadInfo:
-        return self._info
 
     def write(self, data: bytes) -> int:
         info = self._info

@@ -23,10 +23,8 @@ from ._datastore import (
 )
 from ._exceptions import (
     LengthAlreadyDeclared,
-    OffsetMismatch,
     SizeExceeded,
     UploadExists,
-    UploadIsFinal,
     UploadNotFound,
 )
 from ._ids import new_upload_id, validate_upload_id
@@ -135,28 +133,6 @@ class MemoryStore(StoreBase):
         """
         return (await self.get_upload(upload_id)).info
 
-    async def write_chunk(self, upload_id: str, offset: int, source: AsyncIterable[bytes]) -> int:
-        """Append the bytes of *source* to the upload, starting at *offset*.
-
-        Each chunk is stored as it arrives, so bytes taken from *source* are kept even when
-        *source* raises or the task is cancelled: the exception then propagates, and the offset
-        counts them.
-
-        :return: the number of bytes stored
-        :raises ~anytus.OffsetMismatch: if *offset* is not the upload's offset
-        :raises ~anytus.SizeExceeded: if *source* holds more than the upload's remaining length;
-            what fits is stored first
-        :raises ~anytus.UploadIsFinal: if the upload is a final upload
-        :raises ~anytus.UploadNotFound: if there is no such upload
-        """
-        upload = await self.get_upload(upload_id)
-        info = upload.info
-        if info.is_final:
-            raise UploadIsFinal(f"upload {upload_id} is a final upload and accepts no data")
-        if offset != info.offset:
-            raise OffsetMismatch(f"upload {upload_id} is at offset {info.offset}, not {offset}")
-        return await upload.write_chunk(source)
-
     def get_reader(
         self, upload_id: str, *, start: int = 0, end: int | None = None
     ) -> AbstractAsyncContextManager[MemoryReadStream]:
@@ -250,6 +226,8 @@ class MemoryUpload(Upload):
         return self._entry
 
     async def write_chunk(self, source: AsyncIterable[bytes]) -> int:
+        """Append the bytes of *source*: each chunk is stored as it arrives, so bytes taken are
+        kept even when *source* raises or the task is cancelled."""
         await anyio.lowlevel.checkpoint()
         entry = self._live_entry()
         info = self._info

@@ -18,10 +18,16 @@ from ._datastore import (
     TerminatableStore,
     TruncatableStore,
 )
-from ._exceptions import CorruptUploadInfo, UploadNotFinished, UploadNotFound
+from ._exceptions import (
+    CorruptUploadInfo,
+    OffsetMismatch,
+    UploadIsFinal,
+    UploadNotFinished,
+    UploadNotFound,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import AsyncIterable, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from ._datastore import Locker, StoreComposer
@@ -91,6 +97,28 @@ class StoreBase(
         composer.use_truncater(self)
         composer.use_expirer(self)
         composer.use_locker(self.locker)
+
+    async def write_chunk(self, upload_id: str, offset: int, source: AsyncIterable[bytes]) -> int:
+        """Append the bytes of *source* to the upload, starting at *offset* (checked here, then
+        written by the upload object: :meth:`~anytus.FileUpload.write_chunk`).
+
+        Bytes taken from *source* are stored even when *source* raises or the task is cancelled:
+        the exception then propagates, and the offset counts them.
+
+        :return: the number of bytes stored
+        :raises ~anytus.OffsetMismatch: if *offset* is not the upload's offset
+        :raises ~anytus.SizeExceeded: if *source* holds more than the upload's remaining length;
+            what fits is stored first
+        :raises ~anytus.UploadIsFinal: if the upload is a final upload
+        :raises ~anytus.UploadNotFound: if there is no such upload
+        """
+        upload = await self.get_upload(upload_id)
+        info = upload.info
+        if info.is_final:
+            raise UploadIsFinal(f"upload {upload_id} is a final upload and accepts no data")
+        if offset != info.offset:
+            raise OffsetMismatch(f"upload {upload_id} is at offset {info.offset}, not {offset}")
+        return await upload.write_chunk(source)
 
     async def concat_uploads(self, final_id: str, partial_ids: Sequence[str]) -> None:
         """Fill the empty final upload with the partial uploads' bytes, in order.
