@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,10 +16,19 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from _server import TUS, ServerProcess, TusClient, run_server_process, subprocess_env, wait_for
+from _server import (
+    OFFSET_CONTENT_TYPE,
+    TUS,
+    ServerProcess,
+    TusClient,
+    raw_request,
+    run_server_process,
+    subprocess_env,
+    wait_for,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.slow
@@ -171,6 +181,13 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
             client.join(30)
 
     assert exit_code == 0, server.stderr_lines[-20:]
+    # interrupted at the end of the shutdown timeout, it was told why and when to come back
+    [response] = outcome
+    assert isinstance(response, httpx.Response), response
+    assert response.status_code == 503
+    assert response.text.startswith("ERR_SERVER_SHUTTING_DOWN")
+    assert response.headers["Retry-After"]
+    assert not [line for line in server.stderr_lines if "Traceback" in line]
     kept = stored.stat().st_size
     assert 0 < kept < size
     assert stored.read_bytes() == b"\x01" * kept
@@ -181,13 +198,109 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_killed_worker_stops_the_server(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_shutdown_waits_for_a_running_upload_and_a_second_signal_does_not(
+    tmp_path: Path, backend: str, workers: str
+) -> None:
+    """SIGINT: the upload in flight is let finish; SIGINT again: the server exits at once,
+    quietly, keeping what it received."""
+    directory = tmp_path / "uploads"
+    data = os.urandom(300_000)
+    options = ("--backend", backend, "--workers", workers, "--shutdown-timeout", "60")
+    with run_server_process(directory, *options) as server:
+        urls = []
+        for _ in range(2):
+            created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+            urls.append(created.headers["Location"])
+        target = [f"/files/{url.rsplit('/', 1)[1]}" for url in urls]
+        host = f"127.0.0.1:{server.port}"
+        headers = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE}
+        with (
+            socket.create_connection(("127.0.0.1", server.port)) as finishing,
+            socket.create_connection(("127.0.0.1", server.port)) as stalled,
+        ):
+            for client, path in zip((finishing, stalled), target, strict=True):
+                request = raw_request("PATCH", path, host, headers, content_length=len(data))
+                client.sendall(request + data[:100_000])
+            locks = [directory / f"{path.rsplit('/', 1)[1]}.lock" for path in target]
+            assert poll(lambda: all(lock.exists() for lock in locks)), server.stderr_lines
+
+            server.process.send_signal(signal.SIGINT)
+            assert poll(lambda: any("shutting down" in line for line in server.stderr_lines))
+            # the running request goes on to its end and is answered
+            finishing.sendall(data[100_000:])
+            finishing.settimeout(20)
+            assert finishing.recv(4096).startswith(b"HTTP/1.1 204"), server.stderr_lines
+
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGINT)
+            exit_code = server.process.wait(20)
+            elapsed = time.monotonic() - started
+    assert exit_code == 0, server.stderr_lines[-20:]
+    assert elapsed < 10  # not the 60 s shutdown timeout
+    assert not [line for line in server.stderr_lines if "Traceback" in line], "\n".join(
+        server.stderr_lines
+    )
+    first, second = (directory / f"{path.rsplit('/', 1)[1]}.bin" for path in target)
+    assert first.read_bytes() == data
+    kept = second.read_bytes()
+    assert kept == data[: len(kept)]
+
+
+def poll(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll another process's state until *predicate* holds or *timeout* passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backend: str) -> None:
+    """SIGKILL of the worker that streams an upload: it is reaped and replaced, the service stays
+    up, and the upload resumes at once through the other worker, byte-exact."""
+    data = os.urandom(200_000)
     with run_server_process(tmp_path / "uploads", "--backend", backend, "--workers", "2") as server:
-        first, second = worker_pids(server)
-        os.kill(first, signal.SIGKILL)
-        assert server.process.wait(20) == 1
-        assert any(f"worker {first} exited with status -9" in line for line in server.stderr_lines)
-        assert not running(second)
+        first_workers = set(worker_pids(server))
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+        upload_id = created.headers["Location"].rsplit("/", 1)[1]
+        lock = server.directory / f"{upload_id}.lock"
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            headers = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE}
+            target = f"/files/{upload_id}"
+            host = f"127.0.0.1:{server.port}"
+            client.sendall(
+                raw_request("PATCH", target, host, headers, content_length=len(data))
+                + data[:100_000]
+            )
+            # the worker streaming the body holds the lock: its PID is the record's first line
+            assert poll(lambda: lock.exists() and lock.read_bytes().count(b"\n") >= 1)
+            holder = int(lock.read_text().split()[0])
+            stored = server.directory / f"{upload_id}.bin"
+            assert holder in first_workers
+            os.kill(holder, signal.SIGKILL)
+
+            # reaped at once: no zombie left for lock judgements to trip on
+            assert poll(lambda: not os.path.exists(f"/proc/{holder}")), server.stderr_lines
+            assert poll(lambda: any("is ready" in line for line in server.stderr_lines))
+        assert any(f"worker {holder} exited with status -9" in line for line in server.stderr_lines)
+        assert server.process.poll() is None
+
+        # the lock it held is free at once: no 423, no waiting for a poll interval
+        url = f"{server.url}{upload_id}"
+        with httpx.Client(headers=TUS, timeout=10) as tus:
+            offset = int(tus.head(url).headers["Upload-Offset"])
+            assert offset == stored.stat().st_size <= 100_000
+            resumed = tus.patch(
+                url,
+                headers={"Upload-Offset": str(offset), "Content-Type": OFFSET_CONTENT_TYPE},
+                content=data[offset:],
+            )
+            assert resumed.status_code == 204, resumed.text
+        assert stored.read_bytes() == data
+        assert server.stop(signal.SIGTERM, timeout=30) == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -27,6 +27,8 @@ from ._exceptions import OffsetMismatch as OffsetMismatch
 from ._exceptions import OriginNotAllowed as OriginNotAllowed
 from ._exceptions import RangeNotSatisfiable as RangeNotSatisfiable
 from ._exceptions import RequestBodyTimeout as RequestBodyTimeout
+from ._exceptions import ServerShuttingDown as ServerShuttingDown
+from ._exceptions import ServiceUnavailable as ServiceUnavailable
 from ._exceptions import SizeExceeded as SizeExceeded
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageFull as StorageFull
@@ -92,6 +94,8 @@ __all__ = (
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
     "SizeExceeded",
+    "ServerShuttingDown",
+    "ServiceUnavailable",
     "StorageError",
     "StorageFull",
     "TusError",

@@ -23,6 +23,8 @@ __all__ = (
     "OriginNotAllowed",
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
+    "ServerShuttingDown",
+    "ServiceUnavailable",
     "SizeExceeded",
     "StorageError",
     "StorageFull",
@@ -296,6 +298,31 @@ class StorageFull(StorageError):
     status_code = 507
     error_code = "ERR_STORAGE_FULL"
     default_message = "no space left in the storage"
+
+
+class ServiceUnavailable(TusError):
+    """Raised when the server cannot take the request now but will later (out of file
+    descriptors, shutting down): a client retries after ``Retry-After`` seconds."""
+
+    status_code = 503
+    error_code = "ERR_SERVICE_UNAVAILABLE"
+    default_message = "the server cannot take this request now; retry in a moment"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
+
+
+class ServerShuttingDown(ServiceUnavailable):
+    """Raised when a server that is shutting down stops a running upload (which keeps every
+    byte it received) or refuses a new request."""
+
+    error_code = "ERR_SERVER_SHUTTING_DOWN"
+    default_message = "the server is shutting down; resume the upload in a moment"
 
 
 class UploadExists(TusError):

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
 
 import anyio
@@ -42,6 +42,7 @@ from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._datastore import OneHopStore, StoreComposer
 from ._exceptions import (
     RequestBodyTimeout,
+    ServerShuttingDown,
     TusError,
     UploadExpired,
     UploadInterrupted,
@@ -155,29 +156,36 @@ class _Exchange:
             scheme=self.scheme,
         )
 
-    async def read_small(self, idle_timeout: float) -> tuple[bytes, TusError | None]:
+    async def read_small(
+        self, idle_timeout: float, interrupt: anyio.CancelScope
+    ) -> tuple[bytes, TusError | None]:
         """Read a small body whole (at most :data:`SMALL_BODY` bytes are kept); stop early on a
-        disconnect or once the client has been idle for *idle_timeout* (then return what came,
-        to be stored, and the error to answer with)."""
+        disconnect, once the client has been idle for *idle_timeout*, or when *interrupt* is
+        cancelled (a shutdown): then return what came, to be stored, and the error to answer
+        with."""
         chunks: list[bytes] = []
         size = 0
-        while self.body is _Body.UNREAD:
-            message: ASGIReceiveEvent | None = None
-            with anyio.move_on_after(idle_timeout):
-                message = await self.receive()
-            if message is None:
-                self.body = _Body.ABANDONED
-                timeout = RequestBodyTimeout(f"no data received for {idle_timeout:g} seconds")
-                return b"".join(chunks), timeout
-            if message["type"] != "http.request":
-                self.body = _Body.DISCONNECTED
-                break
-            body = message.get("body", b"")
-            if body and size < SMALL_BODY:
-                chunks.append(body[: SMALL_BODY - size])
-                size += len(chunks[-1])
-            if not message.get("more_body", False):
-                self.body = _Body.DONE
+        with interrupt:
+            while self.body is _Body.UNREAD:
+                message: ASGIReceiveEvent | None = None
+                with anyio.move_on_after(idle_timeout):
+                    message = await self.receive()
+                if message is None:
+                    self.body = _Body.ABANDONED
+                    timeout = RequestBodyTimeout(f"no data received for {idle_timeout:g} seconds")
+                    return b"".join(chunks), timeout
+                if message["type"] != "http.request":
+                    self.body = _Body.DISCONNECTED
+                    break
+                body = message.get("body", b"")
+                if body and size < SMALL_BODY:
+                    chunks.append(body[: SMALL_BODY - size])
+                    size += len(chunks[-1])
+                if not message.get("more_body", False):
+                    self.body = _Body.DONE
+        if interrupt.cancelled_caught and self.body is _Body.UNREAD:
+            self.body = _Body.ABANDONED
+            return b"".join(chunks), ServerShuttingDown()
         return b"".join(chunks), None
 
 
@@ -394,12 +402,43 @@ class TusApp:
             extensions=self.extensions,
         )
 
+        #: the body transfers running (cancel scopes), for interrupt_uploads()
+        self._body_scopes: set[anyio.CancelScope] = set()
+        self._interrupting = False
         self._lifespans = 0  # lifespans running: then they do the periodic cleanup
         self._cleanup_running = False
         self._next_cleanup = time.monotonic() + (self.cleanup_interval or 0)
 
     def __repr__(self) -> str:
         return f"TusApp({self.store!r}, base_path={self.base_path!r})"
+
+    def interrupt_uploads(self) -> None:
+        """Stop every request body being received, now and from now on, for a server's shutdown.
+
+        Each running upload stores every byte it received and answers 503
+        ``ERR_SERVER_SHUTTING_DOWN`` with ``Retry-After``, so that its client resumes later (from
+        another server process, or this one restarted); so does every request after this call.
+        ``anytus serve`` calls it when its ``--shutdown-timeout`` has passed.
+        """
+        self._interrupting = True
+        for scope in self._body_scopes:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def _interruptible(self, scope: anyio.CancelScope, *, enter: bool = True) -> Iterator[None]:
+        """Run the block with *scope* (a body transfer) cancelled by :meth:`interrupt_uploads`;
+        *enter*: enter the scope here (otherwise the block enters it)."""
+        if self._interrupting:
+            scope.cancel()
+        self._body_scopes.add(scope)
+        try:
+            if enter:
+                with scope:
+                    yield
+            else:
+                yield
+        finally:
+            self._body_scopes.discard(scope)
 
     # -- ASGI -----------------------------------------------------------------------------------
 
@@ -429,6 +468,8 @@ class TusApp:
         exchange = _Exchange(scope, receive, send, request)
         response: core.Response | None
         try:
+            if self._interrupting:
+                raise ServerShuttingDown("the server is shutting down; retry in a moment")
             response = await self._handle(exchange, self.core.parse(request))
         except TusError as exc:
             if exchange.response_started:
@@ -556,7 +597,9 @@ class TusApp:
     ) -> _Appended:
         content_length = exchange.request.content_length
         if content_length is not None and content_length <= SMALL_BODY:
-            data, body_error = await exchange.read_small(self.idle_timeout)
+            interrupt = anyio.CancelScope()
+            with self._interruptible(interrupt, enter=False):
+                data, body_error = await exchange.read_small(self.idle_timeout, interrupt)
             appended = await self._append_small(exchange, upload_id, offset, length, checksum, data)
             if body_error is not None and appended.error is None:
                 appended = dataclasses.replace(appended, error=body_error)
@@ -664,7 +707,7 @@ class TusApp:
             hasher = core.new_hasher(checksum.algorithm) if checksum is not None else None
             reader = _BodyReader(exchange, limit=plan.limit, exceeded=plan.exceeded, hasher=hasher)
             failure: Exception | None = None
-            with body_scope:
+            with self._interruptible(body_scope):
                 async with anyio.create_task_group() as tg:
                     if math.isfinite(self.idle_timeout):
                         tg.start_soon(reader.watch_idle, self.idle_timeout, body_scope)
@@ -681,9 +724,8 @@ class TusApp:
             # a body read to its end was stored whole: a release request that came after that
             # (while the store closed the file) interrupted nothing
             if error is None and body_scope.cancelled_caught and not reader.complete:
-                logger.info("upload %s interrupted by another request", upload_id)
                 exchange.body = _Body.ABANDONED
-                error = UploadInterrupted()
+                error = ServerShuttingDown() if self._interrupting else UploadInterrupted()
 
             if checksum is not None and hasher is not None:
                 whole = error is None and exchange.body is not _Body.DISCONNECTED
