@@ -3,6 +3,7 @@ options, the lifespan, the access log, and the supervisor's handling of dead pro
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -26,10 +28,11 @@ from _server import (
     subprocess_env,
     wait_for,
 )
+from anytus._serve import BACKLOG
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
+
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +43,7 @@ BACKENDS = [pytest.param(backend, id=f"{backend}-{server}") for backend, server 
 # "[2026-01-01 10:00:00,000] [1234] [INFO] 127.0.0.1:5678 PATCH /files/abc 204 0.001s"
 _ACCESS = re.compile(
     r"\[(?P<pid>\d+)\] \[INFO\] 127\.0\.0\.1:\d+ (?P<method>[A-Z]+) (?P<path>\S+) "
-    r"(?P<status>\d{3}) \d+\.\d{3}s$"
+    r"(?P<status>\d{3}) \d+\.\d{3}s(?: (?P<reason>.*))?$"
 )
 _WORKERS = re.compile(r"started \d+ workers: (?P<pids>[\d ]+)$")
 
@@ -327,3 +330,82 @@ def test_a_port_in_use_is_refused(tmp_path: Path, backend: str) -> None:
         assert second.returncode == 1
         assert f"cannot listen on 127.0.0.1:{server.port}" in second.stderr
         assert httpx.options(server.url).status_code == 200
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_logs_name_each_request_and_upload_event(tmp_path: Path, log_format: str) -> None:
+    """One access line per request, with the error code of a refusal; one line per upload event
+    (created, interrupted, completed, terminated) with its ID, size and file name."""
+    with run_server_process(tmp_path / "uploads", "--log-format", log_format) as server:
+        metadata = {**TUS, "Upload-Metadata": "filename ZsOqdGUucGRm"}  # "fête.pdf"
+        with httpx.Client(headers=TUS, timeout=10) as tus:
+            created = tus.post(server.url, headers={**metadata, "Upload-Defer-Length": "1"})
+            url = created.headers["Location"]
+            upload_id = url.rsplit("/", 1)[1]
+            assert tus.head(f"{server.url}nosuchupload").status_code == 404
+            # a body cut short: the client goes away after 1,000 of 5,000 bytes
+            with socket.create_connection(("127.0.0.1", server.port)) as client:
+                headers = {
+                    **TUS,
+                    "Upload-Offset": "0",
+                    "Upload-Length": "5000",
+                    "Content-Type": OFFSET_CONTENT_TYPE,
+                }
+                host = f"127.0.0.1:{server.port}"
+                path = f"/files/{upload_id}"
+                client.sendall(raw_request("PATCH", path, host, headers, content_length=5000))
+                client.sendall(b"a" * 1000)
+            assert poll(lambda: any("interrupted" in line for line in server.stderr_lines))
+            resumed = tus.patch(
+                url,
+                headers={"Upload-Offset": "1000", "Content-Type": OFFSET_CONTENT_TYPE},
+                content=b"b" * 4000,
+            )
+            assert resumed.status_code == 204
+            assert tus.delete(url).status_code == 204
+            assert poll(lambda: any("DELETE" in line for line in server.stderr_lines))
+    lines = server.stderr_lines
+    if log_format == "json":
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        events = {r["event"]: r for r in records if r.get("upload_id") == upload_id}
+        assert set(events) == {"created", "interrupted", "completed", "terminated"}, records
+        assert events["created"]["size"] is None
+        assert events["interrupted"]["offset"] == 1000
+        assert events["completed"]["size"] == 5000
+        assert all(event["upload_filename"] == "fête.pdf" for event in events.values())
+        assert all(r["logger"].startswith("anytus.") for r in records), records
+        [refused] = [r for r in records if r["logger"] == "anytus.access" and r["status"] == 404]
+        assert refused["message"].endswith("ERR_UPLOAD_NOT_FOUND: upload nosuchupload not found")
+        return
+    text = "\n".join(lines)
+    assert f"upload {upload_id} created (deferred length, filename 'fête.pdf')" in text
+    assert (
+        f"upload {upload_id} interrupted (at 1000 of 5000 bytes, filename 'fête.pdf', "
+        "the client disconnected)" in text
+    )
+    assert f"upload {upload_id} completed (5000 bytes, filename 'fête.pdf')" in text
+    assert f"upload {upload_id} terminated (5000 bytes, filename 'fête.pdf')" in text
+    assert sum(upload_id in line and "interrupted" in line for line in lines) == 1
+    [refused] = [m for line in lines if (m := _ACCESS.search(line)) and m["status"] == "404"]
+    assert refused["reason"] == "ERR_UPLOAD_NOT_FOUND: upload nosuchupload not found"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_listen_backlog_and_open_files_limit(tmp_path: Path, backend: str) -> None:
+    """The backlog asked for is the one in effect (up to the kernel's cap), and the soft limit on
+    open files is raised to the hard one."""
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    prefix = ["prlimit", "--nofile=256:4096"]
+    with run_server_process(tmp_path / "uploads", "--backend", backend, prefix=prefix) as server:
+        listening = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{server.port}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        # State Recv-Q Send-Q ...: a listening socket's Send-Q is its backlog
+        assert listening[0] == "LISTEN"
+        assert int(listening[2]) == min(BACKLOG, somaxconn)
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3:5] == ["4096", "4096"]

@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ("FileLocker", "MemoryLocker")
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("anytus.locks")
 
 #: identifies this process among all processes that ever had its PID
 PROCESS_TOKEN = secrets.token_hex(8)

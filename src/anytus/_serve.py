@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from ._asgi_types import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
     from .asgi import TusApp
 
+from .asgi import error_of
+
 __all__ = (
     "BACKLOG",
     "GRACEFUL_TIMEOUT",
@@ -325,7 +327,8 @@ async def _serve_granian(
         backlog=BACKLOG,
         task_impl=TaskImpl.asyncio,  # real asyncio tasks: anyio's cancel scopes work in them
         runtime_threads=1,
-        log_level=LogLevels.warning,
+        # its one warning is "Embedded server is experimental!", at every start: noise to operators
+        log_level=LogLevels.error,
         log_dictconfig=_GRANIAN_LOGGING,
         log_access=False,  # _AccessLog writes it, with our logger and format
     )
@@ -408,8 +411,9 @@ async def _wait_until_accepting(endpoint: Endpoint) -> None:
 
 
 class _AccessLog:
-    """ASGI middleware: one ``anytus.access`` line per request, ``CLIENT METHOD PATH STATUS 0.001s``,
-    on either server; and :attr:`started`, set once the app's lifespan startup is complete."""
+    """ASGI middleware: one ``anytus.access`` line per request, ``CLIENT METHOD PATH STATUS 0.001s``
+    and, for an error, its code and message (``404 0.001s ERR_UPLOAD_NOT_FOUND: upload not
+    found``), on either server; and :attr:`started`, set once the app's lifespan startup is complete."""
 
     def __init__(
         self, app: Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
@@ -458,14 +462,23 @@ class _AccessLog:
             status = "cancelled"
         finally:
             self._running.discard(request_scope)
+            error = error_of(scope)
+            reason = f" {error.error_code}: {error.message}" if error is not None else ""
             client = scope.get("client")
             access_logger.info(
-                "%s %s %s %s %.3fs",
+                "%s %s %s %s %.3fs%s",
                 f"{client[0]}:{client[1]}" if client else "-",
                 scope["method"],
                 scope["path"],
                 status,
                 time.perf_counter() - started,
+                reason,
+                extra={
+                    "status": status,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "error_code": error.error_code if error is not None else None,
+                },
             )
 
     async def _lifespan(

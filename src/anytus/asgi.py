@@ -21,7 +21,17 @@ the lock is free; anything else takes the lock in the event loop and streams.
 
 from __future__ import annotations
 
-__all__ = ("SMALL_BODY", "ASGIApp", "HookRequest", "Message", "Receive", "Scope", "Send", "TusApp")
+__all__ = (
+    "SMALL_BODY",
+    "ASGIApp",
+    "HookRequest",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "TusApp",
+    "error_of",
+)
 
 import contextlib
 import dataclasses
@@ -31,7 +41,7 @@ import math
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -43,6 +53,7 @@ from ._datastore import OneHopStore, StoreComposer
 from ._exceptions import (
     RequestBodyTimeout,
     ServerShuttingDown,
+    ServiceUnavailable,
     TusError,
     UploadExpired,
     UploadInterrupted,
@@ -282,6 +293,65 @@ class _BodyReader:
             await anyio.sleep(timeout - idle)
 
 
+#: where TusApp leaves the error it answered with, in the request's scope (read by error_of)
+_ERROR_KEY = "anytus.error"
+
+
+class _InternalError(TusError):
+    """A failure that is not a TusError (a bug), as error_of reports it."""
+
+
+def _record_error(scope: HTTPScope, error: TusError) -> None:
+    # the scope is the one place shared with the server and middleware around the app
+    cast("dict[str, object]", scope)[_ERROR_KEY] = error
+
+
+def error_of(scope: Mapping[str, Any]) -> TusError | None:
+    """The :class:`~anytus.TusError` a :class:`TusApp` answered the request of *scope* with, if
+    it answered with an error: for access logs in middleware or servers around the app (a
+    ``HEAD`` refusal has no body to read the reason from). Call it after the app returned."""
+    error = scope.get(_ERROR_KEY)
+    return error if isinstance(error, TusError) else None
+
+
+def _log_event(event: str, info: UploadInfo, detail: str | None = None) -> None:
+    """One ``anytus.asgi`` line for an upload's event (created, completed, interrupted,
+    terminated, expired), with its ID, size and file name; in JSON logs these are fields too."""
+    size = "deferred length" if info.size is None else f"{info.size} bytes"
+    if event == "interrupted":
+        size = f"at {info.offset} of {size}"
+    filename = info.metadata.get("filename")
+    described = [size]
+    if filename:
+        described.append(f"filename {filename[:200]!r}")
+    if detail:
+        described.append(detail)
+    logger.info(
+        "upload %s %s (%s)",
+        info.id,
+        event,
+        ", ".join(described),
+        extra={
+            "event": event,
+            "upload_id": info.id,
+            "size": info.size,
+            "offset": info.offset,
+            "upload_filename": filename,
+        },
+    )
+
+
+def _log_interruption(exchange: _Exchange, appended: _Appended) -> None:
+    """Log a body that ended before its end: the client went away, went quiet, or another
+    request or the shutdown stopped it (what arrived is stored)."""
+    if appended.info.is_complete:
+        return
+    if exchange.body is _Body.DISCONNECTED:
+        _log_event("interrupted", appended.info, "the client disconnected")
+    elif exchange.body is _Body.ABANDONED and appended.error is not None:
+        _log_event("interrupted", appended.info, appended.error.message)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Appended:
     """The outcome of writing one request body."""
@@ -474,15 +544,20 @@ class TusApp:
         except TusError as exc:
             if exchange.response_started:
                 raise
-            if exc.status_code >= 500:
+            if exc.status_code >= 500 and not isinstance(
+                exc, (RequestBodyTimeout, ServiceUnavailable)
+            ):
+                # the client's own failures and refusals are in the access log; these are ours
                 logger.warning("%s %s: %r", request.method, request.raw_path, exc)
             response = self.core.error(exc)
+            _record_error(scope, exc)
         except Exception:
             if exchange.response_started:
                 # the body is half sent: only dropping the connection tells the client
                 raise
             logger.exception("error handling %s %s", request.method, request.raw_path)
             response = self.core.internal_error()
+            _record_error(scope, _InternalError())
         if response is not None and exchange.body is not _Body.DISCONNECTED:
             await self._send_response(exchange, response)
         if self._cleanup_due():
@@ -527,7 +602,7 @@ class TusApp:
         if self._terminater is not None:
             with contextlib.suppress(UploadNotFound):
                 await upload.terminate()
-        logger.info("upload %s expired", upload.info.id)
+        _log_event("expired", upload.info)
 
     # -- HEAD -----------------------------------------------------------------------------------
 
@@ -557,6 +632,7 @@ class TusApp:
             length=request.length,
             checksum=request.checksum,
         )
+        _log_interruption(exchange, appended)
         if appended.completed:
             await self._finished(appended.info)
         if appended.error is not None:
@@ -571,11 +647,12 @@ class TusApp:
             await self.on_create(draft, exchange.hook_request())
         info = await self._store.new_upload(draft)
         exchange.extra_headers.append(("Location", self._url(exchange, info.id)))
-        logger.info("created upload %s (%s bytes)", info.id, request.size)
+        _log_event("created", info)
         if request.with_body:
             appended = await self._append(
                 exchange, info.id, offset=0, length=None, checksum=request.checksum
             )
+            _log_interruption(exchange, appended)
             if appended.completed:
                 await self._finished(appended.info)
             if appended.error is not None:
@@ -769,7 +846,7 @@ class TusApp:
             if isinstance(exc, UploadNotFound):
                 raise UploadNotFinished(f"a partial upload disappeared: {exc.message}") from exc
             raise
-        logger.info("concatenated %d uploads into %s", len(partials), created.id)
+        _log_event("created", final.info, f"concatenating {len(partials)} uploads")
         exchange.extra_headers.append(("Location", self._url(exchange, created.id)))
         await self._finished(final.info)
         return core.Response(201)
@@ -858,7 +935,7 @@ class TusApp:
                 # "When receiving a DELETE request for an existing upload the Server SHOULD free
                 # associated resources and MUST respond with the 204 No Content status"
                 await upload.terminate()
-        logger.info("terminated upload %s", request.upload_id)
+        _log_event("terminated", info)
         if self.on_terminate is not None:
             await self.on_terminate(info)
         return core.Response(204)
@@ -866,7 +943,7 @@ class TusApp:
     # -- completion and expiration --------------------------------------------------------------
 
     async def _finished(self, info: UploadInfo) -> None:
-        logger.info("upload %s complete (%d bytes)", info.id, info.offset)
+        _log_event("completed", info)
         if self.on_finish is not None:
             await self.on_finish(info)
 
