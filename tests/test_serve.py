@@ -3,6 +3,7 @@ options, the lifespan, the access log, and the supervisor's handling of dead pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -409,3 +410,68 @@ def test_listen_backlog_and_open_files_limit(tmp_path: Path, backend: str) -> No
         limits = Path(f"/proc/{server.process.pid}/limits").read_text()
         [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
         assert line.split()[3:5] == ["4096", "4096"]
+
+
+def read_response(client: socket.socket) -> bytes:
+    """One whole response (head and ``Content-Length`` body) from a blocking socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += client.recv(65536) or b"\0"  # a NUL marks EOF, to fail the caller's check
+    head, body = data.split(b"\r\n\r\n", 1)
+    match = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+    while match and len(body) < int(match[1]):
+        more = client.recv(65536)
+        if not more:
+            break
+        body += more
+    return data[: len(head) + 4] + body
+
+
+def test_out_of_file_descriptors_answers_503(tmp_path: Path) -> None:
+    """With its descriptors used up by uploads in flight, the server answers 503 with
+    Retry-After (a load peak that passes), never 500; once they end, it serves again."""
+    limit = 64
+    prefix = ["prlimit", f"--nofile={limit}:{limit}"]
+    with run_server_process(tmp_path / "uploads", prefix=prefix) as server:
+        host = f"127.0.0.1:{server.port}"
+        fds = Path(f"/proc/{server.process.pid}/fd")
+        held: list[tuple[socket.socket, str]] = []
+        answers: list[bytes] = []
+        try:
+            # connections, each with an upload created: one descriptor each, accepted while
+            # there are descriptors to accept them with
+            while len(list(fds.iterdir())) < limit - 6:
+                client = socket.create_connection(("127.0.0.1", server.port))
+                client.settimeout(20)
+                create = {**TUS, "Upload-Length": "1000000"}
+                client.sendall(raw_request("POST", "/files/", host, create, content_length=0))
+                head = read_response(client)
+                assert head.startswith(b"HTTP/1.1 201"), head
+                [location] = [
+                    line.split(b": ", 1)[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"location:")
+                ]
+                held.append((client, "/" + location.decode().split("/", 3)[3]))
+            # then a PATCH on each: one in flight holds its data and lock files open too
+            patch = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE}
+            for client, path in held:
+                client.sendall(raw_request("PATCH", path, host, patch, content_length=1000000))
+                client.sendall(b"x" * 100_000)
+            for client, _ in held:
+                client.settimeout(0.5)
+                with contextlib.suppress(TimeoutError):  # still streaming: it got its files
+                    answers.append(read_response(client))
+        finally:
+            for client, _ in held:
+                client.close()
+        assert answers, "the descriptors never ran out: raise the load"
+        for head in answers:
+            assert head.startswith(b"HTTP/1.1 503"), "\n".join(server.stderr_lines[-60:])
+            assert b"ERR_TOO_MANY_OPEN_FILES" in head
+            assert b"\r\nretry-after: " in head.lower()
+        # the peak has passed: it serves again
+        assert poll(lambda: httpx.options(server.url).status_code == 200)
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
+        assert created.status_code == 201
+        assert server.process.poll() is None

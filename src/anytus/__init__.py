@@ -32,6 +32,7 @@ from ._exceptions import ServiceUnavailable as ServiceUnavailable
 from ._exceptions import SizeExceeded as SizeExceeded
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageFull as StorageFull
+from ._exceptions import TooManyOpenFiles as TooManyOpenFiles
 from ._exceptions import TusError as TusError
 from ._exceptions import UnsupportedChecksumAlgorithm as UnsupportedChecksumAlgorithm
 from ._exceptions import UnsupportedMediaType as UnsupportedMediaType
@@ -98,6 +99,7 @@ __all__ = (
     "ServiceUnavailable",
     "StorageError",
     "StorageFull",
+    "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",

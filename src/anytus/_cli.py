@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from types import FrameType
 
-__all__ = ("main",)
+__all__ = ("main", "parse_duration", "parse_size")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ applications calling the store directly and HTTP clients see the same vocabulary
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 __all__ = (
@@ -28,6 +29,7 @@ __all__ = (
     "SizeExceeded",
     "StorageError",
     "StorageFull",
+    "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",
@@ -38,6 +40,7 @@ __all__ = (
     "UploadIsFinal",
     "UploadNotFinished",
     "UploadNotFound",
+    "storage_error",
 )
 
 
@@ -317,6 +320,14 @@ class ServiceUnavailable(TusError):
         return [("Retry-After", str(self.retry_after))]
 
 
+class TooManyOpenFiles(ServiceUnavailable):
+    """Raised when the server process (or the system) has run out of file descriptors: a load
+    peak that passes, so the client is asked to retry."""
+
+    error_code = "ERR_TOO_MANY_OPEN_FILES"
+    default_message = "the server has too many files open; retry in a moment"
+
+
 class ServerShuttingDown(ServiceUnavailable):
     """Raised when a server that is shutting down stops a running upload (which keeps every
     byte it received) or refuses a new request."""
@@ -331,3 +342,14 @@ class UploadExists(TusError):
     status_code = 409
     error_code = "ERR_UPLOAD_EXISTS"
     default_message = "an upload with this ID exists already"
+
+
+def storage_error(exc: OSError) -> StorageError | TooManyOpenFiles:
+    """The :class:`~anytus.StorageError` for a failed system call (507 for a full disk), or
+    :class:`~anytus.TooManyOpenFiles` (503, retry) when file descriptors ran out."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return TooManyOpenFiles()
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left in the storage: {reason}")
+    return StorageError(f"storage error: {reason}")

@@ -47,6 +47,7 @@ __all__ = (
     "GRACEFUL_TIMEOUT",
     "INTERRUPT_GRACE",
     "Endpoint",
+    "JSONFormatter",
     "LoggingOptions",
     "ServeOptions",
     "WorkerFailedError",

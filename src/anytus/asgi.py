@@ -59,6 +59,7 @@ from ._exceptions import (
     UploadInterrupted,
     UploadNotFinished,
     UploadNotFound,
+    storage_error,
 )
 from ._info import UploadInfo
 
@@ -540,7 +541,11 @@ class TusApp:
         try:
             if self._interrupting:
                 raise ServerShuttingDown("the server is shutting down; retry in a moment")
-            response = await self._handle(exchange, self.core.parse(request))
+            try:
+                response = await self._handle(exchange, self.core.parse(request))
+            except OSError as exc:
+                # a system call of a locker (lock files) or a store that let it through
+                raise storage_error(exc) from exc
         except TusError as exc:
             if exchange.response_started:
                 raise
