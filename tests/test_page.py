@@ -201,15 +201,19 @@ def test_page_has_no_external_urls() -> None:
 
 
 @pytest.mark.slow
-def test_no_page_answers_404(tmp_path: Path) -> None:
+def test_no_page_answers_404_and_head_answers_the_headers(tmp_path: Path) -> None:
     with run_server_process(tmp_path / "uploads", "--no-page") as server:
         assert httpx.get(f"{server.origin}/").status_code == 404
         assert httpx.get(f"{server.origin}/anytus-page.js").status_code == 404
-    with run_server_process(tmp_path / "uploads") as server:
+    with run_server_process(tmp_path / "uploads", "--backend", "trio") as server:
         response = httpx.get(f"{server.origin}/")
         assert response.status_code == 200
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         assert 'content="files/"' in response.text
+        head = httpx.head(f"{server.origin}/")
+        assert head.status_code == 200
+        assert head.headers["content-length"] == str(len(response.content))
+        assert head.content == b""
 
 
 @pytest.mark.slow
@@ -245,12 +249,46 @@ def test_page_uploads_files_byte_exact(
             assert content == data
             assert metadata == {"filename": path.name, "filetype": filetype}
             assert row["offset"] == str(len(data))
+        # a file dropped on the page, built in the page: 64 KiB + 1 of bytes 0..255 over and over
+        dropped = bytes(range(256)) * 256 + b"\x00"
+        page.dispatch_event(
+            "#drop",
+            "drop",
+            {
+                "dataTransfer": page.evaluate_handle(
+                    """() => {
+                        const bytes = new Uint8Array(65537).map((_, i) => i % 256);
+                        const transfer = new DataTransfer();
+                        transfer.items.add(new File([bytes], "dropped.dat"));
+                        return transfer;
+                    }"""
+                )
+            },
+        )
+        row = wait_settled(page, 3)[2]
+        assert row["state"] == "done", row
+        assert stored(server, row["url"]) == (dropped, {"filename": "dropped.dat"})
+
         # a finished upload is forgotten: picking the file again uploads it anew
         assert page.evaluate("localStorage.length") == 0
         # the page talked to its own server only, and nothing it did was refused
         assert all(url.startswith(f"{server.origin}/") for url in requests), requests
         # (Chromium asks for /favicon.ico by itself; that 404 is the only complaint)
         assert [e for e in errors if "404" not in e] == [], errors
+
+
+@pytest.mark.slow
+def test_refused_upload_says_why(page: Page, tmp_path: Path) -> None:
+    path, _ = make_file(tmp_path, "too big.bin", 2000)
+    with run_server_process(tmp_path / "uploads", "--max-size", "1000") as server:
+        open_page(page, server)
+        page.set_input_files("#files", path)
+        (row,) = wait_settled(page, 1)
+        # a 4xx is final: no retries, the server's reason on the row, and a button to try again
+        assert row["state"] == "error", row
+        assert "POST answered 413: ERR_MAX_SIZE_EXCEEDED" in row["status"], row
+        assert page.inner_text("#uploads li button.toggle") == "Resume"
+        assert list(server.directory.glob("*.bin")) == []
 
 
 @pytest.mark.slow
