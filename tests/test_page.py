@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -127,6 +128,15 @@ def hold_patches_from(page: Page, number: int) -> list[Route]:
 
     page.route("**/*", handle)
     return held
+
+
+def wait_held(page: Page, held: list[Route], timeout: float = 10.0) -> None:
+    """Let Playwright dispatch events until a request is held back (its handler runs on the
+    Python side, only while a Playwright call waits)."""
+    deadline = time.monotonic() + timeout
+    while not held:
+        assert time.monotonic() < deadline, "no request was held back"
+        page.wait_for_timeout(10)
 
 
 def release(page: Page, held: list[Route]) -> None:
@@ -300,9 +310,9 @@ def test_pause_and_resume(page: Page, tmp_path: Path) -> None:
         page.set_input_files("#files", path)
         # the first PATCH is through, the second is held: the upload is mid-way
         page.wait_for_selector(f"#uploads li[data-offset='{CHUNK}']", state="attached")
+        wait_held(page, held)
         page.click("#uploads li button.toggle")
         page.wait_for_selector("#uploads li[data-state=paused]", state="attached")
-        assert held  # the page aborted it; the server never received it
         release(page, held)
         url = page.get_attribute("#uploads li", "data-url")
         assert url is not None
@@ -325,13 +335,13 @@ def test_resume_after_reload(page: Page, tmp_path: Path) -> None:
         held = hold_patches_from(page, 3)
         page.set_input_files("#files", path)
         page.wait_for_selector(f"#uploads li[data-offset='{2 * CHUNK}']", state="attached")
+        wait_held(page, held)
         url = page.get_attribute("#uploads li", "data-url")
         assert url is not None
 
         # the user reloads the page while the third PATCH is on its way
         page.reload()
         page.wait_for_selector("body[data-ready=true]", state="attached")
-        assert held
         release(page, held)
         assert page.query_selector_all("#uploads li") == []
         offset = server_offset(url)
