@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"on SIGINT/SIGTERM, let running requests go on this long, then cancel them (they "
         f"keep what they received); default: {GRACEFUL_TIMEOUT:g}",
     )
+    serve.add_argument(
+        "--no-draft",
+        dest="draft",
+        action="store_false",
+        help="answer only tus 1.0.0, not the IETF resumable-upload draft (on by default)",
+    )
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -130,6 +136,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         backend=args.backend,
         durability=args.durability,
         shutdown_timeout=args.shutdown_timeout,
+        draft=args.draft,
     )
     # create the directory once, up front, so that a bad path fails here and not in N workers
     try:

@@ -82,6 +82,8 @@ class ServeOptions:
     durability: Literal["none", "finish", "always"]
     #: how long running requests may go on after a shutdown signal
     shutdown_timeout: float = GRACEFUL_TIMEOUT
+    #: also serve the IETF resumable-upload draft (``TusApp(draft=...)``)
+    draft: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ async def _serve(
         base_path=options.base_path,
         max_size=options.max_size,
         expire_after=options.expire_after,
+        draft=options.draft,
     )
     app = _AccessLog(tus)
 
