@@ -108,5 +108,5 @@ def test_dictionary_serialisation_round_trips() -> None:
 
 @pytest.mark.parametrize("members", [{"Max": 1}, {"": 1}, {"1a": 1}, {"a": 10**15}, {"a b": 1}])
 def test_dictionary_refuses_what_is_not_a_structured_field(members: dict[str, int]) -> None:
-    with pytest.raises(ValueError, match="Dictionary key|out of range"):
+    with pytest.raises(ValueError, match=r"Dictionary key|out of range"):
         serialize_int_dict(members)
