@@ -306,6 +306,19 @@ class TestCreation:
         created = parse(version, "POST", headers=complete(version, True), body=4, core=core)
         assert isinstance(created, DraftCreate)
 
+    def test_content_longer_than_the_length(self, version: int) -> None:
+        headers = {**complete(version, False), "upload-length": "4"}
+        if version < 6:
+            assert isinstance(parse(version, "POST", headers=headers, body=5), DraftCreate)
+        else:
+            error = refuse(version, "POST", headers=headers, body=5)
+            assert isinstance(error, InconsistentLength)
+
+    def test_content_past_max_size(self, version: int) -> None:
+        core = make(max_size=4)
+        error = refuse(version, "POST", headers=complete(version, False), body=5, core=core)
+        assert isinstance(error, MaxSizeExceeded)
+
     def test_origin_not_allowed(self, version: int) -> None:
         core = make(cors_allow_origins=("https://a.example",))
         headers = {**complete(version, True), "origin": "https://b.example"}

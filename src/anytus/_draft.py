@@ -380,6 +380,14 @@ class DraftCore:
         complete = self._complete(request.headers, version)
         length = self._length(request, version, complete, 0)
         self.check_size(length)
+        content_length = request.content_length
+        if content_length is not None:
+            # content that says up front it is too long is refused before anything is created
+            if length is not None and content_length > length:
+                raise InconsistentLength(
+                    f"the {content_length}-byte content is longer than the length {length}"
+                )
+            self.check_size(content_length)
         metadata = {}
         content_type = request.headers.get("content-type")
         if content_type:

@@ -86,7 +86,13 @@ async def _create(
     location = app._url(exchange, info.id)
     exchange.extra_headers.append(("Location", location))
     await _send_interim(exchange, draft.interim(version, location))
-    info = await _write(app, exchange, draft, version, info.id, 0, request.complete, request.length)
+    if info.is_complete:
+        # a length of 0: complete the moment it exists (as tus's "Upload-Length: 0")
+        await app._finished(info)
+    if exchange.request.has_body or not info.is_complete:
+        info = await _write(
+            app, exchange, draft, version, info.id, 0, request.complete, request.length
+        )
     return draft.created(version, info, app._clock())
 
 
