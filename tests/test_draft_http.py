@@ -527,13 +527,16 @@ def test_readme_curl_example(tmp_path: Path) -> None:
     start = readme.index("<!-- draft-curl -->")
     block = readme[start:].split("```sh\n", 1)[1].split("```", 1)[0]
     assert f"Upload-Draft-Interop-Version: {NEWEST}" in block
-    with run_server_process(tmp_path, "--backend", "trio") as process:
+    store = tmp_path / "uploads"
+    with run_server_process(store, "--backend", "trio") as process:
         # the README's server listens on the default port; this one on a free one
         block = block.replace("http://127.0.0.1:1080", process.origin)
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", block],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "HTTP/1.1 104 Upload Resumption Supported" in result.stdout
     assert "upload-complete: ?1" in result.stdout.lower()
+    (data,) = store.glob("*.bin")
+    assert data.read_bytes() == b"hello world"
