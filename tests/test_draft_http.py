@@ -540,3 +540,128 @@ def test_readme_curl_example(tmp_path: Path) -> None:
     assert "upload-complete: ?1" in result.stdout.lower()
     (data,) = store.glob("*.bin")
     assert data.read_bytes() == b"hello world"
+
+
+async def test_serve_walk(served: tuple[ServerProcess, str]) -> None:
+    """The newest version's walk through ``anytus serve`` as users run it, on either server."""
+    process, _ = served
+    h = interop(NEWEST)
+    async with httpx.AsyncClient(timeout=15) as http:
+        created = await http.post(process.url, headers={**h, **done(NEWEST, False)}, content=b"ab")
+        assert created.status_code == 201
+        location = created.headers["location"]
+        head = await http.head(location, headers=h)
+        assert (head.status_code, head.headers["upload-offset"]) == (204, "2")
+        last = await http.patch(location, headers=append(NEWEST, 2, True), content=b"cd")
+        assert (last.status_code, last.headers["upload-complete"]) == (200, "?1")
+        too_big = await http.patch(location, headers=append(NEWEST, 4, True), content=b"e")
+        assert too_big.status_code == 400
+        assert (await http.delete(location, headers=h)).status_code == 204
+    upload_id = id_of(location)
+    assert not (process.directory / f"{upload_id}.info").exists()
+
+
+# -- the h11 server's interim responses, in process -------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def h11_serving(app: Any) -> AsyncIterator[tuple[str, int]]:
+    import socket
+
+    from anytus._h11server import serve
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    stop = anyio.Event()
+    started = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve(app, sock, shutdown_trigger=stop.wait, ready=started.set))
+        await started.wait()
+        try:
+            yield "127.0.0.1", port
+        finally:
+            stop.set()
+
+
+async def _exchange(port: int, request: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request)
+        return await RawReader(stream).responses()
+
+
+async def test_h11_informational_before_the_response() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        assert "http.response.informational" in scope["extensions"]
+        await send({"type": "http.response.informational", "status": 103,
+                    "headers": [(b"link", b"</a>; rel=preload")]})  # fmt: skip
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        # once the response started, an interim response is dropped
+        await send({"type": "http.response.informational", "status": 104, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with h11_serving(app) as (_, port):
+        answers = await _exchange(port, head_bytes("GET", "/", "x", {}))
+    assert [(status, body) for status, _, body in answers] == [(103, b""), (200, b"ok")]
+    assert answers[0][1]["link"] == "</a>; rel=preload"
+
+
+@pytest.mark.parametrize("status", [99, 101, 200])
+async def test_h11_informational_refuses_other_statuses(status: int) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.informational", "status": status, "headers": []})
+
+    async with h11_serving(app) as (_, port):
+        answers = await _exchange(port, head_bytes("GET", "/", "x", {}))
+    assert [status for status, _, _ in answers] == [500]
+
+
+@pytest.mark.parametrize("version", [3, NEWEST])
+async def test_tusapp_sends_104_over_the_h11_server(tmp_path: Path, version: int) -> None:
+    app = TusApp(FileStore(tmp_path), max_size=1000)
+    async with h11_serving(app) as (host, port):
+        headers = {**interop(version), **done(version, True), "Content-Length": "3"}
+        answers = await _exchange(
+            port, head_bytes("POST", "/files/", f"{host}:{port}", headers) + b"abc"
+        )
+    (code, interim, _), (status, final, _) = answers
+    assert (code, status) == (104, 201)
+    assert interim["location"] == final["location"]
+    assert interim["upload-draft-interop-version"] == str(version)
+    assert ("upload-limit" in interim) is (version >= 6)
+
+
+# -- hooks and downloads ----------------------------------------------------------------------------
+
+
+async def test_rejected_creation_is_problem_details(tmp_path: Path) -> None:
+    from anytus import HookRejected
+
+    async def on_create(info: UploadInfo, request: HookRequest) -> None:
+        raise HookRejected(401, "log in first")
+
+    app = TusApp(FileStore(tmp_path), on_create=on_create)
+    async with serve_app(app) as url, httpx.AsyncClient() as http:
+        refused = await http.post(url, headers={**interop(NEWEST), **done(NEWEST, True)})
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json() == {
+        "type": "about:blank",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": "log in first",
+        "code": "ERR_REJECTED_BY_HOOK",
+    }
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_download_of_a_draft_upload(srv: Served) -> None:
+    h = {**interop(NEWEST), **done(NEWEST, True), "Content-Type": "text/plain"}
+    created = await srv.http.post(srv.url, headers=h, content=b"hello")
+    got = await srv.http.get(created.headers["location"], headers=interop(NEWEST))
+    assert (got.status_code, got.content) == (200, b"hello")
+    assert got.headers["content-type"].startswith("text/plain")
