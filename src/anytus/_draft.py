@@ -55,6 +55,7 @@ __all__ = (
     "InconsistentLength",
     "MismatchingOffset",
     "Version",
+    "bind",
 )
 
 INTEROP_HEADER: Final = "Upload-Draft-Interop-Version"
