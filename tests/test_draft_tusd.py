@@ -145,14 +145,22 @@ def running_tusd(directory: Path) -> Iterator[int]:
         if os.environ.get("CI"):
             pytest.fail(f"tusd is not at {TUSD}")
         pytest.skip(f"tusd is not at {TUSD}")
+    import shutil
     import socket
 
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = TUSD
+    if not os.access(binary, os.X_OK):
+        # a copy of shared/ may come without its mode bits: run a private executable copy
+        binary = directory.parent / "tusd-peer"
+        shutil.copyfile(TUSD, binary)
+        binary.chmod(0o755)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
         [
-            str(TUSD), "-host", "127.0.0.1", "-port", str(port), "-upload-dir", str(directory),
+            str(binary), "-host", "127.0.0.1", "-port", str(port), "-upload-dir", str(directory),
             "-base-path", "/files/", "-verbose=false", "-enable-experimental-protocol",
             "-max-size", str(MAX_SIZE),
         ],
@@ -176,7 +184,7 @@ async def _accepting(port: int) -> bool:
 
 
 async def test_recording_is_what_tusd_answers(tmp_path: Path) -> None:
-    with running_tusd(tmp_path) as port:
+    with running_tusd(tmp_path / "uploads") as port:
         assert await wait_for(lambda: _accepting(port), timeout=10)
         assert await run_sequence(port) == json.loads(RECORDING.read_text())
 
@@ -206,7 +214,7 @@ def record() -> None:
     import tempfile
 
     async def main() -> dict[str, dict[str, Any]]:
-        with tempfile.TemporaryDirectory() as directory, running_tusd(Path(directory)) as port:
+        with tempfile.TemporaryDirectory() as directory, running_tusd(Path(directory, "uploads")) as port:
             await wait_for(lambda: _accepting(port), timeout=10)
             return await run_sequence(port)
 
