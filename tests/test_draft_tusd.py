@@ -214,7 +214,10 @@ def record() -> None:
     import tempfile
 
     async def main() -> dict[str, dict[str, Any]]:
-        with tempfile.TemporaryDirectory() as directory, running_tusd(Path(directory, "uploads")) as port:
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            running_tusd(Path(directory, "uploads")) as port,
+        ):
             await wait_for(lambda: _accepting(port), timeout=10)
             return await run_sequence(port)
 
