@@ -156,6 +156,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not serve the upload page on / (then / answers 404)",
     )
+    serve.add_argument(
+        "--no-draft",
+        dest="draft",
+        action="store_false",
+        help="answer only tus 1.0.0, not the IETF resumable-upload draft (on by default)",
+    )
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -230,6 +236,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         backend=args.backend,
         durability=args.durability,
         shutdown_timeout=args.shutdown_timeout,
+        draft=args.draft,
         logging=logging_options,
         page=args.page,
     )

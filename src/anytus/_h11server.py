@@ -13,6 +13,10 @@ What it does, per connection (one task each, in one task group):
   :data:`HEAD_TIMEOUT` of its first byte; an idle keep-alive connection is closed after
   :data:`KEEP_ALIVE_TIMEOUT`), then run the app inline with its ``receive`` and ``send``;
 - ``Expect: 100-continue``: the ``100 Continue`` goes out when the app first calls ``receive()``;
+- other interim responses (the resumable-upload draft's ``104``): the scope offers the
+  ``http.response.informational`` extension; the app sends ``{"type":
+  "http.response.informational", "status": 1xx, "headers": [...]}`` before its response (a
+  ``100 Continue`` still owed goes out first);
 - after the response: keep the connection (h11 keep-alive and pipelining) when both sides
   finished their message; a body the app did not read is read and dropped for a bounded time
   (:data:`DRAIN_TIME`, :data:`DRAIN_SIZE`), otherwise the connection is closed;
@@ -84,7 +88,10 @@ _SERVER_HEADER = (b"server", b"anytus")
 #: a response message up to this size is sent with one write (joined), a larger one piecewise
 _JOIN_LIMIT = 64 * 1024
 #: reason phrases (h11 sends an empty one unless told)
-_REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
+_REASONS = {
+    104: b"Upload Resumption Supported",  # the resumable-upload draft's, not in http.HTTPStatus
+    **{status.value: status.phrase.encode("ascii") for status in http.HTTPStatus},
+}
 #: statuses whose responses never have a body, nor a Content-Length of it
 _NO_BODY = frozenset({204, 304, *range(100, 200)})
 
@@ -326,6 +333,9 @@ class _Connection:
             # instead of chunked framing
             self.pending_start = message
             return
+        if kind == "http.response.informational":
+            await self._send_informational(message)
+            return
         if kind != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
         if not self.response_started or self.response_complete:
@@ -356,6 +366,29 @@ class _Connection:
                     await self._send_bytes(piece)
         except _Disconnected:
             return
+
+    async def _send_informational(self, message: dict[str, Any]) -> None:
+        """An interim (1xx) response, before the final one; dropped once that has started."""
+        status = int(message["status"])
+        if not 100 <= status < 200 or status == 101:
+            raise RuntimeError(f"not an informational status: {status}")
+        if self.response_started or self.disconnected:
+            return
+        conn = self.conn
+        events: list[h11.InformationalResponse] = []
+        if self.expect_100 and conn.client_is_waiting_for_100_continue:
+            # "the server MUST NOT omit the 100 (Continue) response because it has sent an
+            # interim response with the 104 (Upload Resumption Supported) status code"
+            self.expect_100 = False
+            events.append(h11.InformationalResponse(status_code=100, headers=[]))
+        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
+        events.append(
+            h11.InformationalResponse(
+                status_code=status, headers=headers, reason=_REASONS.get(status, b"")
+            )
+        )
+        with contextlib.suppress(_Disconnected):
+            await self._send_bytes(b"".join(conn.send(event) or b"" for event in events))
 
     async def _flush_start(self, length: int | None) -> None:
         """Send the held ``http.response.start``; *length*: the whole body's, if known."""
@@ -416,6 +449,7 @@ class _Connection:
             "client": self.client,
             "server": self.local,
             "state": dict(self.server.state),
+            "extensions": {"http.response.informational": {}},
         }
 
     async def run(self) -> None:

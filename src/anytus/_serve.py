@@ -108,6 +108,8 @@ class ServeOptions:
     logging: LoggingOptions = LoggingOptions()
     #: serve the upload page on ``/`` (``--no-page``: no)
     page: bool = True
+    #: also serve the IETF resumable-upload draft (``TusApp(draft=...)``)
+    draft: bool = True
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ async def _serve(
         base_path=options.base_path,
         max_size=options.max_size,
         expire_after=options.expire_after,
+        draft=options.draft,
     )
     if options.page:
         from ._page import PageApp, load_page

@@ -47,6 +47,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _core as core
+from . import _draft, _draft_asgi
 from . import _protocol as proto
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._datastore import OneHopStore, StoreComposer
@@ -87,6 +88,12 @@ SMALL_BODY: Final = 64 * 1024
 # (httpx, requests...) then get the answer on a healthy connection instead of a reset. A body still
 # unread after that is not worth more (tus/tusd#1371): the connection is closed.
 _LINGER_TIME: Final = 5.0
+
+
+class _HeaderBuilder(Protocol):
+    def response_headers(
+        self, request: core.Request, response: core.Response, extra: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]: ...
 
 
 class _StoreLike(Protocol):
@@ -131,7 +138,17 @@ class _Body(enum.Enum):
 class _Exchange:
     """One HTTP request and its answer: the ASGI callables and the connection's state."""
 
-    __slots__ = ("body", "extra_headers", "receive", "request", "response_started", "scope", "send")
+    __slots__ = (
+        "body",
+        "builder",
+        "extra_headers",
+        "planner",
+        "receive",
+        "request",
+        "response_started",
+        "scope",
+        "send",
+    )
 
     def __init__(
         self,
@@ -148,6 +165,10 @@ class _Exchange:
         self.response_started = False
         #: headers every response to this request carries, errors included (``Location``)
         self.extra_headers: list[tuple[str, str]] = []
+        #: builds the response headers: the tus core, or the draft's for a draft request
+        self.builder: _HeaderBuilder | None = None
+        #: the append rules (``TusCore.plan_append`` unless the draft's)
+        self.planner: Callable[..., core.AppendPlan] | None = None
 
     @property
     def scheme(self) -> str:
@@ -395,6 +416,9 @@ class TusApp:
         all, ``()`` disables CORS handling (no CORS headers, no origin check)
     :param max_metadata_size: the longest ``Upload-Metadata`` header accepted, in bytes (400)
     :param clock: the wall clock, in seconds since the epoch (expiry); tests pass their own
+    :param draft: also answer requests that carry ``Upload-Draft-Interop-Version`` by the IETF
+        resumable-upload draft (interop versions 3-10, :mod:`anytus._draft`), on the same
+        endpoint and store; needs a store that can defer lengths
     """
 
     def __init__(
@@ -413,6 +437,7 @@ class TusApp:
         cors_allow_origins: Sequence[str] = ("*",),
         max_metadata_size: int = 4096,
         clock: Callable[[], float] = time.time,
+        draft: bool = True,
     ) -> None:
         if not base_path.startswith("/"):
             raise ValueError(f"base_path must start with '/', got {base_path!r}")
@@ -471,6 +496,11 @@ class TusApp:
             cors_allow_origins=self.cors_allow_origins,
             max_metadata_size=max_metadata_size,
             extensions=self.extensions,
+        )
+
+        #: the draft's rules, if it is served
+        self.draft = (
+            _draft.DraftCore(self.core) if draft and composer.length_deferrer is not None else None
         )
 
         #: the body transfers running (cancel scopes), for interrupt_uploads()
@@ -537,12 +567,16 @@ class TusApp:
             scope["method"], path, core.normalize_headers(scope["headers"])
         )
         exchange = _Exchange(scope, receive, send, request)
+        version = self.draft.version_of(request.headers) if self.draft is not None else None
         response: core.Response | None
         try:
             if self._interrupting:
                 raise ServerShuttingDown("the server is shutting down; retry in a moment")
             try:
-                response = await self._handle(exchange, self.core.parse(request))
+                if version is not None:
+                    response = await _draft_asgi.handle(self, exchange, version)
+                else:
+                    response = await self._handle(exchange, self.core.parse(request))
             except OSError as exc:
                 # a system call of a locker (lock files) or a store that let it through
                 raise storage_error(exc) from exc
@@ -554,7 +588,10 @@ class TusApp:
             ):
                 # the client's own failures and refusals are in the access log; these are ours
                 logger.warning("%s %s: %r", request.method, request.raw_path, exc)
-            response = self.core.error(exc)
+            if version is not None and self.draft is not None:
+                response = self.draft.error(version, exc)
+            else:
+                response = self.core.error(exc)
             _record_error(scope, exc)
         except Exception:
             if exchange.response_started:
@@ -707,8 +744,10 @@ class TusApp:
         now = self._clock()
         content_length = exchange.request.content_length
 
+        plan_append = exchange.planner or self.core.plan_append
+
         def plan(info: UploadInfo) -> tuple[core.AppendPlan, bytes, TusError | None]:
-            plan = self.core.plan_append(
+            plan = plan_append(
                 info, offset=offset, length=length, content_length=content_length, now=now
             )
             if plan.nothing_to_write or verdict is not None:
@@ -770,7 +809,7 @@ class TusApp:
         async with self._locked(upload_id, on_release=body_scope.cancel):
             upload = await self._store.get_upload(upload_id)
             try:
-                plan = self.core.plan_append(
+                plan = (exchange.planner or self.core.plan_append)(
                     upload.info,
                     offset=offset,
                     length=length,
@@ -1012,7 +1051,8 @@ class TusApp:
     # -- sending --------------------------------------------------------------------------------
 
     async def _send_response(self, exchange: _Exchange, response: core.Response) -> None:
-        headers = self.core.response_headers(exchange.request, response, exchange.extra_headers)
+        builder = exchange.builder or self.core
+        headers = builder.response_headers(exchange.request, response, exchange.extra_headers)
         drain = False
         if (exchange.body_pending or exchange.body is _Body.ABANDONED) and exchange.scope.get(
             "http_version"
