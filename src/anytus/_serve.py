@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = (
     "configure_logging",
     "reserve_port",
     "run_worker",
+    "tls_context",
 )
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,13 @@ class ServeOptions:
     durability: Literal["none", "finish", "always"]
     #: how long running requests may go on after a shutdown signal
     shutdown_timeout: float = GRACEFUL_TIMEOUT
+    #: trust the proxy headers for upload URLs (``TusApp(behind_proxy=...)``)
+    behind_proxy: bool = False
+    #: HTTPS: the certificate chain and its key (PEM files), both or neither
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    #: ``TusApp(cors_allow_origins=...)``
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,15 @@ def configure_logging() -> None:
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
         force=True,
     )
+
+
+def tls_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
+    """The server side of TLS for the h11 server: Python's defaults (TLS 1.2 and up), HTTP/1.1
+    offered by ALPN; raises :class:`OSError` or :class:`ssl.SSLError` for unusable files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def reserve_port(host: str, port: int) -> tuple[Endpoint, socket.socket]:
@@ -189,6 +207,8 @@ async def _serve(
         base_path=options.base_path,
         max_size=options.max_size,
         expire_after=options.expire_after,
+        cors_allow_origins=options.cors_origins,
+        behind_proxy=options.behind_proxy,
     )
     app = _AccessLog(tus)
 
@@ -196,7 +216,7 @@ async def _serve(
         await _wait_for_shutdown(parent_pid)
 
     serve = _serve_h11 if options.backend == "trio" else _serve_granian
-    await serve(app, endpoint, shutdown_trigger, ready, options.shutdown_timeout)
+    await serve(app, endpoint, shutdown_trigger, ready, options)
     logger.info("stopped")
 
 
@@ -205,11 +225,15 @@ async def _serve_h11(
     endpoint: Endpoint,
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None],
-    shutdown_timeout: float,
+    options: ServeOptions,
 ) -> None:
     from ._h11server import LifespanFailedError, serve
 
     assert endpoint.sock is not None
+    shutdown_timeout = options.shutdown_timeout
+    ssl_context = None
+    if options.certfile is not None:
+        ssl_context = tls_context(options.certfile, options.keyfile)
 
     def cancelling() -> None:
         app.cancelling = True
@@ -223,6 +247,7 @@ async def _serve_h11(
             ready=ready,
             shutdown_timeout=shutdown_timeout,
             before_cancel=cancelling,
+            ssl_context=ssl_context,
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
@@ -233,9 +258,9 @@ async def _serve_granian(
     endpoint: Endpoint,
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None],
-    shutdown_timeout: float,
+    options: ServeOptions,
 ) -> None:
-    from granian.constants import HTTPModes, Interfaces, TaskImpl
+    from granian.constants import HTTPModes, Interfaces, SSLProtocols, TaskImpl
     from granian.log import LogLevels
     from granian.server.embed import Server
 
@@ -252,7 +277,12 @@ async def _serve_granian(
         log_level=LogLevels.warning,
         log_dictconfig=_GRANIAN_LOGGING,
         log_access=False,  # _AccessLog writes it, with our logger and format
+        ssl_cert=options.certfile,
+        ssl_key=options.keyfile,
+        # as Python's ssl (the trio server) and Go (tusd): TLS 1.2 and up
+        ssl_protocol_min=SSLProtocols.tls12,
     )
+    shutdown_timeout = options.shutdown_timeout
     # granian applied its logging configuration (a dictConfig) in the constructor: put ours back
     configure_logging()
 
