@@ -56,7 +56,7 @@ __all__ = (
 TUS: Mapping[str, str] = {"Tus-Resumable": "1.0.0"}
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 
-_BANNER = re.compile(r"anytus: serving (?P<dir>.+) on (?P<url>http://[^\s/]+:(?P<port>\d+)/\S*)")
+_BANNER = re.compile(r"anytus: serving (?P<dir>.+) on (?P<url>https?://[^\s/]+:(?P<port>\d+)/\S*)")
 _ID = re.compile(r"/([A-Za-z0-9_-]+)/?$")
 
 
@@ -141,8 +141,8 @@ class ServerProcess:
 
     @property
     def origin(self) -> str:
-        """``http://HOST:PORT`` of the server."""
-        match = re.match(r"http://[^/]+", self.url)
+        """``http://HOST:PORT`` (or ``https://``) of the server."""
+        match = re.match(r"https?://[^/]+", self.url)
         assert match is not None
         return match.group(0)
 
