@@ -491,9 +491,11 @@ class TusApp:
                     "reach it: leave base_path out to serve at the mount, or give a path under it"
                 )
                 known = (message, False)
-                logger.error("%s", known[0])
-            if len(self._mount_bases) < 64:  # a handful of mounts; never grows without bound
+            # a handful of mounts in practice; the cache (and the log) never grow without bound
+            if len(self._mount_bases) < 64:
                 self._mount_bases[mount] = known
+                if not known[1]:
+                    logger.error("%s", known[0])
         text, valid = known
         return text if valid else BasePathMismatch(text)
 
