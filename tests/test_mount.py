@@ -10,12 +10,18 @@ include the mount.
   ``root_path``, ``path`` and ``raw_path``;
 - Starlette mounts (single, nested), a server root_path (hypercorn's, where ``path`` lacks it),
   the old repeated-prefix form and a disagreeing ``base_path``, all over real HTTP on both
-  backends. (Each framework's example is run by tests/test_examples.py with a real tus client.)
+  backends; uvicorn's ``--root-path`` (a subprocess) around the Starlette example. (Each
+  framework's example is run by tests/test_examples.py with a real tus client.)
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -23,16 +29,17 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from _server import TUS, TusClient, serve_app, upload_id_of
+from _server import TUS, TusClient, serve_app, subprocess_env, upload_id_of
 from anytus import FileStore
 from anytus._protocol import split_mount
 from anytus.asgi import TusApp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     from starlette.routing import BaseRoute
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.mark.parametrize(
@@ -206,3 +213,73 @@ async def test_a_mount_behind_a_proxy_prefix(tmp_path: Path) -> None:
         assert created.status_code == 201, created.text
         location = created.headers["Location"]
         assert location == f"https://up.example/app/uploads/{upload_id_of(location)}"
+
+
+def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
+    """uvicorn's ``--root-path`` puts root_path in front of ``path`` and ``raw_path`` (newer ASGI
+    servers do); with a Starlette mount inside, the upload URLs carry both."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(EXAMPLES),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--root-path",
+        "/api",
+        "--log-level",
+        "warning",
+        "starlette_app:app",
+    ]
+    env = dict(subprocess_env(), ANYTUS_UPLOAD_DIR=str(tmp_path))
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if httpx.get(f"{origin}/", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # as a proxy that removed /api passes the request on
+        created = httpx.post(f"{origin}/uploads/", headers={**TUS, "Upload-Length": "2"})
+        assert created.status_code == 201, created.text
+        location = created.headers["Location"]
+        upload_id = upload_id_of(location)
+        assert location == f"{origin}/api/uploads/{upload_id}"
+        patched = httpx.patch(
+            f"{origin}/uploads/{upload_id}",
+            headers={
+                **TUS,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+            content=b"ok",
+        )
+        assert patched.status_code == 204, patched.text
+        assert (tmp_path / f"{upload_id}.bin").read_bytes() == b"ok"
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
