@@ -176,6 +176,12 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         help="log lines as text, or as one JSON object each (default: text)",
     )
+    serve.add_argument(
+        "--no-page",
+        dest="page",
+        action="store_false",
+        help="do not serve the upload page on / (then / answers 404)",
+    )
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -272,6 +278,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         durability=args.durability,
         shutdown_timeout=args.shutdown_timeout,
         logging=logging_options,
+        page=args.page,
         behind_proxy=args.behind_proxy,
         certfile=None if args.certfile is None else args.certfile.absolute(),
         keyfile=None if args.keyfile is None else args.keyfile.absolute(),

@@ -108,6 +108,8 @@ class ServeOptions:
     #: how long running requests may go on after a shutdown signal
     shutdown_timeout: float = GRACEFUL_TIMEOUT
     logging: LoggingOptions = LoggingOptions()
+    #: serve the upload page on ``/`` (``--no-page``: no)
+    page: bool = True
     #: trust the proxy headers for upload URLs (``TusApp(behind_proxy=...)``)
     behind_proxy: bool = False
     #: HTTPS: the certificate chain and its key (PEM files), both or neither
@@ -285,7 +287,12 @@ async def _serve(
         cors_allow_origins=options.cors_origins,
         behind_proxy=options.behind_proxy,
     )
-    app = _AccessLog(tus)
+    if options.page:
+        from ._page import PageApp, load_page
+
+        app = _AccessLog(PageApp(tus, await anyio.to_thread.run_sync(load_page, tus.base_path)))
+    else:
+        app = _AccessLog(tus)
     shutdown = _Shutdown(supervised=parent_pid is not None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(shutdown.watch, parent_pid)
