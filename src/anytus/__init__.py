@@ -14,6 +14,7 @@ from ._datastore import SyncUpload as SyncUpload
 from ._datastore import TerminatableStore as TerminatableStore
 from ._datastore import TruncatableStore as TruncatableStore
 from ._datastore import Upload as Upload
+from ._exceptions import BasePathMismatch as BasePathMismatch
 from ._exceptions import ChecksumMismatch as ChecksumMismatch
 from ._exceptions import CorruptUploadInfo as CorruptUploadInfo
 from ._exceptions import HookRejected as HookRejected
@@ -81,6 +82,7 @@ __all__ = (
     "TruncatableStore",
     "Upload",
     # exceptions
+    "BasePathMismatch",
     "ChecksumMismatch",
     "CorruptUploadInfo",
     "HookRejected",

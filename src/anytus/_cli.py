@@ -18,6 +18,7 @@ import multiprocessing.connection
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -39,6 +40,7 @@ from ._serve import (
     raise_open_files_limit,
     reserve_port,
     run_worker,
+    tls_context,
 )
 
 if TYPE_CHECKING:
@@ -127,6 +129,30 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="expire unfinished uploads idle this long, in seconds or with a unit: 90, 30m, "
         "24h, 7d (and remove them periodically; default: never)",
+    )
+    serve.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="build upload URLs from the reverse proxy's Forwarded and X-Forwarded-Host, "
+        "-Proto and -Prefix headers (only when clients reach the server through the proxy alone)",
+    )
+    serve.add_argument(
+        "--certfile",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="serve HTTPS with this certificate chain (with --keyfile)",
+    )
+    serve.add_argument(
+        "--keyfile", type=Path, default=None, metavar="PEM", help="the certificate's private key"
+    )
+    serve.add_argument(
+        "--cors-origins",
+        action="append",
+        default=None,
+        metavar="ORIGINS",
+        help="origins allowed to make cross-origin requests, comma-separated or repeated "
+        "(https://app.example); others get 403. Default: all",
     )
     serve.add_argument(
         "--shutdown-timeout",
@@ -218,6 +244,27 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--expire-after must be positive")
     if not args.base_path.startswith("/"):
         parser.error("--base-path must start with '/'")
+    if args.shutdown_timeout < 0:
+        parser.error("--shutdown-timeout must not be negative")
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together")
+    cors_origins = ("*",)
+    if args.cors_origins is not None:
+        cors_origins = tuple(
+            origin.strip()
+            for value in args.cors_origins
+            for origin in value.split(",")
+            if origin.strip()
+        )
+        if not cors_origins:
+            parser.error("--cors-origins names no origin")
+    if args.certfile is not None:
+        # a bad certificate or key fails here, in one line, not in every worker
+        try:
+            tls_context(args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"anytus: cannot use {args.certfile} / {args.keyfile}: {exc}", file=sys.stderr)
+            return 1
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
         print(
             "anytus: --backend trio needs trio, which is not installed: pip install 'anytus[trio]'",
@@ -239,6 +286,10 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         draft=args.draft,
         logging=logging_options,
         page=args.page,
+        behind_proxy=args.behind_proxy,
+        certfile=None if args.certfile is None else args.certfile.absolute(),
+        keyfile=None if args.keyfile is None else args.keyfile.absolute(),
+        cors_origins=cors_origins,
     )
     # create the directory once, up front, so that a bad path fails here and not in N workers
     try:
@@ -255,8 +306,9 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except OSError as exc:
         print(f"anytus: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    scheme = "http" if options.certfile is None else "https"
     banner = (
-        f"anytus: serving {options.directory} on http://{endpoint.url_host}:{endpoint.port}"
+        f"anytus: serving {options.directory} on {scheme}://{endpoint.url_host}:{endpoint.port}"
         f"{base_path}"
     )
 

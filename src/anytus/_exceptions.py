@@ -11,6 +11,7 @@ import errno
 from typing import ClassVar
 
 __all__ = (
+    "BasePathMismatch",
     "ChecksumMismatch",
     "CorruptUploadInfo",
     "HookRejected",
@@ -284,6 +285,15 @@ class OriginNotAllowed(TusError):
     status_code = 403
     error_code = "ERR_ORIGIN_NOT_ALLOWED"
     default_message = "origin is not allowed"
+
+
+class BasePathMismatch(TusError):
+    """Raised when an app's ``base_path`` lies outside the path it is mounted under (ASGI
+    ``root_path``), so that no request could ever reach it: a configuration error."""
+
+    status_code = 500
+    error_code = "ERR_BASE_PATH_MISMATCH"
+    default_message = "base_path is outside the mount"
 
 
 class StorageError(TusError):

@@ -35,6 +35,7 @@ import email.utils
 import http
 import logging
 import math
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -42,6 +43,7 @@ from urllib.parse import unquote
 import anyio
 import anyio.abc
 import h11
+from anyio.streams.tls import TLSStream
 
 if TYPE_CHECKING:
     import socket
@@ -128,7 +130,7 @@ class _Disconnected(Exception):
 class _Connection:
     """One client connection: h11's state, the socket, and the running request's ASGI state."""
 
-    def __init__(self, server: _Server, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, server: _Server, stream: anyio.abc.ByteStream) -> None:
         self.server = server
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
@@ -440,7 +442,7 @@ class _Connection:
             "asgi": _ASGI,
             "http_version": request.http_version.decode("ascii"),
             "method": request.method.decode("ascii"),
-            "scheme": "http",
+            "scheme": self.server.scheme,
             "path": unquote(raw_path.decode("ascii", "replace")),
             "raw_path": raw_path,
             "query_string": query,
@@ -568,7 +570,8 @@ class _Connection:
         try:
             if lingering:
                 with anyio.move_on_after(DRAIN_TIME):
-                    await stream.send_eof()
+                    with contextlib.suppress(NotImplementedError):  # TLS has no half-close
+                        await stream.send_eof()
                     dropped = 0
                     while dropped <= DRAIN_SIZE:
                         dropped += len(await stream.receive(READ_SIZE))
@@ -590,8 +593,10 @@ def _address(address: Any) -> tuple[str, int] | None:
 
 
 class _Server:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, ssl_context: ssl.SSLContext | None = None) -> None:
         self.app: Callable[..., Awaitable[None]] = app
+        self.ssl_context = ssl_context
+        self.scheme = "http" if ssl_context is None else "https"
         self.stopping = False
         #: connections that are running a request
         self.busy = 0
@@ -603,7 +608,13 @@ class _Server:
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         """One connection, start to end; never raises (except for cancellation)."""
-        connection = _Connection(self, stream)
+        if self.ssl_context is not None:
+            tls = await self._handshake(stream, self.ssl_context)
+            if tls is None:
+                return
+            connection = _Connection(self, tls)
+        else:
+            connection = _Connection(self, stream)
         self.connections.add(connection)
         try:
             await connection.run()
@@ -617,6 +628,30 @@ class _Server:
                 await connection.close()
             except Exception:
                 logger.debug("error closing the connection", exc_info=True)
+
+    @staticmethod
+    async def _handshake(
+        stream: anyio.abc.SocketStream, context: ssl.SSLContext
+    ) -> TLSStream | None:
+        """The TLS handshake, within :data:`HEAD_TIMEOUT`; ``None`` (and the connection closed)
+        if it fails: a client that does not speak TLS costs its connection only."""
+        try:
+            with anyio.fail_after(HEAD_TIMEOUT):
+                # not standard_compatible: closing does not wait for the client's close_notify
+                # (which many never send), and a client's unclean close is an ordinary EOF
+                return await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=context, standard_compatible=False
+                )
+        except (
+            TimeoutError,
+            OSError,
+            ssl.SSLError,
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+        ) as exc:
+            logger.debug("TLS handshake failed: %r", exc)
+            await anyio.aclose_forcefully(stream)
+            return None
 
     def notify(self) -> None:
         """Wake whoever waits on :attr:`changed`."""
@@ -712,6 +747,7 @@ async def serve(
     interrupt: Callable[[], None] | None = None,
     before_cancel: Callable[[], None] | None = None,
     force_trigger: Callable[[], Awaitable[None]] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
     *shutdown_trigger* returns.
@@ -728,9 +764,11 @@ async def serve(
     :param before_cancel: called just before running requests are cancelled
     :param force_trigger: returns when the shutdown should not wait any longer (a second signal):
         running requests are cancelled at once
+    :param ssl_context: serve HTTPS: each connection does its TLS handshake in its own task
+        (scope ``scheme`` is then ``"https"``)
     :raises LifespanFailedError: the app's lifespan startup failed
     """
-    server = _Server(app)
+    server = _Server(app, ssl_context)
     listener = await anyio.abc.SocketListener.from_socket(sock)
     lifespan = _Lifespan(server.app, server.state)
     # the channel to the app is closed however serving ends (memory streams warn if dropped open)

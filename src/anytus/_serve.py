@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ __all__ = (
     "raise_open_files_limit",
     "reserve_port",
     "run_worker",
+    "tls_context",
 )
 
 logger = logging.getLogger("anytus.serve")
@@ -110,6 +112,13 @@ class ServeOptions:
     page: bool = True
     #: also serve the IETF resumable-upload draft (``TusApp(draft=...)``)
     draft: bool = True
+    #: trust the proxy headers for upload URLs (``TusApp(behind_proxy=...)``)
+    behind_proxy: bool = False
+    #: HTTPS: the certificate chain and its key (PEM files), both or neither
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    #: ``TusApp(cors_allow_origins=...)``
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,15 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
             logger.warning("could not raise the open files limit to %d: %s", target, exc)
+
+
+def tls_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
+    """The server side of TLS for the h11 server: Python's defaults (TLS 1.2 and up), HTTP/1.1
+    offered by ALPN; raises :class:`OSError` or :class:`ssl.SSLError` for unusable files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def reserve_port(host: str, port: int) -> tuple[Endpoint, socket.socket]:
@@ -269,6 +287,8 @@ async def _serve(
         max_size=options.max_size,
         expire_after=options.expire_after,
         draft=options.draft,
+        cors_allow_origins=options.cors_origins,
+        behind_proxy=options.behind_proxy,
     )
     if options.page:
         from ._page import PageApp, load_page
@@ -296,6 +316,9 @@ async def _serve_h11(
     from ._h11server import LifespanFailedError, serve
 
     assert endpoint.sock is not None
+    ssl_context = None
+    if options.certfile is not None:
+        ssl_context = tls_context(options.certfile, options.keyfile)
 
     def cancelling() -> None:
         app.cancelling = True
@@ -311,6 +334,7 @@ async def _serve_h11(
             interrupt=tus.interrupt_uploads,
             before_cancel=cancelling,
             force_trigger=shutdown.forced.wait,
+            ssl_context=ssl_context,
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
@@ -324,7 +348,7 @@ async def _serve_granian(
     ready: Callable[[], None],
     options: ServeOptions,
 ) -> None:
-    from granian.constants import HTTPModes, Interfaces, TaskImpl
+    from granian.constants import HTTPModes, Interfaces, SSLProtocols, TaskImpl
     from granian.log import LogLevels
     from granian.server.embed import Server
 
@@ -342,6 +366,10 @@ async def _serve_granian(
         log_level=LogLevels.error,
         log_dictconfig=_GRANIAN_LOGGING,
         log_access=False,  # _AccessLog writes it, with our logger and format
+        ssl_cert=options.certfile,
+        ssl_key=options.keyfile,
+        # as Python's ssl (the trio server) and Go (tusd): TLS 1.2 and up
+        ssl_protocol_min=SSLProtocols.tls12,
     )
     # granian applied its logging configuration (a dictConfig) in the constructor: put ours back
     configure_logging(options.logging)

@@ -52,6 +52,7 @@ from . import _protocol as proto
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._datastore import OneHopStore, StoreComposer
 from ._exceptions import (
+    BasePathMismatch,
     RequestBodyTimeout,
     ServerShuttingDown,
     ServiceUnavailable,
@@ -391,8 +392,13 @@ class TusApp:
 
     :param store: where uploads live, usually a :class:`~anytus.FileStore`; the extensions
         advertised are the ones it registers with ``use_in``
-    :param base_path: the creation URL; uploads live at ``{base_path}{id}``. It is matched
-        against the full request path, so include any prefix the app is mounted under
+    :param base_path: the creation URL; uploads live at ``{base_path}{id}``. By default
+        ``/files/``, or, when the app is mounted (ASGI ``root_path``, or a framework mount that
+        cuts the prefix off ``path``), the mount itself: mounted at ``/uploads`` it serves
+        ``/uploads/``. A ``base_path`` given with a mount is the whole public path and must be
+        at or under the mount (``/uploads/`` or ``/uploads/files/``); one outside it could never
+        be reached, and every request answers 500 ``ERR_BASE_PATH_MISMATCH`` naming both (and
+        the log says so once)
     :param max_size: the largest upload accepted (``Tus-Max-Size``); larger lengths and bodies
         are refused with 413
     :param lock_timeout: how long a request waits for an upload's lock (then 423). A request that
@@ -413,7 +419,15 @@ class TusApp:
         response (the upload stays complete)
     :param on_terminate: ``async (info)`` called after an upload was deleted by a DELETE
     :param cors_allow_origins: origins allowed to make cross-origin requests; ``("*",)`` allows
-        all, ``()`` disables CORS handling (no CORS headers, no origin check)
+        all, ``()`` disables CORS handling (no CORS headers, no origin check). A request from
+        another origin is refused with 403 ``ERR_ORIGIN_NOT_ALLOWED`` and no
+        ``Access-Control-Allow-Origin`` (preflights too); with CORS handling on every response
+        carries ``Vary: Origin``
+    :param behind_proxy: trust a reverse proxy's ``Forwarded`` (RFC 7239, first element:
+        ``host=``, ``proto=``), ``X-Forwarded-Host``, ``X-Forwarded-Proto`` and
+        ``X-Forwarded-Prefix`` for the upload URLs the app gives out (``Location``, a final
+        upload's ``Upload-Concat``); an invalid value is ignored. Only for an app that no client
+        reaches but through the proxy: anyone else could send these headers
     :param max_metadata_size: the longest ``Upload-Metadata`` header accepted, in bytes (400)
     :param clock: the wall clock, in seconds since the epoch (expiry); tests pass their own
     :param draft: also answer requests that carry ``Upload-Draft-Interop-Version`` by the IETF
@@ -425,7 +439,7 @@ class TusApp:
         self,
         store: _StoreLike,
         *,
-        base_path: str = "/files/",
+        base_path: str | None = None,
         max_size: int | None = None,
         lock_timeout: float = 20.0,
         idle_timeout: float = 60.0,
@@ -436,10 +450,11 @@ class TusApp:
         on_terminate: OnUpload | None = None,
         cors_allow_origins: Sequence[str] = ("*",),
         max_metadata_size: int = 4096,
+        behind_proxy: bool = False,
         clock: Callable[[], float] = time.time,
         draft: bool = True,
     ) -> None:
-        if not base_path.startswith("/"):
+        if base_path is not None and not base_path.startswith("/"):
             raise ValueError(f"base_path must start with '/', got {base_path!r}")
         if max_size is not None and max_size < 0:
             raise ValueError("max_size must not be negative")
@@ -452,7 +467,12 @@ class TusApp:
         if composer.core is None:
             raise TypeError(f"{store!r} registers no core store")
         self.store = store
-        self.base_path = base_path if base_path.endswith("/") else base_path + "/"
+        #: the creation URL when the app is not mounted
+        self.base_path = (base_path or "/files/").rstrip("/") + "/"
+        self._base_path_given = base_path is not None
+        #: the creation URL for each mount seen: the path, or why base_path cannot be (a message)
+        self._mount_bases: dict[str, tuple[str, bool]] = {}
+        self.behind_proxy = behind_proxy
         self.max_size = max_size
         self.lock_timeout = lock_timeout
         self.idle_timeout = idle_timeout if idle_timeout > 0 else math.inf
@@ -496,6 +516,7 @@ class TusApp:
             cors_allow_origins=self.cors_allow_origins,
             max_metadata_size=max_metadata_size,
             extensions=self.extensions,
+            behind_proxy=behind_proxy,
         )
 
         #: the draft's rules, if it is served
@@ -557,14 +578,18 @@ class TusApp:
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         raw_path = scope.get("raw_path")
-        # raw_path keeps "%2F" apart from "/"; without it, re-encode the decoded path
-        path = (
-            raw_path.decode("latin-1").split("?", 1)[0]
-            if raw_path
-            else urllib.parse.quote(scope["path"], safe="/")
+        # raw_path keeps "%2F" apart from "/"; without it, the decoded path is re-encoded
+        mount, rest = proto.split_mount(
+            scope.get("root_path", ""),
+            scope["path"],
+            raw_path.decode("latin-1").split("?", 1)[0] if raw_path else None,
         )
+        base_path = self._base_path_under(mount)
         request = self.core.normalize(
-            scope["method"], path, core.normalize_headers(scope["headers"])
+            scope["method"],
+            mount + rest,
+            core.normalize_headers(scope["headers"]),
+            base_path=base_path if isinstance(base_path, str) else None,
         )
         exchange = _Exchange(scope, receive, send, request)
         version = self.draft.version_of(request.headers) if self.draft is not None else None
@@ -572,6 +597,8 @@ class TusApp:
         try:
             if self._interrupting:
                 raise ServerShuttingDown("the server is shutting down; retry in a moment")
+            if isinstance(base_path, BasePathMismatch):
+                raise base_path
             try:
                 if version is not None:
                     response = await _draft_asgi.handle(self, exchange, version)
@@ -604,6 +631,31 @@ class TusApp:
             await self._send_response(exchange, response)
         if self._cleanup_due():
             await self._run_cleanup()
+
+    def _base_path_under(self, mount: str) -> str | BasePathMismatch:
+        """The creation URL of a request that came through *mount* (``""``: not mounted)."""
+        if not mount:
+            return self.base_path
+        known = self._mount_bases.get(mount)
+        if known is None:
+            if not self._base_path_given:
+                known = (mount + "/", True)
+            elif urllib.parse.unquote(self.base_path).startswith(urllib.parse.unquote(mount) + "/"):
+                known = (self.base_path, True)  # the whole public path: the mount repeated
+            else:
+                message = (
+                    f"base_path {self.base_path!r} is outside the path this app is mounted "
+                    f"under, {urllib.parse.unquote(mount)!r} (ASGI root_path), so no request can "
+                    "reach it: leave base_path out to serve at the mount, or give a path under it"
+                )
+                known = (message, False)
+            # a handful of mounts in practice; the cache (and the log) never grow without bound
+            if len(self._mount_bases) < 64:
+                self._mount_bases[mount] = known
+                if not known[1]:
+                    logger.error("%s", known[0])
+        text, valid = known
+        return text if valid else BasePathMismatch(text)
 
     async def _handle(self, exchange: _Exchange, request: core.TusRequest) -> core.Response | None:
         if isinstance(request, core.Head):
@@ -1132,18 +1184,13 @@ class TusApp:
     # -- helpers --------------------------------------------------------------------------------
 
     def _url(self, exchange: _Exchange, upload_id: str) -> str:
-        """The absolute URL of an upload, from the request's scheme and ``Host``."""
-        headers = exchange.request.headers
-        host = headers.get("host") or headers.get(":authority")
-        if host is None or not proto.valid_host(host):
-            host = None
-            server = exchange.scope.get("server")
-            if server is not None and server[0]:
-                name, port = server
-                name = f"[{name}]" if ":" in name else name
-                default = 443 if exchange.scheme == "https" else 80
-                host = name if port in (None, default) else f"{name}:{port}"
-        return proto.build_url(exchange.scheme, host, self.base_path, upload_id)
+        """The absolute URL of an upload (see :meth:`anytus._core.TusCore.upload_url`)."""
+        return self.core.upload_url(
+            exchange.request,
+            upload_id,
+            scheme=exchange.scheme,
+            server=exchange.scope.get("server"),
+        )
 
 
 def _info_of(upload: SyncUpload) -> UploadInfo:
