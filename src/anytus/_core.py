@@ -346,7 +346,7 @@ class TusCore:
         :raises ~anytus.TusError: a 4xx for a request the server refuses (unknown path, method,
             version, headers...)
         """
-        self.check_origin(request.origin)
+        self.check_origin(request.origin, request.headers.get("host"))
         route = proto.route(request.raw_path, request.base_path)
         if route is None:
             raise UploadNotFound("no such resource")
@@ -733,12 +733,16 @@ class TusCore:
         allowed = self.config.cors_allow_origins
         return bool(allowed) and ("*" in allowed or origin in allowed)
 
-    def check_origin(self, origin: str | None) -> None:
-        """:raises ~anytus.OriginNotAllowed: for an origin that may not make requests"""
+    def check_origin(self, origin: str | None, host: str | None = None) -> None:
+        """:raises ~anytus.OriginNotAllowed: for an origin that may not make requests. A
+            request from a page of the server itself (*origin* names the request's *host*: a
+            browser sends ``Origin`` on a same-origin POST, PATCH or DELETE too) is never
+            cross-origin, whatever the allowed origins are."""
         if (
             origin is not None
             and self.config.cors_allow_origins
             and not self.origin_allowed(origin)
+            and not _same_origin(origin, host)
         ):
             raise OriginNotAllowed(f"origin {origin!r:.80} is not allowed")
 
@@ -785,6 +789,14 @@ class TusCore:
         if not has_length and response.status not in NO_BODY_STATUSES:
             headers.append(("Content-Length", str(len(response.body))))
         return headers
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether *origin* (``scheme://host[:port]``) names the *host* a request was sent to."""
+    if host is None:
+        return False
+    authority = origin.partition("://")[2]
+    return bool(authority) and authority.lower() == host.lower()
 
 
 class _RollBack(TusError):

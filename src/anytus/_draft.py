@@ -314,7 +314,7 @@ class DraftCore:
 
     def parse(self, request: Request, version: Version) -> DraftRequest:
         """Turn a draft request into what it asks for, or raise the error to answer with."""
-        self.tus.check_origin(request.origin)
+        self.tus.check_origin(request.origin, request.headers.get("host"))
         route = proto.route(request.raw_path, self.config.base_path)
         if route is None:
             raise UploadNotFound("no such resource")
