@@ -30,6 +30,9 @@ from ._exceptions import RequestBodyTimeout as RequestBodyTimeout
 from ._exceptions import SizeExceeded as SizeExceeded
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageFull as StorageFull
+from ._exceptions import StorageIOError as StorageIOError
+from ._exceptions import StoragePermissionDenied as StoragePermissionDenied
+from ._exceptions import StorageReadOnly as StorageReadOnly
 from ._exceptions import TusError as TusError
 from ._exceptions import UnsupportedChecksumAlgorithm as UnsupportedChecksumAlgorithm
 from ._exceptions import UnsupportedMediaType as UnsupportedMediaType
@@ -94,6 +97,9 @@ __all__ = (
     "SizeExceeded",
     "StorageError",
     "StorageFull",
+    "StorageIOError",
+    "StoragePermissionDenied",
+    "StorageReadOnly",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",

@@ -41,14 +41,18 @@ from . import _protocol as proto
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._datastore import OneHopStore, StoreComposer
 from ._exceptions import (
+    CorruptUploadInfo,
     RequestBodyTimeout,
+    StorageError,
     TusError,
     UploadExpired,
     UploadInterrupted,
     UploadNotFinished,
     UploadNotFound,
+    storage_error,
 )
 from ._info import UploadInfo
+from ._oncelog import OnceLog
 
 if TYPE_CHECKING:
     from anyio.abc import ByteReceiveStream
@@ -396,6 +400,8 @@ class TusApp:
 
         self._lifespans = 0  # lifespans running: then they do the periodic cleanup
         self._cleanup_running = False
+        # storage failures are logged once per kind and place, not once per request
+        self._storage_log = OnceLog(logger)
         self._next_cleanup = time.monotonic() + (self.cleanup_interval or 0)
 
     def __repr__(self) -> str:
@@ -429,11 +435,19 @@ class TusApp:
         exchange = _Exchange(scope, receive, send, request)
         response: core.Response | None
         try:
-            response = await self._handle(exchange, self.core.parse(request))
+            try:
+                response = await self._handle(exchange, self.core.parse(request))
+            except OSError as exc:
+                if not _is_storage_failure(exc):
+                    raise
+                # a failure of the storage that no store named: named here, by its kind
+                raise storage_error(exc) from exc
         except TusError as exc:
             if exchange.response_started:
                 raise
-            if exc.status_code >= 500:
+            if isinstance(exc, (StorageError, CorruptUploadInfo)):
+                self._storage_log.error(exc, f"{request.method} {request.raw_path}")
+            elif exc.status_code >= 500:
                 logger.warning("%s %s: %r", request.method, request.raw_path, exc)
             response = self.core.error(exc)
         except Exception:
@@ -676,6 +690,11 @@ class TusApp:
                         failure = exc
                     tg.cancel_scope.cancel()
             if failure is not None:
+                if checksum is not None and upload.info.offset != plan.offset:
+                    # the bytes that did fit (the disk filled up) were never verified against
+                    # the checksum: as for a body cut short, they are not kept
+                    with contextlib.suppress(TusError):
+                        await upload.truncate(plan.offset)
                 raise failure
             error = reader.error
             # a body read to its end was stored whole: a release request that came after that
@@ -806,16 +825,28 @@ class TusApp:
     # -- DELETE ---------------------------------------------------------------------------------
 
     async def _delete(self, exchange: _Exchange, request: core.Delete) -> core.Response:
-        result = await self._one_hop_or_none(request.upload_id, _terminate)
+        try:
+            result = await self._one_hop_or_none(request.upload_id, _terminate)
+        except (CorruptUploadInfo, StorageError):
+            result = None  # unreadable: removed below, by its ID
         if result is not None:
             info = result[0]
         else:
             async with self._locked(request.upload_id):
-                upload = await self._store.get_upload(request.upload_id)
-                info = upload.info
-                # "When receiving a DELETE request for an existing upload the Server SHOULD free
-                # associated resources and MUST respond with the 204 No Content status"
-                await upload.terminate()
+                try:
+                    upload = await self._store.get_upload(request.upload_id)
+                except (CorruptUploadInfo, StorageError) as exc:
+                    if self._terminater is None:
+                        raise
+                    # an upload whose information is garbage or unreadable can still be deleted
+                    await self._terminater.terminate(request.upload_id)
+                    logger.warning("removed unreadable upload %s (%s)", request.upload_id, exc)
+                    info = UploadInfo(id=request.upload_id)
+                else:
+                    info = upload.info
+                    # "When receiving a DELETE request for an existing upload the Server SHOULD
+                    # free associated resources and MUST respond with the 204 No Content status"
+                    await upload.terminate()
         logger.info("terminated upload %s", request.upload_id)
         if self.on_terminate is not None:
             await self.on_terminate(info)
@@ -856,6 +887,8 @@ class TusApp:
         self._cleanup_running = True
         try:
             await self.cleanup()
+        except StorageError as exc:
+            self._storage_log.error(exc, "periodic cleanup")
         except Exception:
             # a failing cleanup must never take the server (or the request's task) down
             logger.exception("periodic cleanup failed")
@@ -980,6 +1013,11 @@ class TusApp:
                 default = 443 if exchange.scheme == "https" else 80
                 host = name if port in (None, default) else f"{name}:{port}"
         return proto.build_url(exchange.scheme, host, self.base_path, upload_id)
+
+
+def _is_storage_failure(exc: OSError) -> bool:
+    """Whether an OSError is the file system's (not a timeout or a client's connection)."""
+    return exc.errno is not None and not isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def _info_of(upload: SyncUpload) -> UploadInfo:
