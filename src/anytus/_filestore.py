@@ -129,7 +129,9 @@ class FileStore(StoreBase):
                 fn, *args, limiter=self._limiter, abandon_on_cancel=read_only
             )
         except OSError as exc:
-            raise storage_error(exc, path=self.path) from exc
+            # a failed write to an open file names no path: the store's directory stands in
+            # (with its trailing separator, so that it is the directory logs group by)
+            raise storage_error(exc, path=os.path.join(self.path, "")) from exc
 
     # -- core -------------------------------------------------------------------------------
 

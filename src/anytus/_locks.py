@@ -468,7 +468,7 @@ class FileLocker(Locker):
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except OSError as exc:
-            raise storage_error(exc, path=self._directory) from exc
+            raise storage_error(exc, path=os.path.join(self._directory, "")) from exc
 
     # -- the blocking parts, run in worker threads -------------------------------------------
 
