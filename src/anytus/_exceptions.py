@@ -106,6 +106,11 @@ class CorruptUploadInfo(TusError):
     error_code = "ERR_CORRUPT_UPLOAD_INFO"
     default_message = "upload information is corrupt"
 
+    def __init__(self, message: str | None = None, *, path: str | None = None) -> None:
+        super().__init__(message)
+        #: the unreadable file, if known (for the server's log; clients get the message)
+        self.path = path
+
 
 class LockTimeout(TusError):
     """Raised when an upload's lock could not be acquired before the timeout ran out.

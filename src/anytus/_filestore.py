@@ -269,7 +269,7 @@ class FileStore(StoreBase):
             info = UploadInfo.from_json(document)
         except ValueError as exc:
             raise CorruptUploadInfo(
-                f"upload {upload_id}: {upload_id}.info is unreadable ({exc})"
+                f"upload {upload_id}: {upload_id}.info is unreadable ({exc})", path=info_path
             ) from exc
         data_path, stat = self._locate_data_sync(upload_id, info)
         storage = info.storage

@@ -67,13 +67,15 @@ class OnceLog:
     def error(self, exc: TusError, context: str) -> bool:
         """Log a storage failure or a corrupt upload once per kind and directory (or upload),
         naming the path; *context* says what was being done (``"PATCH /files/abc"``)."""
+        path = getattr(exc, "path", None)
+        key: Hashable
         if isinstance(exc, StorageError):
-            directory = os.path.dirname(exc.path) if exc.path else None
-            key: Hashable = (type(exc), exc.errno, directory)
-            where = f" (path: {exc.path})" if exc.path else ""
+            # a broken directory fails every file in it: one line for all of them
+            key = (type(exc), exc.errno, os.path.dirname(path) if path else None)
         else:
-            # a corrupt upload is about that upload, whose ID the message names
-            key, where = (type(exc), exc.message), ""
+            # a corrupt upload is about that one upload
+            key = (type(exc), path or exc.message)
+        where = f" (path: {path})" if path else ""
         level = (
             logging.WARNING if isinstance(exc, (StorageFull, CorruptUploadInfo)) else logging.ERROR
         )
