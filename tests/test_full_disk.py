@@ -7,7 +7,9 @@ work, and once a DELETE has freed space the upload resumes byte-exact.
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import hashlib
 import os
 import subprocess
 from typing import TYPE_CHECKING
@@ -19,8 +21,9 @@ import pytest
 
 from _children import command
 from _mounts import fill, tmpfs
-from _server import TUS, TusClient, run_server_process, subprocess_env, wait_for
+from _server import TUS, TusClient, run_server_process, serve_app, subprocess_env, wait_for
 from anytus import FileLocker, FileStore, StorageFull, SyncUpload, UploadInfo
+from anytus.asgi import TusApp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -160,6 +163,27 @@ class TestStoreAtFullDisk:
         with pytest.raises(StorageFull):
             await store.new_upload(UploadInfo(size=10, metadata={"filename": "a.txt"}))
         assert sorted(os.listdir(disk)) == ["filler"]
+
+
+class TestAppAtFullDisk:
+    async def test_unverified_chunk_is_discarded(self, disk: Path) -> None:
+        """A streamed chunk with a checksum that the disk cut short was never verified: it is
+        not kept (as for a body cut short), and the answer is still 507."""
+        data = os.urandom(6 * MiB)
+        checksum = base64.b64encode(hashlib.sha1(data).digest()).decode()
+        async with (
+            serve_app(TusApp(FileStore(disk))) as url,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            tus = TusClient(http, url)
+            upload_id = await tus.new(len(data))
+            response = await tus.patch(
+                upload_id, 0, data, headers={"Upload-Checksum": f"sha1 {checksum}"}
+            )
+            assert response.status_code == 507, response.text
+            assert response.text.startswith("ERR_STORAGE_FULL:")
+            assert await tus.offset(upload_id) == 0
+        assert (disk / f"{upload_id}.bin").stat().st_size == 0
 
 
 SERVERS = {"asyncio": "granian", "trio": "anytus"}

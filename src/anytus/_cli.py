@@ -283,7 +283,8 @@ def _cleanup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         removed = anyio.run(run)
     except StorageError as exc:
-        print(f"anytus: {exc.message}", file=sys.stderr)
+        where = f" ({exc.path})" if exc.path else ""
+        print(f"anytus: {exc.message}{where}", file=sys.stderr)
         return 1
     for upload_id in removed:
         print(upload_id)
