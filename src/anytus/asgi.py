@@ -315,7 +315,8 @@ class TusApp:
         (including partial uploads, empty uploads and final concatenations), after the write
         that completed it and before the response; a :class:`~anytus.TusError` it raises is the
         response (the upload stays complete)
-    :param on_terminate: ``async (info)`` called after an upload was deleted by a DELETE
+    :param on_terminate: ``async (info)`` called after an upload was deleted by a DELETE (for
+        an upload whose ``.info`` was unreadable, *info* carries only the ID)
     :param cors_allow_origins: origins allowed to make cross-origin requests; ``("*",)`` allows
         all, ``()`` disables CORS handling (no CORS headers, no origin check)
     :param max_metadata_size: the longest ``Upload-Metadata`` header accepted, in bytes (400)
