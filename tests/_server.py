@@ -181,7 +181,7 @@ def run_server_process(
 ) -> Iterator[ServerProcess]:
     """Run ``python -m anytus serve --port 0 --dir DIRECTORY *ARGS`` and yield it once it listens.
 
-    *prefix* goes before the command (``setpriv ... --``, to run it with fewer privileges).
+    *prefix* goes before the command (``prlimit ...``, ``setpriv ...``).
 
     The announced ``anytus: serving DIR on http://HOST:PORT/files/`` line gives the URL. stderr is
     drained by a thread for the whole lifetime (the server logs every request there). Teardown sends

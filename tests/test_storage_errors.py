@@ -31,6 +31,7 @@ from anytus import (
     StorageIOError,
     StoragePermissionDenied,
     StorageReadOnly,
+    TooManyOpenFiles,
     UploadInfo,
 )
 from anytus._oncelog import OnceLog
@@ -347,6 +348,7 @@ def test_storage_error_kinds(number: int, cls: type[StorageError], status: int, 
     from anytus._exceptions import storage_error
 
     error = storage_error(OSError(number, os.strerror(number), "/srv/x.bin"))
+    assert isinstance(error, StorageError)
     assert type(error) is cls
     assert (error.status_code, error.error_code) == (status, code)
     assert error.path == "/srv/x.bin"
@@ -354,7 +356,16 @@ def test_storage_error_kinds(number: int, cls: type[StorageError], status: int, 
     assert "/srv" not in error.message  # the path is for the log, not for clients
     assert error.message.endswith(os.strerror(number))
     # a write to an open file names no path: the caller's stands in
-    assert storage_error(OSError(number, "x"), path="/srv/").path == "/srv/"
+    without_path = storage_error(OSError(number, "x"), path="/srv/")
+    assert isinstance(without_path, StorageError)
+    assert without_path.path == "/srv/"
+
+
+@pytest.mark.parametrize("number", [errno.EMFILE, errno.ENFILE])
+def test_out_of_descriptors_is_no_storage_error(number: int) -> None:
+    from anytus._exceptions import storage_error
+
+    assert type(storage_error(OSError(number, os.strerror(number)))) is TooManyOpenFiles
 
 
 def test_once_log(caplog: pytest.LogCaptureFixture) -> None:

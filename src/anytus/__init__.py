@@ -27,12 +27,15 @@ from ._exceptions import OffsetMismatch as OffsetMismatch
 from ._exceptions import OriginNotAllowed as OriginNotAllowed
 from ._exceptions import RangeNotSatisfiable as RangeNotSatisfiable
 from ._exceptions import RequestBodyTimeout as RequestBodyTimeout
+from ._exceptions import ServerShuttingDown as ServerShuttingDown
+from ._exceptions import ServiceUnavailable as ServiceUnavailable
 from ._exceptions import SizeExceeded as SizeExceeded
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageFull as StorageFull
 from ._exceptions import StorageIOError as StorageIOError
 from ._exceptions import StoragePermissionDenied as StoragePermissionDenied
 from ._exceptions import StorageReadOnly as StorageReadOnly
+from ._exceptions import TooManyOpenFiles as TooManyOpenFiles
 from ._exceptions import TusError as TusError
 from ._exceptions import UnsupportedChecksumAlgorithm as UnsupportedChecksumAlgorithm
 from ._exceptions import UnsupportedMediaType as UnsupportedMediaType
@@ -95,11 +98,14 @@ __all__ = (
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
     "SizeExceeded",
+    "ServerShuttingDown",
+    "ServiceUnavailable",
     "StorageError",
     "StorageFull",
     "StorageIOError",
     "StoragePermissionDenied",
     "StorageReadOnly",
+    "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",

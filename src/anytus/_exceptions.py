@@ -25,12 +25,15 @@ __all__ = (
     "OriginNotAllowed",
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
+    "ServerShuttingDown",
+    "ServiceUnavailable",
     "SizeExceeded",
     "StorageError",
     "StorageFull",
     "StorageIOError",
     "StoragePermissionDenied",
     "StorageReadOnly",
+    "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",
@@ -346,6 +349,47 @@ class StorageIOError(StorageError):
     default_message = "the storage failed to read or write"
 
 
+class ServiceUnavailable(TusError):
+    """Raised when the server cannot take the request now but will later (out of file
+    descriptors, shutting down): a client retries after ``Retry-After`` seconds."""
+
+    status_code = 503
+    error_code = "ERR_SERVICE_UNAVAILABLE"
+    default_message = "the server cannot take this request now; retry in a moment"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
+
+
+class TooManyOpenFiles(ServiceUnavailable):
+    """Raised when the server process (or the system) has run out of file descriptors: a load
+    peak that passes, so the client is asked to retry."""
+
+    error_code = "ERR_TOO_MANY_OPEN_FILES"
+    default_message = "the server has too many files open; retry in a moment"
+
+
+class ServerShuttingDown(ServiceUnavailable):
+    """Raised when a server that is shutting down stops a running upload (which keeps every
+    byte it received) or refuses a new request."""
+
+    error_code = "ERR_SERVER_SHUTTING_DOWN"
+    default_message = "the server is shutting down; resume the upload in a moment"
+
+
+class UploadExists(TusError):
+    """Raised when an upload is created with the ID of one that exists already."""
+
+    status_code = 409
+    error_code = "ERR_UPLOAD_EXISTS"
+    default_message = "an upload with this ID exists already"
+
+
 _STORAGE_ERRORS: dict[int, type[StorageError]] = {
     _errno.ENOSPC: StorageFull,
     _errno.EDQUOT: StorageFull,
@@ -360,13 +404,16 @@ _STORAGE_ERRORS: dict[int, type[StorageError]] = {
 
 def storage_error(
     exc: OSError, *, path: str | os.PathLike[str] | None = None, what: str | None = None
-) -> StorageError:
+) -> StorageError | TooManyOpenFiles:
     """The :class:`StorageError` for a failed system call: its class names the kind of failure
-    (:class:`StorageFull` for ``ENOSPC``/``EDQUOT``, answered with 507).
+    (:class:`StorageFull` for ``ENOSPC``/``EDQUOT``, answered with 507), or
+    :class:`TooManyOpenFiles` (503, retry) when file descriptors ran out.
 
     :param path: the path to record when the error itself names none (a write to an open file)
     :param what: what was being done, to start the message with (``"upload X: reading X.info"``)
     """
+    if exc.errno in (_errno.EMFILE, _errno.ENFILE):
+        return TooManyOpenFiles()
     cls = _STORAGE_ERRORS.get(exc.errno or 0, StorageError)
     reason = exc.strerror or str(exc)
     message = f"{cls.default_message}: {reason}"
@@ -376,11 +423,3 @@ def storage_error(
     if filename is None and path is not None:
         filename = os.fspath(path)
     return cls(message, path=filename, errno=exc.errno)
-
-
-class UploadExists(TusError):
-    """Raised when an upload is created with the ID of one that exists already."""
-
-    status_code = 409
-    error_code = "ERR_UPLOAD_EXISTS"
-    default_message = "an upload with this ID exists already"

@@ -605,7 +605,8 @@ def check_directory(path: str | os.PathLike[str]) -> str | None:
     directory = os.path.abspath(path)
 
     def fail(exc: OSError, doing: str) -> StorageError:
-        cls = type(storage_error(exc))
+        kind = storage_error(exc)
+        cls = type(kind) if isinstance(kind, StorageError) else StorageError
         return cls(f"{doing}: {exc.strerror or exc}", path=directory, errno=exc.errno)
 
     full = f"the storage at {directory} is full: uploads are answered 507 until space is freed"

@@ -47,6 +47,7 @@ __all__ = (
     "DRAIN_SIZE",
     "DRAIN_TIME",
     "HEAD_TIMEOUT",
+    "INTERRUPT_GRACE",
     "KEEP_ALIVE_TIMEOUT",
     "MAX_HEAD_SIZE",
     "READ_SIZE",
@@ -73,6 +74,8 @@ HEAD_TIMEOUT = 10.0
 #: connection; past either it is closed
 DRAIN_TIME = 2.0
 DRAIN_SIZE = 16 * 1024 * 1024
+#: how long interrupted requests may take to answer at shutdown before they are cancelled
+INTERRUPT_GRACE = 2.0
 #: how long lifespan startup and shutdown may take
 LIFESPAN_TIMEOUT = 60.0
 
@@ -592,6 +595,13 @@ class _Server:
             if connection.idle and connection.idle_scope is not None:
                 connection.idle_scope.cancel()
 
+    async def wait_until_idle(self) -> None:
+        """Return once every connection has ended, closing each as soon as it goes idle."""
+        while self.connections:
+            self.stop_idle()
+            # woken when a connection ends or one that was running a request goes idle
+            await self.changed.wait()
+
 
 class _Lifespan:
     """The app's ``lifespan`` scope, run beside the server."""
@@ -665,7 +675,9 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None] | None = None,
     shutdown_timeout: float = 5.0,
+    interrupt: Callable[[], None] | None = None,
     before_cancel: Callable[[], None] | None = None,
+    force_trigger: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
     *shutdown_trigger* returns.
@@ -676,9 +688,12 @@ async def serve(
     :param shutdown_trigger: returns when the server should stop
     :param ready: called once the app's lifespan startup is complete and connections are accepted
     :param shutdown_timeout: how long running requests may go on after the trigger before they are
-        cancelled
-    :param before_cancel: called just before running requests are cancelled at the end of
-        *shutdown_timeout*
+        interrupted (or cancelled)
+    :param interrupt: called when *shutdown_timeout* has passed with requests still running, to
+        make them answer; they get :data:`INTERRUPT_GRACE` more before they are cancelled
+    :param before_cancel: called just before running requests are cancelled
+    :param force_trigger: returns when the shutdown should not wait any longer (a second signal):
+        running requests are cancelled at once
     :raises LifespanFailedError: the app's lifespan startup failed
     """
     server = _Server(app)
@@ -710,15 +725,26 @@ async def serve(
                 accepting.cancel()
                 await listener.aclose()
                 server.stop_idle()
-                with anyio.move_on_after(shutdown_timeout):
-                    while server.connections:
-                        server.stop_idle()
-                        # woken when a connection ends or one that was running a request goes idle
-                        await server.changed.wait()
+                async with anyio.create_task_group() as draining:
+                    if force_trigger is not None:
+
+                        async def on_force() -> None:
+                            await force_trigger()
+                            draining.cancel_scope.cancel()
+
+                        draining.start_soon(on_force)
+                    with anyio.move_on_after(shutdown_timeout):
+                        await server.wait_until_idle()
+                    if server.busy and interrupt is not None:
+                        logger.warning(
+                            "requests still running after %gs: interrupting them", shutdown_timeout
+                        )
+                        interrupt()
+                        with anyio.move_on_after(INTERRUPT_GRACE):
+                            await server.wait_until_idle()
+                    draining.cancel_scope.cancel()
                 if server.busy:
-                    logger.warning(
-                        "requests still running after %gs: cancelling them", shutdown_timeout
-                    )
+                    logger.warning("requests still running: cancelling them")
                     if before_cancel is not None:
                         before_cancel()
                 connections.cancel_scope.cancel()

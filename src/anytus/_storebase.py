@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ("StoreBase",)
 
 #: uploads that cleanup cannot read or remove are logged once, not on every pass
-_cleanup_log = OnceLog(logging.getLogger(__name__))
+_cleanup_log = OnceLog(logging.getLogger("anytus.store"))
 
 
 class StoreBase(
