@@ -150,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         help="log lines as text, or as one JSON object each (default: text)",
     )
+    serve.add_argument(
+        "--no-page",
+        dest="page",
+        action="store_false",
+        help="do not serve the upload page on / (then / answers 404)",
+    )
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -225,6 +231,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         durability=args.durability,
         shutdown_timeout=args.shutdown_timeout,
         logging=logging_options,
+        page=args.page,
     )
     # check the directory once, up front (created if missing, written, listed), so that a bad
     # path fails here, in one line, and not as a 500 to every request in N workers

@@ -106,6 +106,8 @@ class ServeOptions:
     #: how long running requests may go on after a shutdown signal
     shutdown_timeout: float = GRACEFUL_TIMEOUT
     logging: LoggingOptions = LoggingOptions()
+    #: serve the upload page on ``/`` (``--no-page``: no)
+    page: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,12 @@ async def _serve(
         max_size=options.max_size,
         expire_after=options.expire_after,
     )
-    app = _AccessLog(tus)
+    if options.page:
+        from ._page import PageApp, load_page
+
+        app = _AccessLog(PageApp(tus, await anyio.to_thread.run_sync(load_page, tus.base_path)))
+    else:
+        app = _AccessLog(tus)
     shutdown = _Shutdown(supervised=parent_pid is not None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(shutdown.watch, parent_pid)
