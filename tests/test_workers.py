@@ -34,7 +34,21 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # A losing PATCH is answered (409/423) before httpx has sent its body; on trio httpx then
+    # drops its body iterator unfinished and trio warns when it is collected. That is the
+    # client library's clean-up, not the server's: the answers are what these tests check.
+    pytest.mark.filterwarnings(
+        r"ignore:Async generator 'http(x|core)\..*was garbage collected:ResourceWarning"
+    ),
+    # trio raises that warning from the async generator's finaliser, which pytest reports as
+    # an unraisable exception
+    pytest.mark.filterwarnings(
+        r"ignore:Exception ignored in. <async_generator object ByteStream\.__aiter__"
+        r":pytest.PytestUnraisableExceptionWarning"
+    ),
+]
 
 # "[2026-01-01 10:00:00,000] [1234] [INFO] 127.0.0.1:5678 PATCH /files/abc 204 0.001s"
 _REQUEST_LOG = re.compile(r"\[(\d+)\] \[INFO\] \S+ (HEAD|PATCH|POST|GET|DELETE|OPTIONS) ")
@@ -143,13 +157,16 @@ async def test_release_request_across_workers(workers: ServerProcess) -> None:
                 started = time.monotonic()
                 head = await tus.head(upload_id)
                 assert time.monotonic() - started < 4
-                assert head.headers["Upload-Offset"] == "20000"
+                # what the server had read of the 20,000 bytes when the HEAD stopped the PATCH
+                offset = int(head.headers["Upload-Offset"])
+                assert 0 <= offset <= 20_000
                 with anyio.fail_after(5):
                     interrupted = await read_raw_response(stream)
                 assert interrupted.status == 400
                 assert interrupted.body.startswith(b"ERR_UPLOAD_INTERRUPTED")
 
-            resumed = await tus.patch(upload_id, 20_000, data[20_000:])
+            assert (workers.directory / f"{upload_id}.bin").read_bytes() == data[:offset]
+            resumed = await tus.patch(upload_id, offset, data[offset:])
             assert resumed.status_code == 204
             assert (workers.directory / f"{upload_id}.bin").read_bytes() == data
 
