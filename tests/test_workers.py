@@ -34,21 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-pytestmark = [
-    pytest.mark.slow,
-    # A losing PATCH is answered (409/423) before httpx has sent its body; on trio httpx then
-    # drops its body iterator unfinished and trio warns when it is collected. That is the
-    # client library's clean-up, not the server's: the answers are what these tests check.
-    pytest.mark.filterwarnings(
-        r"ignore:Async generator 'http(x|core)\..*was garbage collected:ResourceWarning"
-    ),
-    # trio raises that warning from the async generator's finaliser, which pytest reports as
-    # an unraisable exception
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. <async_generator object ByteStream\.__aiter__"
-        r":pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.slow
 
 # "[2026-01-01 10:00:00,000] [1234] [INFO] 127.0.0.1:5678 PATCH /files/abc 204 0.001s"
 _REQUEST_LOG = re.compile(r"\[(\d+)\] \[INFO\] \S+ (HEAD|PATCH|POST|GET|DELETE|OPTIONS) ")
