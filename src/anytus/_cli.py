@@ -34,6 +34,10 @@ from ._serve import (
     reserve_port,
     run_worker,
 )
+from ._servestores import add_arguments as add_store_arguments
+from ._servestores import check_arguments as check_store_arguments
+from ._servestores import describe as describe_store
+from ._servestores import probe as probe_store
 
 if TYPE_CHECKING:
     import socket
@@ -49,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return _serve(args, parser)
+        return _serve(args, parser, sys.argv[1:] if argv is None else argv)
     return _cleanup(args, parser)
 
 
@@ -93,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"on SIGINT/SIGTERM, let running requests go on this long, then cancel them (they "
         f"keep what they received); default: {GRACEFUL_TIMEOUT:g}",
     )
+    add_store_arguments(serve)
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -107,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 # -- serve ----------------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
     if args.workers < 1:
@@ -120,6 +125,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--base-path must start with '/'")
     if args.shutdown_timeout < 0:
         parser.error("--shutdown-timeout must not be negative")
+    if (refusal := check_store_arguments(args, argv)) is not None:
+        parser.error(refusal)
     configure_logging()
     base_path = args.base_path if args.base_path.endswith("/") else args.base_path + "/"
     options = ServeOptions(
@@ -130,12 +137,22 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         backend=args.backend,
         durability=args.durability,
         shutdown_timeout=args.shutdown_timeout,
+        s3_bucket=args.s3_bucket,
+        s3_endpoint=args.s3_endpoint,
+        s3_prefix=args.s3_prefix,
+        redis_url=args.redis,
+        redis_lease=args.redis_lease,
     )
     # create the directory once, up front, so that a bad path fails here and not in N workers
     try:
-        options.directory.mkdir(parents=True, exist_ok=True)
+        if options.s3_bucket is None:
+            options.directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"anytus: cannot create {options.directory}: {exc}", file=sys.stderr)
+        return 1
+    # the same for the bucket and Redis: reached once here, with a clear message if they aren't
+    if (problem := probe_store(options)) is not None:
+        print(f"anytus: {problem}", file=sys.stderr)
         return 1
     reservation: socket.socket | None = None
     try:
@@ -147,7 +164,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"anytus: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     banner = (
-        f"anytus: serving {options.directory} on http://{endpoint.url_host}:{endpoint.port}"
+        f"anytus: serving {describe_store(options)} on http://{endpoint.url_host}:{endpoint.port}"
         f"{base_path}"
     )
 
