@@ -41,7 +41,6 @@ from ._exceptions import (
     SizeExceeded,
     StorageError,
     UploadExists,
-    UploadIsFinal,
     UploadNotFinished,
     UploadNotFound,
 )
@@ -576,9 +575,6 @@ class S3Upload(Upload):
         state = self._state
         info = state.info
         run = store._run
-        if info.is_final:
-            await anyio.lowlevel.checkpoint()
-            raise UploadIsFinal(f"upload {info.id} is a final upload and accepts no data")
         remaining = None if info.size is None else info.size - info.offset
         buffer = bytearray(await run(self._read_tail))
         written = 0
