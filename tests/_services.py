@@ -1,7 +1,7 @@
 """Real Redis and S3 servers for the S3Store and RedisLocker tests, as separate processes on free
 loopback ports.
 
-Not collected by pytest. Test modules import the fixtures (``from _services import ...``).
+Not collected by pytest. tests/conftest.py imports the fixtures, so every test module has them.
 
 - Redis: Debian's ``redis-server`` (``.ci/run`` installs it), one process per session (and one
   per test that restarts it), never the system service; no persistence.

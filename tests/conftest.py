@@ -8,6 +8,9 @@ import pytest
 import trio
 from blockbuster import BlockBuster, blockbuster_ctx
 
+# the Redis and S3 servers (tests/_services.py), for every test module that asks for them
+from _services import redis_server, s3, s3_prefix  # noqa: F401
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 

@@ -19,11 +19,12 @@ import anyio
 import pytest
 
 from _children import command
-from _services import RedisServer, redis_server  # noqa: F401 - the fixture
 from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker, RedisLocker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from _services import RedisServer
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 

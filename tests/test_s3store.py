@@ -19,13 +19,6 @@ import pytest
 
 from _helpers import Chunks, pattern
 from _server import TUS, TusClient, serve_app
-from _services import (  # noqa: F401 - the fixtures
-    RedisServer,
-    S3Service,
-    redis_server,
-    s3,
-    s3_prefix,
-)
 from anytus import (
     LockUnavailable,
     RedisLocker,
@@ -38,6 +31,11 @@ from anytus.asgi import TusApp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from _services import (
+        RedisServer,
+        S3Service,
+    )
 
 MIB = 1 << 20
 PART = 5 * MIB

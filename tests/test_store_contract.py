@@ -21,7 +21,6 @@ import pytest
 from anyio.abc import ByteReceiveStream
 
 from _helpers import pattern
-from _services import S3Service, s3  # noqa: F401 - the fixture
 from anytus import (
     ConcatenatableStore,
     DataStore,
@@ -55,6 +54,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
+
+    from _services import S3Service
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -90,6 +91,8 @@ _conforms_file_more: tuple[
 )
 
 Store = MemoryStore | FileStore | S3Store
+#: the stores that do one-hop requests
+OneHop = MemoryStore | FileStore
 
 #: what S3Store does not do, and why (each such test still runs on the other stores)
 _S3_CANNOT = {
@@ -1207,7 +1210,7 @@ class TestUpload:
 
 
 class TestRunNowait:
-    async def test_runs_fn_under_the_lock(self, store: Store) -> None:
+    async def test_runs_fn_under_the_lock(self, store: OneHop) -> None:
         info = await upload(store, b"abc", size=10)
         seen: list[tuple[bool, UploadInfo]] = []
 
@@ -1226,7 +1229,7 @@ class TestRunNowait:
 
     @pytest.mark.parametrize("read_only", [False, True])
     async def test_would_block_while_another_task_holds_the_lock(
-        self, store: Store, read_only: bool
+        self, store: OneHop, read_only: bool
     ) -> None:
         info = await upload(store, b"abc", size=10)
         holding = anyio.Event()
@@ -1250,7 +1253,7 @@ class TestRunNowait:
         assert release_requests == []
         assert await store.run_nowait(info.id, lambda upload_: upload_.info.offset) == 3
 
-    async def test_sync_upload_write_declare_truncate(self, store: Store) -> None:
+    async def test_sync_upload_write_declare_truncate(self, store: OneHop) -> None:
         info = await store.new_upload(UploadInfo(size=None))
 
         def fn(upload_: SyncUpload) -> UploadInfo:
@@ -1275,7 +1278,7 @@ class TestRunNowait:
         assert (fetched.size, fetched.offset) == (8, 6)
         assert await read_all(store, info.id) == b"helloa"
 
-    async def test_sync_upload_terminate(self, store: Store) -> None:
+    async def test_sync_upload_terminate(self, store: OneHop) -> None:
         info = await upload(store, b"abc", size=10)
         await store.run_nowait(info.id, lambda upload_: upload_.terminate())
         with pytest.raises(UploadNotFound):
@@ -1283,14 +1286,14 @@ class TestRunNowait:
         assert not store.locker.locked(info.id)
         assert await leftovers(store) == []
 
-    async def test_read_only(self, store: Store) -> None:
+    async def test_read_only(self, store: OneHop) -> None:
         info = await upload(store, b"abc", size=10)
         loaded = await store.run_nowait(info.id, lambda upload_: upload_.info, read_only=True)
         assert loaded == await store.get_info(info.id)
         await store.locker.acquire_nowait(info.id)
         await store.locker.release(info.id)
 
-    async def test_an_error_in_fn_propagates_and_lets_the_lock_go(self, store: Store) -> None:
+    async def test_an_error_in_fn_propagates_and_lets_the_lock_go(self, store: OneHop) -> None:
         info = await upload(store, b"abc", size=10)
 
         def fn(upload_: SyncUpload) -> None:
@@ -1304,7 +1307,7 @@ class TestRunNowait:
         await store.locker.acquire_nowait(info.id)
         await store.locker.release(info.id)
 
-    async def test_missing_upload_lets_the_lock_go(self, store: Store) -> None:
+    async def test_missing_upload_lets_the_lock_go(self, store: OneHop) -> None:
         with pytest.raises(UploadNotFound):
             await store.run_nowait(MISSING, lambda upload_: None)
         assert not store.locker.locked(MISSING)
