@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 import pytest
+import redis
 
 from _helpers import pattern
 from _server import (
@@ -332,7 +333,6 @@ async def test_a_half_open_client_on_a_does_not_block_b(
     """A client sends part of a PATCH body to A and goes silent without closing: a request to
     B asks A to let go, and gets through within 3 s."""
     a, b, _ = shared_hosts
-    import redis
 
     keys = redis.Redis.from_url(redis_server.url)
     async with httpx.AsyncClient(timeout=30) as http:
@@ -393,6 +393,15 @@ async def test_redis_away_mid_upload(
 
             tg.start_soon(patch)
             await halfway.wait()
+            # A holds the lock (its key is in Redis) before Redis goes away
+            keys = redis.Redis.from_url(server.url)
+
+            async def locked() -> bool:
+                key = f"anytus:lock:{upload_id}"
+                return bool(await anyio.to_thread.run_sync(keys.exists, key))
+
+            assert await wait_for(locked, timeout=10)
+            keys.close()
             await anyio.to_thread.run_sync(server.stop)
             # through B: a clear refusal, no hang
             response = await on_b.head(upload_id)

@@ -284,3 +284,26 @@ def test_a_missing_extra_is_named(module: str, construct: str, extra: str) -> No
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError:")
     assert extra in last
+
+
+async def test_a_part_past_a_gap_is_not_counted(
+    store: S3Store, s3: S3Service, s3_prefix: str
+) -> None:
+    """A part that does not follow the others (a writer that lost its lock uploading late, say)
+    counts for nothing and is left out of the object."""
+    data = pattern(2 * PART + 10, seed=7)
+    info = await store.new_upload(UploadInfo(size=len(data)))
+    await store.write_chunk(info.id, 0, pieces(data[:PART]))
+    multipart = (await store.get_info(info.id)).storage["MultipartUpload"]
+    await anyio.to_thread.run_sync(
+        lambda: s3.client.upload_part(
+            Bucket=s3.bucket,
+            Key=s3_prefix + info.id,
+            UploadId=multipart,
+            PartNumber=3,
+            Body=b"z" * PART,
+        )
+    )
+    assert (await store.get_info(info.id)).offset == PART
+    await store.write_chunk(info.id, PART, pieces(data[PART:]))
+    assert await read(store, info.id) == data

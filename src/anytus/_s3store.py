@@ -250,6 +250,12 @@ class S3Store(CoreStoreBase):
                     raise
                 multipart = ""  # completed
         parts.sort()
+        # only the parts from 1 on without a gap count: a part past a gap (a writer that lost
+        # its lock, say) is overwritten by the next writes and left out of the completion
+        contiguous = 0
+        while contiguous < len(parts) and parts[contiguous][0] == contiguous + 1:
+            contiguous += 1
+        del parts[contiguous:]
         tail = 0
         stale = False
         if multipart:
@@ -424,6 +430,21 @@ class S3Store(CoreStoreBase):
         return is_expired(info, expire_after, now)
 
 
+class _PendingPart:
+    """A part being uploaded while the next one is received."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+
+    async def wait(self) -> None:
+        """Wait for the upload; raise its error, if it failed."""
+        with anyio.CancelScope(shield=True):
+            await self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
 class S3Upload(Upload):
     """One upload of an :class:`S3Store`, loaded once (see :meth:`S3Store.get_upload`)."""
 
@@ -579,27 +600,49 @@ class S3Upload(Upload):
         buffer = bytearray(await run(self._read_tail))
         written = 0
         exceeded = False
-        try:
-            async for chunk in source:
-                if remaining is not None and len(chunk) > remaining - written:
-                    chunk, exceeded = chunk[: remaining - written], True
-                buffer += chunk
-                written += len(chunk)
-                while len(buffer) >= store.part_size and (
-                    remaining is None or written < remaining or len(buffer) > store.part_size
-                ):
-                    part = bytes(buffer[: store.part_size])
+        # one part at a time is uploaded while the next one is received; an upload, once
+        # started, is shielded, so that a cancelled write still knows which parts S3 has
+        pending: _PendingPart | None = None
+
+        async def upload(part: bytes, pending: _PendingPart) -> None:
+            try:
+                with anyio.CancelScope(shield=True):
                     await run(self._upload_part, part)
-                    del buffer[: store.part_size]
-                if exceeded:
-                    break
+            except Exception as exc:  # noqa: BLE001 - the writer raises it, in its own task
+                pending.error = exc
+            finally:
+                pending.done.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                async for chunk in source:
+                    if remaining is not None and len(chunk) > remaining - written:
+                        chunk, exceeded = chunk[: remaining - written], True
+                    buffer += chunk
+                    written += len(chunk)
+                    while len(buffer) >= store.part_size and (
+                        remaining is None or written < remaining or len(buffer) > store.part_size
+                    ):
+                        part = bytes(buffer[: store.part_size])
+                        del buffer[: store.part_size]
+                        if pending is not None:
+                            await pending.wait()
+                        pending = _PendingPart()
+                        tg.start_soon(upload, part, pending)
+                    if exceeded:
+                        break
         finally:
-            complete = info.size is not None and state.stored + len(buffer) - state.tail == (
-                info.size
-            )
             with anyio.CancelScope(shield=True):
-                await run(self._flush, buffer, complete)
-            self._refresh()
+                # the task group waited for the last part: if it failed, its bytes are gone, and
+                # storing the bytes after them would shift them, so nothing more is stored
+                if pending is None or pending.error is None:
+                    complete = info.size is not None and (
+                        state.stored + len(buffer) - state.tail == info.size
+                    )
+                    await run(self._flush, buffer, complete)
+                self._refresh()
+        if pending is not None and pending.error is not None:
+            raise pending.error
         if exceeded:
             raise SizeExceeded(
                 f"upload {info.id} is {info.size} bytes long: stored the {written} "
