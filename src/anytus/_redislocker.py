@@ -406,13 +406,18 @@ class RedisLocker(Locker):
                 results = [exc] * len(holders)
             for holder, result in zip(holders, results, strict=True):
                 if isinstance(result, BaseException):
-                    if time.monotonic() >= holder.valid_until:
+                    if (
+                        time.monotonic() >= holder.valid_until
+                        and self._held.get(holder.upload_id) is holder
+                    ):
                         logger.warning(
                             "could not renew the lock on upload %s: %s", holder.upload_id, result
                         )
                         self._lose(holder)
                 elif result == 0:
-                    self._lose(holder)
+                    # not ours any more; unless it was let go meanwhile (then nothing was lost)
+                    if self._held.get(holder.upload_id) is holder:
+                        self._lose(holder)
                 else:
                     holder.valid_until = max(holder.valid_until, now + self.lease)
                     if result == 2:
