@@ -484,18 +484,18 @@ class S3Upload(Upload):
 
     # -- the blocking parts (worker threads) --------------------------------------------------
 
+    def _check_exists(self) -> None:
+        try:
+            self._store.client.head_object(Bucket=self._store.bucket, Key=self._key + ".info")
+        except Exception as exc:
+            if _is_missing(exc):
+                raise UploadNotFound(f"upload {self._state.info.id} is gone") from None
+            raise
+
     def _read_tail(self) -> bytes:
-        """The incomplete part's bytes; checks that the upload still exists."""
+        """The incomplete part's bytes (which must be there: else the upload is gone)."""
         client = self._store.client
         bucket = self._store.bucket
-        if self._state.tail == 0:
-            try:
-                client.head_object(Bucket=bucket, Key=self._key + ".info")
-            except Exception as exc:
-                if _is_missing(exc):
-                    raise UploadNotFound(f"upload {self._state.info.id} is gone") from None
-                raise
-            return b""
         try:
             response = client.get_object(Bucket=bucket, Key=self._key + ".part")
         except Exception as exc:
@@ -535,6 +535,9 @@ class S3Upload(Upload):
     def _put_tail(self, data: bytes) -> None:
         self._guard()
         state = self._state
+        if not state.tail and not state.stale_tail:
+            # a new incomplete-part object: not for an upload terminated meanwhile
+            self._check_exists()
         self._store.client.put_object(
             Bucket=self._store.bucket,
             Key=self._key + ".part",
@@ -602,7 +605,11 @@ class S3Upload(Upload):
         info = state.info
         run = store._run
         remaining = None if info.size is None else info.size - info.offset
-        buffer = bytearray(await run(self._read_tail))
+        if state.tail:
+            buffer = bytearray(await run(self._read_tail))
+        else:
+            await anyio.lowlevel.checkpoint()
+            buffer = bytearray()
         written = 0
         exceeded = False
         # one part at a time is uploaded while the next one is received; an upload, once
@@ -618,24 +625,32 @@ class S3Upload(Upload):
             finally:
                 pending.done.set()
 
+        # the source's error, raised once what was taken is stored (not from inside the task
+        # group, which would wrap it in an exception group)
+        error: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
-                async for chunk in source:
-                    if remaining is not None and len(chunk) > remaining - written:
-                        chunk, exceeded = chunk[: remaining - written], True
-                    buffer += chunk
-                    written += len(chunk)
-                    while len(buffer) >= store.part_size and (
-                        remaining is None or written < remaining or len(buffer) > store.part_size
-                    ):
-                        part = bytes(buffer[: store.part_size])
-                        del buffer[: store.part_size]
-                        if pending is not None:
-                            await pending.wait()
-                        pending = _PendingPart()
-                        tg.start_soon(upload, part, pending)
-                    if exceeded:
-                        break
+                try:
+                    async for chunk in source:
+                        if remaining is not None and len(chunk) > remaining - written:
+                            chunk, exceeded = chunk[: remaining - written], True
+                        buffer += chunk
+                        written += len(chunk)
+                        while len(buffer) >= store.part_size and (
+                            remaining is None
+                            or written < remaining
+                            or len(buffer) > store.part_size
+                        ):
+                            part = bytes(buffer[: store.part_size])
+                            del buffer[: store.part_size]
+                            if pending is not None:
+                                await pending.wait()
+                            pending = _PendingPart()
+                            tg.start_soon(upload, part, pending)
+                        if exceeded:
+                            break
+                except Exception as exc:  # noqa: BLE001 - raised below, after the flush
+                    error = exc
         finally:
             with anyio.CancelScope(shield=True):
                 # the task group waited for the last part: if it failed, its bytes are gone, and
@@ -648,6 +663,8 @@ class S3Upload(Upload):
                 self._refresh()
         if pending is not None and pending.error is not None:
             raise pending.error
+        if error is not None:
+            raise error
         if exceeded:
             raise SizeExceeded(
                 f"upload {info.id} is {info.size} bytes long: stored the {written} "
@@ -679,7 +696,8 @@ class S3Upload(Upload):
             state.info = declared
             if length == declared.offset:
                 # every byte is here: the incomplete part becomes the last part
-                self._flush(bytearray(self._read_tail()), complete=True)
+                tail = self._read_tail() if state.tail else b""
+                self._flush(bytearray(tail), complete=True)
 
         await self._store._run(declare)
         self._refresh(modified=False)
