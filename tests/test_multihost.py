@@ -2,8 +2,8 @@
 server) and one Redis, and nothing else. A resume through the other host, competing PATCHes
 through both, a host killed while it holds a lock, a half-open client, and Redis going away.
 
-Host A runs on asyncio (granian), host B on trio (the h11 server). Leases are 2 s here (10 s by
-default) to keep the tests short.
+Host A runs on asyncio (granian), host B on trio (the h11 server); the test client runs on asyncio
+only. Leases are 2 s here (10 s by default) to keep the tests short.
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ LEASE = 2.0
 _BANNER = re.compile(r"anytus: serving .+ on (?P<url>http://[^\s/]+:\d+/\S*)")
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The client runs on asyncio only: the backends under test are the servers' (A asyncio,
+    B trio), whatever the client runs on."""
+    return "asyncio"
 
 
 async def raw_patch(
