@@ -1291,7 +1291,6 @@ class TestErrorResponse:
 
 CORS = [
     ("Access-Control-Allow-Origin", "https://app.example"),
-    ("Vary", "Origin"),
     ("Access-Control-Expose-Headers", EXPOSE_HEADERS),
 ]
 PREFLIGHT = [
@@ -1300,6 +1299,8 @@ PREFLIGHT = [
     ("Access-Control-Max-Age", "86400"),
 ]
 RESUMABLE = [("Tus-Resumable", "1.0.0")]
+#: with CORS handling on, every answer depends on the Origin header
+VARY = [("Vary", "Origin")]
 
 
 def comma_set(value: str) -> set[str]:
@@ -1310,17 +1311,17 @@ class TestCors:
     @pytest.mark.parametrize(
         ("allowed", "method", "origin", "expected"),
         [
-            (("*",), "HEAD", None, RESUMABLE),
-            (("*",), "HEAD", "https://app.example", RESUMABLE + CORS),
-            (("*",), "OPTIONS", "https://app.example", RESUMABLE + CORS + PREFLIGHT),
-            (("https://app.example",), "PATCH", "https://app.example", RESUMABLE + CORS),
+            (("*",), "HEAD", None, RESUMABLE + VARY),
+            (("*",), "HEAD", "https://app.example", RESUMABLE + VARY + CORS),
+            (("*",), "OPTIONS", "https://app.example", RESUMABLE + VARY + CORS + PREFLIGHT),
+            (("https://app.example",), "PATCH", "https://app.example", RESUMABLE + VARY + CORS),
             (
                 ("https://other.example", "https://app.example"),
                 "OPTIONS",
                 "https://app.example",
-                RESUMABLE + CORS + PREFLIGHT,
+                RESUMABLE + VARY + CORS + PREFLIGHT,
             ),
-            (("https://good.example",), "OPTIONS", "https://app.example", RESUMABLE),
+            (("https://good.example",), "OPTIONS", "https://app.example", RESUMABLE + VARY),
             # CORS disabled: no CORS headers, no origin check
             ((), "OPTIONS", "https://app.example", RESUMABLE),
         ],
@@ -1440,6 +1441,7 @@ class TestResponseHeaders:
         location = ("Location", "http://h/files/abc")
         assert CORE.response_headers(req, response, [location]) == [
             *RESUMABLE,
+            *VARY,
             *CORS,
             location,
             ("Upload-Offset", "0"),

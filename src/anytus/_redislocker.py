@@ -35,7 +35,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._datastore import DEFAULT_LOCK_TIMEOUT, Locker
-from ._exceptions import LockTimeout, StorageError
+from ._exceptions import LockTimeout, ServiceUnavailable
 from ._ids import validate_upload_id
 
 if TYPE_CHECKING:
@@ -79,9 +79,10 @@ return 0
 """
 
 
-class LockUnavailable(StorageError):
+class LockUnavailable(ServiceUnavailable):
     """Raised when the lock service cannot be reached, or when a lock was lost (its lease lapsed,
-    or the lock service forgot it) while a request held it: nothing more was written."""
+    or the lock service forgot it) while a request held it: nothing more was written. A 503 with
+    ``Retry-After``: the request works again once the lock service is back."""
 
     status_code = 503
     error_code = "ERR_LOCK_UNAVAILABLE"
