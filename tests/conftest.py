@@ -17,6 +17,9 @@ import pytest
 
 from _blocking import blocking_catalogue, trio_guard
 
+# the Redis and S3 servers (tests/_services.py), for every test module that asks for them
+from _services import redis_server, s3, s3_prefix  # noqa: F401
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 

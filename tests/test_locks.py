@@ -19,10 +19,12 @@ import anyio
 import pytest
 
 from _children import command
-from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker
+from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker, RedisLocker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from _services import RedisServer
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 
@@ -74,11 +76,17 @@ def lock_dir(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(params=["file", "memory"])
-def locker(request: pytest.FixtureRequest, lock_dir: Path) -> Locker:
+@pytest.fixture(params=["file", "memory", "redis"])
+def locker(request: pytest.FixtureRequest, lock_dir: Path) -> Iterator[Locker]:
     if request.param == "file":
-        return FileLocker(lock_dir)
-    return MemoryLocker()
+        yield FileLocker(lock_dir)
+    elif request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        redis_locker = RedisLocker(server.url, prefix=f"{lock_dir.parent.name}:")
+        yield redis_locker
+        redis_locker.close()
+    else:
+        yield MemoryLocker()
 
 
 @pytest.fixture

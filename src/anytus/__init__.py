@@ -57,6 +57,13 @@ from ._locks import MemoryLocker as MemoryLocker
 from ._memorystore import MemoryStore as MemoryStore
 from ._memorystore import MemoryUpload as MemoryUpload
 
+# these two import boto3 and redis only when a store or locker is made: `import anytus` needs neither
+from ._redislocker import LockUnavailable as LockUnavailable
+from ._redislocker import RedisLocker as RedisLocker
+from ._s3store import S3ReadStream as S3ReadStream
+from ._s3store import S3Store as S3Store
+from ._s3store import S3Upload as S3Upload
+
 __version__ = "0.1.0"
 
 __all__ = (
@@ -65,6 +72,9 @@ __all__ = (
     "FileUpload",
     "MemoryStore",
     "MemoryUpload",
+    "S3ReadStream",
+    "S3Store",
+    "S3Upload",
     "UploadInfo",
     "new_upload_id",
     "validate_upload_id",
@@ -73,6 +83,7 @@ __all__ = (
     "InlineHold",
     "Locker",
     "MemoryLocker",
+    "RedisLocker",
     # interfaces
     "ConcatenatableStore",
     "DataStore",
@@ -93,6 +104,7 @@ __all__ = (
     "InvalidUploadId",
     "LengthAlreadyDeclared",
     "LockTimeout",
+    "LockUnavailable",
     "MaxSizeExceeded",
     "MethodNotAllowed",
     "OffsetMismatch",

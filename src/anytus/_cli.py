@@ -42,6 +42,10 @@ from ._serve import (
     run_worker,
     tls_context,
 )
+from ._servestores import add_arguments as add_store_arguments
+from ._servestores import check_arguments as check_store_arguments
+from ._servestores import describe as describe_store
+from ._servestores import probe as probe_store
 
 if TYPE_CHECKING:
     import socket
@@ -57,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return _serve(args, parser)
+        return _serve(args, parser, sys.argv[1:] if argv is None else argv)
     return _cleanup(args, parser)
 
 
@@ -188,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="answer only tus 1.0.0, not the IETF resumable-upload draft (on by default)",
     )
+    add_store_arguments(serve)
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -233,7 +238,7 @@ def parse_duration(text: str) -> float:
 # -- serve ----------------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
     if args.workers < 1:
@@ -246,6 +251,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--base-path must start with '/'")
     if args.shutdown_timeout < 0:
         parser.error("--shutdown-timeout must not be negative")
+    if (refusal := check_store_arguments(args, argv)) is not None:
+        parser.error(refusal)
     if (args.certfile is None) != (args.keyfile is None):
         parser.error("--certfile and --keyfile go together")
     cors_origins = ("*",)
@@ -290,19 +297,29 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         certfile=None if args.certfile is None else args.certfile.absolute(),
         keyfile=None if args.keyfile is None else args.keyfile.absolute(),
         cors_origins=cors_origins,
+        s3_bucket=args.s3_bucket,
+        s3_endpoint=args.s3_endpoint,
+        s3_prefix=args.s3_prefix,
+        redis_url=args.redis,
+        redis_lease=args.redis_lease,
     )
     # check the directory once, up front (created if missing, written, listed), so that a bad
     # path fails here, in one line, and not as a 500 to every request in N workers
     from ._exceptions import StorageError
     from ._filestore import check_directory
 
-    try:
-        warning = check_directory(options.directory)
-    except StorageError as exc:
-        print(f"anytus: {exc.message}", file=sys.stderr)
+    if options.s3_bucket is None:
+        try:
+            warning = check_directory(options.directory)
+        except StorageError as exc:
+            print(f"anytus: {exc.message}", file=sys.stderr)
+            return 1
+        if warning is not None:
+            logger.warning("%s", warning)
+    # the same for the bucket and Redis: reached once here, with a clear message if they aren't
+    if (problem := probe_store(options)) is not None:
+        print(f"anytus: {problem}", file=sys.stderr)
         return 1
-    if warning is not None:
-        logger.warning("%s", warning)
     reservation: socket.socket | None = None
     try:
         if options.backend == "trio":
@@ -314,7 +331,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     scheme = "http" if options.certfile is None else "https"
     banner = (
-        f"anytus: serving {options.directory} on {scheme}://{endpoint.url_host}:{endpoint.port}"
+        f"anytus: serving {describe_store(options)} on {scheme}://{endpoint.url_host}:"
+        f"{endpoint.port}"
         f"{base_path}"
     )
 

@@ -119,6 +119,12 @@ class ServeOptions:
     keyfile: Path | None = None
     #: ``TusApp(cors_allow_origins=...)``
     cors_origins: tuple[str, ...] = ("*",)
+    #: an S3 bucket instead of the directory, and a Redis locker (see anytus._servestores)
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None
+    s3_prefix: str | None = None
+    redis_url: str | None = None
+    redis_lease: float | None = None
 
 
 @dataclass(frozen=True)
@@ -278,11 +284,11 @@ async def _serve(
     endpoint: Endpoint, options: ServeOptions, parent_pid: int | None, ready: Callable[[], None]
 ) -> None:
     # imported here: `anytus cleanup` and `--help` need neither the servers nor the app
-    from ._filestore import FileStore
+    from ._servestores import build_store
     from .asgi import TusApp
 
     tus = TusApp(
-        FileStore(options.directory, durability=options.durability),
+        build_store(options),
         base_path=options.base_path,
         max_size=options.max_size,
         expire_after=options.expire_after,

@@ -36,22 +36,23 @@ if TYPE_CHECKING:
     from ._datastore import Locker, StoreComposer
     from ._info import UploadInfo
 
-__all__ = ("StoreBase",)
+__all__ = ("CoreStoreBase", "StoreBase")
 
 #: uploads that cleanup cannot read or remove are logged once, not on every pass
 _cleanup_log = OnceLog(logging.getLogger("anytus.store"))
 
 
-class StoreBase(
+class CoreStoreBase(
     DataStore,
-    OneHopStore,
     TerminatableStore,
     ConcatenatableStore,
     LengthDeferrableStore,
     TruncatableStore,
     ExpiringStore,
 ):
-    """A store with every capability and a :class:`~anytus.Locker` of its own (``locker``).
+    """A store with every capability but one-hop requests, and a :class:`~anytus.Locker` of its
+    own (``locker``): what :class:`StoreBase` is without :class:`~anytus.OneHopStore`, for stores
+    whose requests cannot be done in one worker-thread hop (:class:`~anytus.S3Store`).
 
     Subclasses implement the storage; this gives them tusd's lock methods, ``use_in`` and
     :meth:`cleanup`, written once.
@@ -210,3 +211,12 @@ class StoreBase(
         except UploadNotFound:
             return False
         return is_expired(info, expire_after, now)
+
+
+class StoreBase(CoreStoreBase, OneHopStore):
+    """A store with every capability, one-hop requests included, and a :class:`~anytus.Locker`
+    of its own (``locker``).
+
+    Subclasses implement the storage; this gives them tusd's lock methods, ``use_in`` and
+    :meth:`cleanup`, written once.
+    """
