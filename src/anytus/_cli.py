@@ -1,4 +1,4 @@
-"""The ``anytus`` command: ``anytus serve`` and ``anytus cleanup``.
+"""The ``anytus`` command: ``anytus serve``, ``anytus cleanup`` and ``anytus upload``.
 
 ``serve`` runs :class:`~anytus.asgi.TusApp` under granian on asyncio and under anytus's h11 server
 on trio (:mod:`anytus._serve`). The port is chosen here, before any server starts, so that ``--port 0`` can
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, cast
 
 import anyio
 
+from ._cli_upload import add_upload_parser, run_upload
 from ._serve import (
     GRACEFUL_TIMEOUT,
     Endpoint,
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args, parser)
+    if args.command == "upload":
+        return run_upload(args, parser)
     return _cleanup(args, parser)
 
 
@@ -101,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument("dir", type=Path, metavar="DIR")
     cleanup.add_argument("--expire-after", type=float, required=True, metavar="SECONDS")
+    add_upload_parser(commands)
     return parser
 
 
