@@ -12,6 +12,7 @@ import time
 import urllib.parse
 import zlib
 from collections.abc import AsyncIterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
 
@@ -27,7 +28,7 @@ from .._exceptions import (
 from ._urlstore import StoredUpload, URLStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
     from types import TracebackType
 
     from typing_extensions import Self
@@ -37,7 +38,7 @@ __all__ = ("ProgressCallback", "TusClient")
 TUS_VERSION: Final = "1.0.0"
 OFFSET_CONTENT_TYPE: Final = "application/offset+octet-stream"
 #: bytes per worker-thread read of a file, and per piece handed to httpx
-READ_SIZE: Final = 1 << 20
+READ_SIZE: Final = 1 << 22
 #: async sources are sent in chunks of this size unless told otherwise (each chunk is held in
 #: memory until the server has it, so that it can be sent again)
 STREAM_CHUNK_SIZE: Final = 8 << 20
@@ -221,11 +222,12 @@ class _UploadState:
 # -- request bodies --------------------------------------------------------------------------------
 
 
-class _FileBody:
+class _FileBody(httpx.AsyncByteStream):
     """Bytes ``[start, end)`` of an open file, read in worker threads a piece at a time.
 
-    A class rather than an async generator: httpx may stop iterating mid-way (the connection
-    broke), and an unfinished async generator is left for the garbage collector to finalize.
+    A request stream of our own, iterated by httpcore directly: httpx would wrap an async
+    iterable in an async generator, which is left unfinished for the garbage collector when a
+    connection breaks mid-body.
     """
 
     def __init__(
@@ -244,6 +246,9 @@ class _FileBody:
 
     def __aiter__(self) -> Self:
         return self
+
+    async def aclose(self) -> None:
+        pass
 
     async def __anext__(self) -> bytes:
         if self._position >= self._end:
@@ -283,7 +288,7 @@ def _digest(data: memoryview, algorithm: str) -> bytes:
     return digest.digest()
 
 
-class _MemoryBody:
+class _MemoryBody(httpx.AsyncByteStream):
     """A chunk held in memory, handed to httpx in pieces (for progress)."""
 
     def __init__(self, data: memoryview, start: int, on_sent: Callable[[int], None]) -> None:
@@ -295,21 +300,24 @@ class _MemoryBody:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> bytes | memoryview:
+    async def aclose(self) -> None:
+        pass
+
+    async def __anext__(self) -> bytes:
         if self._sent >= len(self._data):
             raise StopAsyncIteration
         piece = self._data[self._sent : self._sent + READ_SIZE]
         self._sent += len(piece)
         self._on_sent(self._start + self._sent)
         # h11 joins what it sends into one bytes object anyway: no copy here
-        return piece
+        return piece  # type: ignore[return-value]
 
 
 class _Source(Protocol):
     """Where the bytes of one (partial) upload come from, by absolute offset."""
 
     async def checksum(self, start: int, end: int, algorithm: str) -> bytes: ...
-    def body(self, start: int, end: int, on_sent: Callable[[int], None]) -> AsyncIterable[bytes]:
+    def body(self, start: int, end: int, on_sent: Callable[[int], None]) -> httpx.AsyncByteStream:
         """The bytes ``[start, end)``."""
         ...
 
@@ -324,7 +332,7 @@ class _FileSource:
             _digest_file, self.file, start, end, algorithm, limiter=self.limiter
         )
 
-    def body(self, start: int, end: int, on_sent: Callable[[int], None]) -> AsyncIterable[bytes]:
+    def body(self, start: int, end: int, on_sent: Callable[[int], None]) -> httpx.AsyncByteStream:
         return _FileBody(self.file, start, end, self.limiter, on_sent)
 
 
@@ -342,9 +350,9 @@ class _ChunkSource:
             return _digest(view, algorithm)
         return await anyio.to_thread.run_sync(_digest, view, algorithm)
 
-    def body(self, start: int, end: int, on_sent: Callable[[int], None]) -> AsyncIterable[bytes]:
+    def body(self, start: int, end: int, on_sent: Callable[[int], None]) -> httpx.AsyncByteStream:
         view = self.data[start - self.start : end - self.start]
-        return _MemoryBody(view, start, on_sent)  # type: ignore[return-value]
+        return _MemoryBody(view, start, on_sent)
 
 
 # -- the client ------------------------------------------------------------------------------------
@@ -797,9 +805,7 @@ class TusClient:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(part_file.close)
 
-        async with anyio.create_task_group() as tg:
-            for index in range(parts):
-                tg.start_soon(send_part, index)
+        await _gather([partial(send_part, index) for index in range(parts)])
 
         final, _ = await self._create(
             None, metadata=metadata, caps=caps, final=" ".join(urls), length_known=False
@@ -854,10 +860,10 @@ class TusClient:
 
         # a resumed source starts from its beginning: what the server has already is skipped
         skip = offset
-        async with anyio.create_task_group() as tg:
-            # read the next chunk while one is being sent: at most three in memory
-            send_chunks, receive_chunks = anyio.create_memory_object_stream[tuple[bytes, bool]](1)
-            tg.start_soon(_produce_chunks, source, chunk_size, send_chunks)
+        # read the next chunk while one is being sent: at most three in memory
+        send_chunks, receive_chunks = anyio.create_memory_object_stream[tuple[bytes, bool]](1)
+
+        async def consume() -> None:
             position = 0
             async with receive_chunks:
                 async for chunk, last in receive_chunks:
@@ -894,6 +900,8 @@ class TusClient:
                         checksum=checksum,
                         declare_length=length is None and last,
                     )
+
+        await _gather([partial(_produce_chunks, source, chunk_size, send_chunks), consume])
         if store_key is not None and self.store is not None:
             with anyio.CancelScope(shield=True):
                 await self.store.remove(store_key)
@@ -934,7 +942,7 @@ class TusClient:
             headers["Upload-Metadata"] = metadata
         retry = _Retry(self)
         while True:
-            content: AsyncIterable[bytes] | None = None
+            content: httpx.AsyncByteStream | None = None
             send_headers = headers
             if body is not None and length:
                 send_headers = {
@@ -944,7 +952,7 @@ class TusClient:
                 }
                 content = body.body(0, length, _reporter(progress, 0, 0))
             try:
-                response = await self._client.post(self.url, headers=send_headers, content=content)
+                response = await self._send("POST", self.url, send_headers, content)
             except httpx.TransportError as exc:
                 await retry.after(exc, 0)
                 continue
@@ -964,6 +972,18 @@ class TusClient:
         if content is not None and "Upload-Offset" in response.headers:
             offset = _header_int(response, "Upload-Offset")
         return url, offset
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: httpx.AsyncByteStream | None,
+    ) -> httpx.Response:
+        request = self._client.build_request(method, url, headers=headers)
+        if body is not None:
+            request.stream = body  # with the Content-Length given in *headers*
+        return await self._client.send(request)
 
     async def _head(self, url: str, retry: _Retry) -> _UploadState:
         while True:
@@ -1019,7 +1039,7 @@ class TusClient:
                 headers["Upload-Checksum"] = f"{checksum} {base64.b64encode(digest).decode()}"
             content = source.body(base + offset, base + end, report)
             try:
-                response = await self._client.patch(url, headers=headers, content=content)
+                response = await self._send("PATCH", url, headers, content)
             except httpx.TransportError as exc:
                 await retry.after(exc, offset)
                 offset = await self._resync(url, retry, progress, part)
@@ -1068,6 +1088,25 @@ def _fingerprint(file: BinaryIO, path: Path) -> tuple[int, str]:
     """The file's size, and its fingerprint: absolute path, size, modification time."""
     stat = os.fstat(file.fileno())
     return stat.st_size, f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+async def _gather(functions: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run *functions* concurrently; if one fails, cancel the others and raise its exception
+    (not an exception group: callers catch our errors by class)."""
+    errors: list[Exception] = []
+
+    async def run(function: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
+        try:
+            await function()
+        except Exception as exc:  # noqa: BLE001 - raised again below, by the caller's task
+            errors.append(exc)
+            scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for function in functions:
+            tg.start_soon(run, function, tg.cancel_scope)
+    if errors:
+        raise errors[0]
 
 
 async def _produce_chunks(
