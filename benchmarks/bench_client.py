@@ -4,8 +4,9 @@ Each client uploads the same file (``--size``, 1 GiB; ``--quick``: 128 MiB) to t
 ``anytus serve --durability none`` (granian on asyncio, a subprocess) over loopback, in its own
 subprocess, in interleaved rounds (``--rounds``, 3; the order rotates every round). For each:
 throughput (MiB/s, from the client's own timing of the upload, process start-up left out), client
-CPU seconds per GiB and peak client RSS (``wait4``'s rusage of the client process), the medians
-over the rounds, and the ratios to curl and tuspy.
+CPU seconds per GiB while uploading (measured by each client process around its upload; curl's is its
+whole process) and for the whole process (``wait4``'s rusage: start-up and imports included), peak
+client RSS (rusage), the medians over the rounds, and the ratios.
 
 - ``anytus``: ``TusClient.upload(path)``, defaults (one PATCH for the whole file), on asyncio
   (``--anytus-backend trio`` for trio);
@@ -54,6 +55,7 @@ const tus = require('tus-js-client')
 const [endpoint, file, chunkSize] = process.argv.slice(1)
 const size = fs.statSync(file).size
 const started = process.hrtime.bigint()
+const cpuStarted = process.cpuUsage()
 const upload = new tus.Upload(fs.createReadStream(file, { highWaterMark: 1 << 20 }), {
   endpoint,
   uploadSize: size,
@@ -62,7 +64,9 @@ const upload = new tus.Upload(fs.createReadStream(file, { highWaterMark: 1 << 20
   onError: (error) => { console.error(String(error)); process.exit(1) },
   onSuccess: () => {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9
-    process.stdout.write(JSON.stringify({ seconds, url: upload.url }) + '\n')
+    const usage = process.cpuUsage(cpuStarted)
+    const cpu = (usage.user + usage.system) / 1e6
+    process.stdout.write(JSON.stringify({ seconds, cpu, url: upload.url }) + '\n')
   },
 })
 upload.start()
@@ -79,9 +83,13 @@ def child_anytus(endpoint: str, file: str, backend: str) -> None:
 
     async def run() -> dict[str, object]:
         async with TusClient(endpoint, store=False) as client:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds()
             url = await client.upload(file)
-            return {"seconds": time.perf_counter() - started, "url": url}
+            return {
+                "seconds": time.perf_counter() - started,
+                "cpu": cpu_seconds() - cpu,
+                "url": url,
+            }
 
     print(json.dumps(anyio.run(run, backend=backend)))
 
@@ -90,13 +98,18 @@ def child_tuspy(endpoint: str, file: str) -> None:
     from tusclient import client as tus_client
 
     with open(file, "rb") as stream:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         uploader = tus_client.TusClient(endpoint).uploader(
             file_stream=stream, chunk_size=OTHER_CHUNK
         )
         uploader.upload()
-        seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "url": uploader.url}))
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "url": uploader.url}))
+
+
+def cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 # -- the parent ------------------------------------------------------------------------------------
@@ -158,20 +171,29 @@ def run_one(client: str, endpoint: str, file: Path, args: argparse.Namespace) ->
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{client} failed ({process.returncode}): {output}")
+    process_cpu = usage.ru_utime + usage.ru_stime
     if client == "curl":
-        seconds = float(output)
+        seconds, upload_cpu = float(output), process_cpu
     else:
         result = json.loads(output.strip().splitlines()[-1])
-        seconds, url = float(result["seconds"]), result["url"]
+        seconds, upload_cpu, url = float(result["seconds"]), float(result["cpu"]), result["url"]
     offset = int(request("HEAD", url, {})[1]["upload-offset"])
     if offset != size:
         raise SystemExit(f"{client}: the server has {offset} of {size} bytes")
     request("DELETE", url, {})  # keep the disk free for the next one
     return {
         "mibps": size / MIB / seconds,
-        "cpu_per_gib": (usage.ru_utime + usage.ru_stime) / (size / GIB),
+        "cpu_per_gib": upload_cpu / (size / GIB),
+        "process_cpu_per_gib": process_cpu / (size / GIB),
         "rss_mib": usage.ru_maxrss / 1024,
     }
+
+
+def line(m: dict[str, float]) -> str:
+    return (
+        f"{m['mibps']:8.1f} MiB/s  {m['cpu_per_gib']:6.2f} CPU s/GiB uploading "
+        f"({m['process_cpu_per_gib']:5.2f} whole process)  {m['rss_mib']:7.1f} MiB peak RSS"
+    )
 
 
 def child_env() -> dict[str, str]:
@@ -232,11 +254,7 @@ def main() -> None:
                 for client in order:
                     result = run_one(client, endpoint, file, args)
                     results[client].append(result)
-                    print(
-                        f"  {client:14} {result['mibps']:8.1f} MiB/s  "
-                        f"{result['cpu_per_gib']:6.2f} CPU s/GiB  {result['rss_mib']:7.1f} MiB RSS",
-                        flush=True,
-                    )
+                    print(f"  {client:14} {line(result)}", flush=True)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
@@ -246,10 +264,7 @@ def main() -> None:
         for client, runs in results.items()
     }
     for client, m in medians.items():
-        print(
-            f"  {client:14} {m['mibps']:8.1f} MiB/s  {m['cpu_per_gib']:6.2f} CPU s/GiB  "
-            f"{m['rss_mib']:7.1f} MiB peak RSS"
-        )
+        print(f"  {client:14} {line(m)}")
     if "anytus" in medians:
         ours = medians["anytus"]
         for other in ("curl", "tuspy", "tus-js-client"):
@@ -257,8 +272,10 @@ def main() -> None:
                 theirs = medians[other]
                 print(
                     f"  anytus / {other:14} throughput {ours['mibps'] / theirs['mibps']:.2f}x, "
-                    f"CPU per GiB {ours['cpu_per_gib'] / theirs['cpu_per_gib']:.2f}x, "
-                    f"RSS {ours['rss_mib'] / theirs['rss_mib']:.2f}x"
+                    f"CPU per GiB {ours['cpu_per_gib'] / theirs['cpu_per_gib']:.2f}x "
+                    f"(whole process "
+                    f"{ours['process_cpu_per_gib'] / theirs['process_cpu_per_gib']:.2f}x), "
+                    f"peak RSS {ours['rss_mib'] / theirs['rss_mib']:.2f}x"
                 )
 
 

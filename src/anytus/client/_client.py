@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import os
 import random
+import socket
 import time
 import urllib.parse
 import zlib
@@ -39,6 +40,8 @@ TUS_VERSION: Final = "1.0.0"
 OFFSET_CONTENT_TYPE: Final = "application/offset+octet-stream"
 #: bytes per worker-thread read of a file, and per piece handed to httpx
 READ_SIZE: Final = 1 << 22
+#: SO_SNDBUF of the client's connections
+SEND_BUFFER: Final = 4 << 20
 #: async sources are sent in chunks of this size unless told otherwise (each chunk is held in
 #: memory until the server has it, so that it can be sent again)
 STREAM_CHUNK_SIZE: Final = 8 << 20
@@ -49,8 +52,8 @@ SMALL_FILE: Final = 1 << 20
 #: statuses worth retrying: locked, too many requests, server errors (not "not implemented" and
 #: "version not supported", which stay true)
 RETRY_STATUSES: Final = frozenset({408, 423, 429, 500, 502, 503, 504, 507, 509})
-#: statuses after which the offset is asked again and the upload goes on: the server holds other
-#: bytes than we thought (409), or the chunk arrived damaged (460)
+#: statuses of a PATCH after which the offset is asked again and the upload goes on: the server
+#: holds other bytes than we thought (409), or the chunk arrived damaged (460)
 RESYNC_STATUSES: Final = frozenset({409, 460})
 
 _CHECKSUMS: Final[Mapping[str, Callable[[], _Hash]]] = {
@@ -143,7 +146,8 @@ class _Retry:
         retry_after: float | None = None
         if isinstance(failure, httpx.Response):
             status = failure.status_code
-            if status not in RETRY_STATUSES and status not in RESYNC_STATUSES:
+            resync = failure.request.method == "PATCH" and status in RESYNC_STATUSES
+            if status not in RETRY_STATUSES and not resync:
                 raise _response_error(failure)
             retry_after = _retry_after(failure.headers.get("Retry-After"))
         self._attempts += 1
@@ -424,10 +428,14 @@ class TusClient:
 
     async def __aenter__(self) -> Self:
         headers = {"Tus-Resumable": TUS_VERSION, **self.headers}
-        self._http = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout),
+        transport = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            # a send buffer as large as Linux's autotuning would grow it to (tcp_wmem's default
+            # maximum), from the start: fewer wake-ups per MiB (less CPU, measured on loopback)
+            socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)],
+        )
+        self._http = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(self.timeout), transport=transport
         )
         await self._http.__aenter__()
         return self
