@@ -485,6 +485,41 @@ async def test_max_size_is_honoured_before_sending(tmp_path: Path, store: URLSto
     assert [method for method, _ in app.log] == ["OPTIONS", "POST"]  # only the deferred one
 
 
+async def test_what_the_server_lacks_is_refused_before_creating(
+    tmp_path: Path, store: URLStore
+) -> None:
+    inner = TusApp(FileStore(tmp_path / "uploads"))
+    requests: list[str] = []
+
+    async def creation_only(scope: Scope, receive: Receive, send: Send) -> None:
+        """TusApp, with an OPTIONS answer that offers the creation extension only."""
+
+        async def rewrite(message: Any) -> None:
+            if message["type"] == "http.response.start" and scope["method"] == "OPTIONS":
+                headers = [(k, v) for k, v in message["headers"] if k.lower() != b"tus-extension"]
+                message = {**message, "headers": [*headers, (b"tus-extension", b"creation")]}
+            await send(message)
+
+        if scope["type"] == "http":
+            requests.append(scope["method"])
+        await inner(scope, receive, rewrite)
+
+    async with serve_app(creation_only) as url, TusClient(url, store=store) as client:
+        with pytest.raises(ExtensionUnsupported, match="creation-defer-length"):
+            await client.upload(pieces(b"abc", 1))
+        with pytest.raises(ExtensionUnsupported, match="checksum"):
+            await client.upload(payload(tmp_path, 10), checksum="sha1")
+        with pytest.raises(ExtensionUnsupported, match="concatenation"):
+            await client.upload(payload(tmp_path, 10), parallel=2)
+        with pytest.raises(ExtensionUnsupported, match="termination"):
+            await client.terminate(url + "0" * 32)
+        small = await client.upload(payload(tmp_path, 10))  # no creation-with-upload: a PATCH
+    assert requests == ["OPTIONS", "POST", "PATCH"]
+    assert (tmp_path / "uploads" / f"{upload_id_of(small)}.bin").read_bytes() == (
+        tmp_path / "payload.bin"
+    ).read_bytes()
+
+
 async def test_resume_by_url(tmp_path: Path, store: URLStore) -> None:
     path = payload(tmp_path, MIB + 5)
     app = TusApp(FileStore(tmp_path / "uploads"))

@@ -175,6 +175,8 @@ async def _upload_all(args: argparse.Namespace) -> int:
                     )
                 except (TusError, OSError, ValueError) as exc:
                     failed += 1
+                    progress.update(task, description=f"{path.name} (failed)", total=0)
+                    progress.stop_task(task)
                     progress.console.print(f"anytus: {path}: {exc}", markup=False, highlight=False)
                     continue
                 # rich's live display prints what goes to stdout above the bars
