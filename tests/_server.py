@@ -31,7 +31,7 @@ import sniffio
 from hypercorn.config import Config
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 
 __all__ = (
     "ConnectionClosedError",
@@ -177,8 +177,11 @@ def run_server_process(
     directory: Path,
     *args: str,
     startup_timeout: float = 30.0,
+    prefix: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """Run ``python -m anytus serve --port 0 --dir DIRECTORY *ARGS`` and yield it once it listens.
+
+    *prefix* goes before the command (``prlimit ...``, ``setpriv ...``).
 
     The announced ``anytus: serving DIR on http://HOST:PORT/files/`` line gives the URL. stderr is
     drained by a thread for the whole lifetime (the server logs every request there). Teardown sends
@@ -186,6 +189,7 @@ def run_server_process(
     """
     env = subprocess_env()
     command = [
+        *prefix,
         sys.executable,
         "-m",
         "anytus",

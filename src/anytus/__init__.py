@@ -30,9 +30,12 @@ from ._exceptions import OriginNotAllowed as OriginNotAllowed
 from ._exceptions import RangeNotSatisfiable as RangeNotSatisfiable
 from ._exceptions import RequestBodyTimeout as RequestBodyTimeout
 from ._exceptions import ResponseError as ResponseError
+from ._exceptions import ServerShuttingDown as ServerShuttingDown
+from ._exceptions import ServiceUnavailable as ServiceUnavailable
 from ._exceptions import SizeExceeded as SizeExceeded
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageFull as StorageFull
+from ._exceptions import TooManyOpenFiles as TooManyOpenFiles
 from ._exceptions import TusError as TusError
 from ._exceptions import UnsupportedChecksumAlgorithm as UnsupportedChecksumAlgorithm
 from ._exceptions import UnsupportedMediaType as UnsupportedMediaType
@@ -95,8 +98,11 @@ __all__ = (
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
     "SizeExceeded",
+    "ServerShuttingDown",
+    "ServiceUnavailable",
     "StorageError",
     "StorageFull",
+    "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",

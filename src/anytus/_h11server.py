@@ -13,6 +13,10 @@ What it does, per connection (one task each, in one task group):
   :data:`HEAD_TIMEOUT` of its first byte; an idle keep-alive connection is closed after
   :data:`KEEP_ALIVE_TIMEOUT`), then run the app inline with its ``receive`` and ``send``;
 - ``Expect: 100-continue``: the ``100 Continue`` goes out when the app first calls ``receive()``;
+- other interim responses (the resumable-upload draft's ``104``): the scope offers the
+  ``http.response.informational`` extension; the app sends ``{"type":
+  "http.response.informational", "status": 1xx, "headers": [...]}`` before its response (a
+  ``100 Continue`` still owed goes out first);
 - after the response: keep the connection (h11 keep-alive and pipelining) when both sides
   finished their message; a body the app did not read is read and dropped for a bounded time
   (:data:`DRAIN_TIME`, :data:`DRAIN_SIZE`), otherwise the connection is closed;
@@ -47,6 +51,7 @@ __all__ = (
     "DRAIN_SIZE",
     "DRAIN_TIME",
     "HEAD_TIMEOUT",
+    "INTERRUPT_GRACE",
     "KEEP_ALIVE_TIMEOUT",
     "MAX_HEAD_SIZE",
     "READ_SIZE",
@@ -73,6 +78,8 @@ HEAD_TIMEOUT = 10.0
 #: connection; past either it is closed
 DRAIN_TIME = 2.0
 DRAIN_SIZE = 16 * 1024 * 1024
+#: how long interrupted requests may take to answer at shutdown before they are cancelled
+INTERRUPT_GRACE = 2.0
 #: how long lifespan startup and shutdown may take
 LIFESPAN_TIMEOUT = 60.0
 
@@ -81,7 +88,10 @@ _SERVER_HEADER = (b"server", b"anytus")
 #: a response message up to this size is sent with one write (joined), a larger one piecewise
 _JOIN_LIMIT = 64 * 1024
 #: reason phrases (h11 sends an empty one unless told)
-_REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
+_REASONS = {
+    104: b"Upload Resumption Supported",  # the resumable-upload draft's, not in http.HTTPStatus
+    **{status.value: status.phrase.encode("ascii") for status in http.HTTPStatus},
+}
 #: statuses whose responses never have a body, nor a Content-Length of it
 _NO_BODY = frozenset({204, 304, *range(100, 200)})
 
@@ -323,6 +333,9 @@ class _Connection:
             # instead of chunked framing
             self.pending_start = message
             return
+        if kind == "http.response.informational":
+            await self._send_informational(message)
+            return
         if kind != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
         if not self.response_started or self.response_complete:
@@ -353,6 +366,29 @@ class _Connection:
                     await self._send_bytes(piece)
         except _Disconnected:
             return
+
+    async def _send_informational(self, message: dict[str, Any]) -> None:
+        """An interim (1xx) response, before the final one; dropped once that has started."""
+        status = int(message["status"])
+        if not 100 <= status < 200 or status == 101:
+            raise RuntimeError(f"not an informational status: {status}")
+        if self.response_started or self.disconnected:
+            return
+        conn = self.conn
+        events: list[h11.InformationalResponse] = []
+        if self.expect_100 and conn.client_is_waiting_for_100_continue:
+            # "the server MUST NOT omit the 100 (Continue) response because it has sent an
+            # interim response with the 104 (Upload Resumption Supported) status code"
+            self.expect_100 = False
+            events.append(h11.InformationalResponse(status_code=100, headers=[]))
+        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
+        events.append(
+            h11.InformationalResponse(
+                status_code=status, headers=headers, reason=_REASONS.get(status, b"")
+            )
+        )
+        with contextlib.suppress(_Disconnected):
+            await self._send_bytes(b"".join(conn.send(event) or b"" for event in events))
 
     async def _flush_start(self, length: int | None) -> None:
         """Send the held ``http.response.start``; *length*: the whole body's, if known."""
@@ -413,6 +449,7 @@ class _Connection:
             "client": self.client,
             "server": self.local,
             "state": dict(self.server.state),
+            "extensions": {"http.response.informational": {}},
         }
 
     async def run(self) -> None:
@@ -592,6 +629,13 @@ class _Server:
             if connection.idle and connection.idle_scope is not None:
                 connection.idle_scope.cancel()
 
+    async def wait_until_idle(self) -> None:
+        """Return once every connection has ended, closing each as soon as it goes idle."""
+        while self.connections:
+            self.stop_idle()
+            # woken when a connection ends or one that was running a request goes idle
+            await self.changed.wait()
+
 
 class _Lifespan:
     """The app's ``lifespan`` scope, run beside the server."""
@@ -665,7 +709,9 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None] | None = None,
     shutdown_timeout: float = 5.0,
+    interrupt: Callable[[], None] | None = None,
     before_cancel: Callable[[], None] | None = None,
+    force_trigger: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
     *shutdown_trigger* returns.
@@ -676,9 +722,12 @@ async def serve(
     :param shutdown_trigger: returns when the server should stop
     :param ready: called once the app's lifespan startup is complete and connections are accepted
     :param shutdown_timeout: how long running requests may go on after the trigger before they are
-        cancelled
-    :param before_cancel: called just before running requests are cancelled at the end of
-        *shutdown_timeout*
+        interrupted (or cancelled)
+    :param interrupt: called when *shutdown_timeout* has passed with requests still running, to
+        make them answer; they get :data:`INTERRUPT_GRACE` more before they are cancelled
+    :param before_cancel: called just before running requests are cancelled
+    :param force_trigger: returns when the shutdown should not wait any longer (a second signal):
+        running requests are cancelled at once
     :raises LifespanFailedError: the app's lifespan startup failed
     """
     server = _Server(app)
@@ -710,15 +759,26 @@ async def serve(
                 accepting.cancel()
                 await listener.aclose()
                 server.stop_idle()
-                with anyio.move_on_after(shutdown_timeout):
-                    while server.connections:
-                        server.stop_idle()
-                        # woken when a connection ends or one that was running a request goes idle
-                        await server.changed.wait()
+                async with anyio.create_task_group() as draining:
+                    if force_trigger is not None:
+
+                        async def on_force() -> None:
+                            await force_trigger()
+                            draining.cancel_scope.cancel()
+
+                        draining.start_soon(on_force)
+                    with anyio.move_on_after(shutdown_timeout):
+                        await server.wait_until_idle()
+                    if server.busy and interrupt is not None:
+                        logger.warning(
+                            "requests still running after %gs: interrupting them", shutdown_timeout
+                        )
+                        interrupt()
+                        with anyio.move_on_after(INTERRUPT_GRACE):
+                            await server.wait_until_idle()
+                    draining.cancel_scope.cancel()
                 if server.busy:
-                    logger.warning(
-                        "requests still running after %gs: cancelling them", shutdown_timeout
-                    )
+                    logger.warning("requests still running: cancelling them")
                     if before_cancel is not None:
                         before_cancel()
                 connections.cancel_scope.cancel()
