@@ -317,6 +317,19 @@ class _MemoryBody(httpx.AsyncByteStream):
         return piece  # type: ignore[return-value]
 
 
+class _NoBody(httpx.AsyncByteStream):
+    """The body of a request without one."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        pass
+
+
 class _Source(Protocol):
     """Where the bytes of one (partial) upload come from, by absolute offset."""
 
@@ -601,7 +614,7 @@ class TusClient:
         retry = _Retry(self)
         while True:
             try:
-                response = await self._client.delete(url)
+                response = await self._send("DELETE", url, {}, None)
             except httpx.TransportError as exc:
                 await retry.after(exc, 0)
                 continue
@@ -624,7 +637,7 @@ class TusClient:
         retry = _Retry(self)
         while True:
             try:
-                response = await self._client.options(self.url)
+                response = await self._send("OPTIONS", self.url, {}, None)
             except httpx.TransportError as exc:
                 await retry.after(exc, 0)
                 continue
@@ -989,14 +1002,15 @@ class TusClient:
         body: httpx.AsyncByteStream | None,
     ) -> httpx.Response:
         request = self._client.build_request(method, url, headers=headers)
-        if body is not None:
-            request.stream = body  # with the Content-Length given in *headers*
+        # always a stream of ours (with the Content-Length given in *headers*): httpx's own is an
+        # async generator, left unfinished for the garbage collector when a request is cut off
+        request.stream = body if body is not None else _NoBody()
         return await self._client.send(request)
 
     async def _head(self, url: str, retry: _Retry) -> _UploadState:
         while True:
             try:
-                response = await self._client.head(url)
+                response = await self._send("HEAD", url, {}, None)
             except httpx.TransportError as exc:
                 await retry.after(exc, 0)
                 continue
