@@ -16,7 +16,9 @@ from ._datastore import TruncatableStore as TruncatableStore
 from ._datastore import Upload as Upload
 from ._exceptions import BasePathMismatch as BasePathMismatch
 from ._exceptions import ChecksumMismatch as ChecksumMismatch
+from ._exceptions import ConnectionFailed as ConnectionFailed
 from ._exceptions import CorruptUploadInfo as CorruptUploadInfo
+from ._exceptions import ExtensionUnsupported as ExtensionUnsupported
 from ._exceptions import HookRejected as HookRejected
 from ._exceptions import InvalidHeader as InvalidHeader
 from ._exceptions import InvalidUploadId as InvalidUploadId
@@ -28,6 +30,7 @@ from ._exceptions import OffsetMismatch as OffsetMismatch
 from ._exceptions import OriginNotAllowed as OriginNotAllowed
 from ._exceptions import RangeNotSatisfiable as RangeNotSatisfiable
 from ._exceptions import RequestBodyTimeout as RequestBodyTimeout
+from ._exceptions import ResponseError as ResponseError
 from ._exceptions import ServerShuttingDown as ServerShuttingDown
 from ._exceptions import ServiceUnavailable as ServiceUnavailable
 from ._exceptions import SizeExceeded as SizeExceeded
@@ -130,4 +133,8 @@ __all__ = (
     "UploadIsFinal",
     "UploadNotFinished",
     "UploadNotFound",
+    # exceptions raised by the client (anytus.client)
+    "ConnectionFailed",
+    "ExtensionUnsupported",
+    "ResponseError",
 )

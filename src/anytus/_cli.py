@@ -1,4 +1,4 @@
-"""The ``anytus`` command: ``anytus serve`` and ``anytus cleanup``.
+"""The ``anytus`` command: ``anytus serve``, ``anytus cleanup`` and ``anytus upload``.
 
 ``serve`` runs :class:`~anytus.asgi.TusApp` under granian on asyncio and under anytus's h11 server
 on trio (:mod:`anytus._serve`). The port is chosen here, before any server starts, so that ``--port 0`` can
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, cast
 import anyio
 
 from . import __version__
+from ._cli_upload import add_upload_parser, run_upload
 from ._serve import (
     GRACEFUL_TIMEOUT,
     INTERRUPT_GRACE,
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args, parser, sys.argv[1:] if argv is None else argv)
+    if args.command == "upload":
+        return run_upload(args, parser)
     return _cleanup(args, parser)
 
 
@@ -207,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="remove unfinished uploads idle this long, in seconds or with a unit: 90, 30m, 24h, 7d",
     )
+    add_upload_parser(commands)
     return parser
 
 

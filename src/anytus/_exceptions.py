@@ -14,7 +14,9 @@ from typing import ClassVar
 __all__ = (
     "BasePathMismatch",
     "ChecksumMismatch",
+    "ConnectionFailed",
     "CorruptUploadInfo",
+    "ExtensionUnsupported",
     "HookRejected",
     "InvalidHeader",
     "InvalidUploadId",
@@ -26,6 +28,7 @@ __all__ = (
     "OriginNotAllowed",
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
+    "ResponseError",
     "ServerShuttingDown",
     "ServiceUnavailable",
     "SizeExceeded",
@@ -433,3 +436,51 @@ def storage_error(
     if filename is None and path is not None:
         filename = os.fspath(path)
     return cls(message, path=filename, errno=exc.errno)
+
+
+# -- raised by the client (anytus.client) ---------------------------------------------------------
+
+
+class ResponseError(TusError):
+    """Raised by :mod:`anytus.client` when a server answers with a status the upload cannot go on
+    from: at once for one that retrying cannot fix (most 4xx), after the last retry for 423, 429
+    and 5xx.
+
+    ``status_code`` is the server's status, per instance; the request and the server's answer are
+    kept for the message and for the caller.
+    """
+
+    error_code = "ERR_UNEXPECTED_RESPONSE"
+    default_message = "unexpected response from the tus server"
+
+    def __init__(
+        self, method: str, url: str, status_code: int, body: str = "", message: str | None = None
+    ) -> None:
+        detail = " ".join(body.split())[:300]
+        if message is None:
+            message = f"{method} {url} answered {status_code}" + (f": {detail}" if detail else "")
+        super().__init__(message)
+        self.status_code = status_code  # type: ignore[misc]
+        #: the request's method and URL
+        self.method = method
+        self.url = url
+        #: the response body (tus servers put their error code and message there)
+        self.body = body
+
+
+class ConnectionFailed(TusError):
+    """Raised by :mod:`anytus.client` when the server cannot be reached, or the connection kept
+    failing, until the last retry (the transport's exception is the ``__cause__``)."""
+
+    status_code = 503
+    error_code = "ERR_CONNECTION_FAILED"
+    default_message = "cannot reach the tus server"
+
+
+class ExtensionUnsupported(TusError):
+    """Raised by :mod:`anytus.client` when an upload needs a tus extension (or a checksum
+    algorithm) that the server does not offer in its ``OPTIONS`` answer."""
+
+    status_code = 501
+    error_code = "ERR_EXTENSION_UNSUPPORTED"
+    default_message = "the tus server does not support this extension"
