@@ -65,9 +65,11 @@ logger = logging.getLogger("anytus.server")
 READ_SIZE = 256 * 1024
 #: the longest request head h11 accepts (request line and headers)
 MAX_HEAD_SIZE = 64 * 1024
-#: how long a connection may wait for the first byte of its next request (hypercorn's default)
+#: how long a connection may wait for the first byte of its next request (hypercorn's default),
+#: unless :func:`serve` is told otherwise
 KEEP_ALIVE_TIMEOUT = 5.0
-#: how long a request head may take from its first byte to its end
+#: how long a request head may take from its first byte to its end, unless :func:`serve` is told
+#: otherwise
 HEAD_TIMEOUT = 10.0
 #: how long, and how many bytes, of a request body the app left unread are dropped to keep the
 #: connection; past either it is closed
@@ -180,7 +182,8 @@ class _Connection:
                 if self.server.stopping:
                     return None
                 self.idle = True
-                with anyio.move_on_after(KEEP_ALIVE_TIMEOUT) as self.idle_scope:
+                received = False  # stays so when the wait times out
+                with anyio.move_on_after(self.server.keep_alive_timeout) as self.idle_scope:
                     received = await self._read()
                 self.idle = False
                 self.idle_scope = None
@@ -188,14 +191,14 @@ class _Connection:
                     # timed out, closed by the client, or by the shutdown: both sides are
                     # between messages, so closing loses nothing
                     return None
-                deadline = anyio.current_time() + HEAD_TIMEOUT
+                deadline = anyio.current_time() + self.server.head_timeout
                 continue
             if deadline == math.inf:
-                deadline = anyio.current_time() + HEAD_TIMEOUT
+                deadline = anyio.current_time() + self.server.head_timeout
             with anyio.CancelScope(deadline=deadline):
                 await self._read()
                 continue
-            logger.debug("request head not complete within %gs: closing", HEAD_TIMEOUT)
+            logger.debug("request head not complete within %gs: closing", self.server.head_timeout)
             return None
 
     async def _refuse(self, exc: h11.RemoteProtocolError) -> None:
@@ -203,7 +206,9 @@ class _Connection:
         logger.debug("malformed request from %s: %s", self.client, exc)
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = f"{exc.error_status_hint} Bad Request: {exc}\n".encode()
+        # 400, or 501 for a transfer coding h11 does not do (RFC 9112 6.1), 431 for a long head
+        reason = _REASONS.get(exc.error_status_hint, b"").decode()
+        body = f"{exc.error_status_hint} {reason}: {exc}\n".encode()
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
@@ -553,8 +558,10 @@ def _address(address: Any) -> tuple[str, int] | None:
 
 
 class _Server:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, keep_alive_timeout: float, head_timeout: float) -> None:
         self.app: Callable[..., Awaitable[None]] = app
+        self.keep_alive_timeout = keep_alive_timeout
+        self.head_timeout = head_timeout
         self.stopping = False
         #: connections that are running a request
         self.busy = 0
@@ -666,6 +673,8 @@ async def serve(
     ready: Callable[[], None] | None = None,
     shutdown_timeout: float = 5.0,
     before_cancel: Callable[[], None] | None = None,
+    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    head_timeout: float = HEAD_TIMEOUT,
 ) -> None:
     """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
     *shutdown_trigger* returns.
@@ -679,9 +688,13 @@ async def serve(
         cancelled
     :param before_cancel: called just before running requests are cancelled at the end of
         *shutdown_timeout*
+    :param keep_alive_timeout: how long a connection may wait for the first byte of its next
+        request (then it is closed)
+    :param head_timeout: how long a request head may take from its first byte to its end (then
+        the connection is closed): a client that trickles its head in (slowloris) is cut off
     :raises LifespanFailedError: the app's lifespan startup failed
     """
-    server = _Server(app)
+    server = _Server(app, keep_alive_timeout=keep_alive_timeout, head_timeout=head_timeout)
     listener = await anyio.abc.SocketListener.from_socket(sock)
     lifespan = _Lifespan(server.app, server.state)
     # the channel to the app is closed however serving ends (memory streams warn if dropped open)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = (
     "BACKLOG",
     "GRACEFUL_TIMEOUT",
+    "NETWORK_TIMEOUT",
     "Endpoint",
     "ServeOptions",
     "WorkerFailedError",
@@ -56,6 +57,14 @@ access_logger = logging.getLogger("anytus.access")
 GRACEFUL_TIMEOUT = 5.0
 #: the listen backlog
 BACKLOG = 2048
+#: how long a connection may send nothing, by default (tusd's ``-network-timeout``): an idle
+#: request body ends its request (TusApp's ``idle_timeout``); request heads and idle keep-alive
+#: connections get the servers' own shorter limits, capped at this
+NETWORK_TIMEOUT = 60.0
+#: the longest a request head may take on either server (granian's own default is 30 s), and how
+#: long the h11 server keeps an idle connection open; both capped at the network timeout
+_HEAD_TIMEOUT = 10.0
+_KEEP_ALIVE_TIMEOUT = 5.0
 #: how long a granian worker may take from its lifespan startup to accepting connections
 _READY_TIMEOUT = 10.0
 
@@ -82,6 +91,8 @@ class ServeOptions:
     durability: Literal["none", "finish", "always"]
     #: how long running requests may go on after a shutdown signal
     shutdown_timeout: float = GRACEFUL_TIMEOUT
+    #: how long a client may send nothing (see :data:`NETWORK_TIMEOUT`)
+    network_timeout: float = NETWORK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,7 @@ async def _serve(
         base_path=options.base_path,
         max_size=options.max_size,
         expire_after=options.expire_after,
+        idle_timeout=options.network_timeout,
     )
     app = _AccessLog(tus)
 
@@ -196,7 +208,9 @@ async def _serve(
         await _wait_for_shutdown(parent_pid)
 
     serve = _serve_h11 if options.backend == "trio" else _serve_granian
-    await serve(app, endpoint, shutdown_trigger, ready, options.shutdown_timeout)
+    await serve(
+        app, endpoint, shutdown_trigger, ready, options.shutdown_timeout, options.network_timeout
+    )
     logger.info("stopped")
 
 
@@ -206,6 +220,7 @@ async def _serve_h11(
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None],
     shutdown_timeout: float,
+    network_timeout: float,
 ) -> None:
     from ._h11server import LifespanFailedError, serve
 
@@ -223,6 +238,8 @@ async def _serve_h11(
             ready=ready,
             shutdown_timeout=shutdown_timeout,
             before_cancel=cancelling,
+            keep_alive_timeout=min(_KEEP_ALIVE_TIMEOUT, network_timeout),
+            head_timeout=min(_HEAD_TIMEOUT, network_timeout),
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
@@ -234,8 +251,10 @@ async def _serve_granian(
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None],
     shutdown_timeout: float,
+    network_timeout: float,
 ) -> None:
     from granian.constants import HTTPModes, Interfaces, TaskImpl
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server.embed import Server
 
@@ -245,6 +264,11 @@ async def _serve_granian(
         port=endpoint.port,
         interface=Interfaces.ASGI,  # with the lifespan: TusApp runs its periodic cleanup there
         http=HTTPModes.http1,  # tus clients speak HTTP/1.1; no HTTP/2 sniffing per connection
+        # hyper's header read timeout runs from the connection's start or the end of the previous
+        # response: it bounds a silent connection, an idle keep-alive one and a trickled head
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(min(_HEAD_TIMEOUT, network_timeout) * 1000))
+        ),
         websockets=False,
         backlog=BACKLOG,
         task_impl=TaskImpl.asyncio,  # real asyncio tasks: anyio's cancel scopes work in them
