@@ -29,6 +29,7 @@ import struct
 import threading
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -38,7 +39,7 @@ from hypothesis import strategies as st
 from _server import TUS, ServerProcess, run_server_process
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 #: how many fuzzed examples (of one to three connections each) each backend gets
@@ -128,6 +129,15 @@ def problems_in_log(server: ServerProcess, start: int = 0) -> list[str]:
         for line in server.stderr_lines[start:]
         if "Traceback" in line or "[ERROR]" in line or "[CRITICAL]" in line
     ]
+
+
+def wait_for_sync(predicate: Callable[[], bool], *, timeout: float) -> bool:
+    """Poll *predicate* until it is true or *timeout* passes (the server logs in another
+    process: there is nothing to wait on); return its last value."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return result
 
 
 def alive(pid: int) -> bool:
@@ -299,6 +309,60 @@ def test_half_closed_client_gets_its_answer(tmp_path: Path, backend: str) -> Non
             received = read_until_closed(sock)
         assert received.end == "eof"
         assert received.statuses() == [200]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(
+            "asyncio",
+            id="asyncio-granian",
+            marks=pytest.mark.xfail(
+                reason="granian 2.8 has no write timeout: a client that stops reading keeps its "
+                "connection (and, past granian's buffers, its request) for as long as it likes",
+                strict=True,
+            ),
+        ),
+        pytest.param("trio", id="trio-anytus"),
+    ],
+)
+def test_a_download_nobody_reads_is_dropped(tmp_path: Path, backend: str) -> None:
+    """A GET whose client stops reading: after the network timeout the request ends (the access
+    log has its line) and the connection is closed, instead of holding a task, an open file and
+    buffers for as long as the client likes."""
+    data = PATTERN[: 16 << 20]
+    with serving(tmp_path, backend) as server:
+        with httpx.Client(timeout=CLOSE_BOUND) as http:
+            created = http.post(
+                server.url,
+                headers={
+                    **TUS,
+                    "Upload-Length": str(len(data)),
+                    "Content-Type": "application/offset+octet-stream",
+                },
+                content=data,
+            )
+            assert created.status_code == 201
+        path = urlsplit(created.headers["location"]).path
+        sock = socket.socket()
+        # a small window: the kernel's buffers take far less than the response
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        with sock:
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+            def logged() -> bool:
+                return any(f" GET {path} " in line for line in server.stderr_lines)
+
+            ended = wait_for_sync(logged, timeout=5 * NETWORK_TIMEOUT)
+            # the rest of what the server sent before it gave up, and its end
+            received = read_until_closed(sock)
+        assert ended, "the GET is still running"
+        assert received.end in ("eof", "reset")
+        assert len(received.data) < len(data), "the server waited for the client to read it all"
+        assert server.process.poll() is None
+        assert problems_in_log(server) == []
 
 
 # -- slowloris ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ What it does, per connection (one task each, in one task group):
   :data:`HEAD_TIMEOUT` of its first byte; an idle keep-alive connection is closed after
   :data:`KEEP_ALIVE_TIMEOUT`), then run the app inline with its ``receive`` and ``send``;
 - ``Expect: 100-continue``: the ``100 Continue`` goes out when the app first calls ``receive()``;
+- a client that stops reading the response is dropped after :data:`WRITE_TIMEOUT` per write;
 - after the response: keep the connection (h11 keep-alive and pipelining) when both sides
   finished their message; a body the app did not read is read and dropped for a bounded time
   (:data:`DRAIN_TIME`, :data:`DRAIN_SIZE`), otherwise the connection is closed;
@@ -37,6 +38,7 @@ from urllib.parse import unquote
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import h11
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ __all__ = (
     "KEEP_ALIVE_TIMEOUT",
     "MAX_HEAD_SIZE",
     "READ_SIZE",
+    "WRITE_TIMEOUT",
     "LifespanFailedError",
     "serve",
 )
@@ -71,6 +74,9 @@ KEEP_ALIVE_TIMEOUT = 5.0
 #: how long a request head may take from its first byte to its end, unless :func:`serve` is told
 #: otherwise
 HEAD_TIMEOUT = 10.0
+#: how long one write to the client may take (it stopped reading), unless :func:`serve` is told
+#: otherwise; then the connection is closed
+WRITE_TIMEOUT = 60.0
 #: how long, and how many bytes, of a request body the app left unread are dropped to keep the
 #: connection; past either it is closed
 DRAIN_TIME = 2.0
@@ -312,9 +318,17 @@ class _Connection:
         if not data:
             return
         try:
-            await self.stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            # a client that stops reading must not hold the connection (and the app) forever
+            with anyio.fail_after(self.server.write_timeout):
+                await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                logger.debug(
+                    "%s read nothing for %gs: closing", self.client, self.server.write_timeout
+                )
             self.disconnected = True
+            # a receive() waiting for the end of the response returns http.disconnect now
+            self.response_done_event.set()
             raise _Disconnected from exc
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -338,7 +352,10 @@ class _Connection:
             self.response_complete = True
             self.response_done_event.set()
         if self.disconnected:
-            return  # nobody to send to; the app learns it from receive()
+            # nobody to send to; the app learns it from receive(). Still a checkpoint: an app
+            # that sends in a loop must not starve the other connections
+            await anyio.lowlevel.checkpoint()
+            return
         conn = self.conn
         pieces: list[bytes] = []
         if self.pending_start is not None:
@@ -558,10 +575,13 @@ def _address(address: Any) -> tuple[str, int] | None:
 
 
 class _Server:
-    def __init__(self, app: Any, *, keep_alive_timeout: float, head_timeout: float) -> None:
+    def __init__(
+        self, app: Any, *, keep_alive_timeout: float, head_timeout: float, write_timeout: float
+    ) -> None:
         self.app: Callable[..., Awaitable[None]] = app
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
+        self.write_timeout = write_timeout
         self.stopping = False
         #: connections that are running a request
         self.busy = 0
@@ -675,6 +695,7 @@ async def serve(
     before_cancel: Callable[[], None] | None = None,
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
     head_timeout: float = HEAD_TIMEOUT,
+    write_timeout: float = WRITE_TIMEOUT,
 ) -> None:
     """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
     *shutdown_trigger* returns.
@@ -692,9 +713,16 @@ async def serve(
         request (then it is closed)
     :param head_timeout: how long a request head may take from its first byte to its end (then
         the connection is closed): a client that trickles its head in (slowloris) is cut off
+    :param write_timeout: how long one write of a response may wait for the client to read
+        (then the connection is closed, and the app's further sends are dropped)
     :raises LifespanFailedError: the app's lifespan startup failed
     """
-    server = _Server(app, keep_alive_timeout=keep_alive_timeout, head_timeout=head_timeout)
+    server = _Server(
+        app,
+        keep_alive_timeout=keep_alive_timeout,
+        head_timeout=head_timeout,
+        write_timeout=write_timeout,
+    )
     listener = await anyio.abc.SocketListener.from_socket(sock)
     lifespan = _Lifespan(server.app, server.state)
     # the channel to the app is closed however serving ends (memory streams warn if dropped open)

@@ -240,6 +240,7 @@ async def _serve_h11(
             before_cancel=cancelling,
             keep_alive_timeout=min(_KEEP_ALIVE_TIMEOUT, network_timeout),
             head_timeout=min(_HEAD_TIMEOUT, network_timeout),
+            write_timeout=network_timeout,
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
