@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         default=NETWORK_TIMEOUT,
         metavar="SECONDS",
         help="a request body that sends nothing this long ends its request (keeping what came); "
-        "request heads (10 s) and idle connections (5 s) are cut off sooner; default: "
+        "request heads (10 s) and idle connections (5-10 s) are cut off sooner; default: "
         f"{NETWORK_TIMEOUT:g}",
     )
 
