@@ -4,15 +4,19 @@ Real ``python -m anytus serve`` subprocesses, real sockets on 127.0.0.1, blockin
 server is another process; these tests need no event loop of their own):
 
 - the request that killed hypercorn's trio server (``Content-Length: 100``, no body, the client
-  half-closes, the app answers early), many times, with one worker and with two;
+  half-closes, the app answers early), many times, with one worker and with two; and against
+  hypercorn's trio server itself (an expected failure: the root cause);
 - a hypothesis fuzzer: malformed and truncated requests, bad, duplicate and huge headers,
   Content-Length / Transfer-Encoding combinations, partial chunked bodies, pipelining,
   half-closes and resets, a few connections at once. It asserts that nothing but a read timeout
-  is answered 5xx, that every connection the client leaves open is closed by the server within a
-  bound, that the server stays up, logs no traceback and still serves an upload byte-exact, and
-  that every upload's offset is the size of its data file, whose bytes are the ones sent there;
+  is answered 5xx (and 501 for a transfer coding the HTTP layer does not do), that every
+  connection the client leaves open is closed by the server within a bound, that the server
+  stays up, logs no traceback and still serves an upload byte-exact, and that every upload's
+  offset is the size of its data file, whose bytes are the ones sent there;
 - idle connections and heads trickled in a byte at a time (slowloris) are closed after the
-  ``--network-timeout``.
+  ``--network-timeout``, and so (on trio) is a download nobody reads;
+- granian's two limits, as expected failures: no answer to a client that half-closes after a
+  whole request, no write timeout.
 """
 
 from __future__ import annotations
