@@ -3,9 +3,9 @@
 Run it with ``python examples/fastapi_app.py`` (uploads go to ``$ANYTUS_UPLOAD_DIR``, by default
 a directory in the system's temporary directory) and upload to ``http://127.0.0.1:8000/uploads/``.
 
-``FastAPI.mount`` is Starlette's ``Mount``: ``path`` and ``raw_path`` stay whole and
-``/uploads`` is appended to ``root_path``; TusApp routes on the whole path, so its ``base_path``
-is the public ``/uploads/``.
+``FastAPI.mount`` is Starlette's ``Mount``: it appends ``/uploads`` to ASGI ``root_path``, and a
+TusApp without a ``base_path`` serves uploads at the path it is mounted under: the prefix is
+written once.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def create_app(directory: str | os.PathLike[str] | None = None) -> FastAPI:
     async def index() -> dict[str, str]:
         return {"uploads": "/uploads/"}
 
-    app.mount("/uploads", TusApp(FileStore(directory or upload_dir()), base_path="/uploads/"))
+    app.mount("/uploads", TusApp(FileStore(directory or upload_dir())))
     return app
 
 

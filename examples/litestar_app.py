@@ -3,9 +3,10 @@
 Run it with ``python examples/litestar_app.py`` (uploads go to ``$ANYTUS_UPLOAD_DIR``, by default
 a directory in the system's temporary directory) and upload to ``http://127.0.0.1:8000/uploads/``.
 
-A mount is an ``asgi`` route handler with ``is_mount=True``. Litestar rewrites ``scope["path"]``
-to the rest of the path (``/uploads/ID`` becomes ``/ID/``) but leaves ``raw_path`` whole; TusApp
-routes on ``raw_path``, so its ``base_path`` is the public ``/uploads/``.
+A mount is an ``asgi`` route handler with ``is_mount=True``. Litestar leaves ASGI ``root_path``
+alone but cuts the mount off ``scope["path"]`` (``/uploads/ID`` becomes ``/ID/``) and not off
+``raw_path``: TusApp takes what was cut as its mount, and without a ``base_path`` serves uploads
+there. The prefix is written once.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ async def index() -> str:
 
 
 def create_app(directory: str | os.PathLike[str] | None = None) -> Litestar:
-    tus = TusApp(FileStore(directory or upload_dir()), base_path="/uploads/")
+    tus = TusApp(FileStore(directory or upload_dir()))
 
     @asgi("/uploads", is_mount=True, copy_scope=True)
     async def uploads(scope: Scope, receive: Receive, send: Send) -> None:

@@ -4,9 +4,9 @@ Run it with ``python examples/quart_app.py`` (uploads go to ``$ANYTUS_UPLOAD_DIR
 a directory in the system's temporary directory) and upload to ``http://127.0.0.1:8000/uploads/``.
 
 Quart has no mounts: ``asgi_app`` is its hook for ASGI middleware, and overriding it sends every
-HTTP request under ``/uploads`` to TusApp with the scope as the server sent it (whole ``path`` and
-``raw_path``), so TusApp's ``base_path`` is the public ``/uploads/``. Lifespan events still go
-to Quart.
+HTTP request under ``/uploads`` to TusApp, mounted as ASGI says: ``PREFIX`` appended to
+``root_path`` (``path`` stays whole). A TusApp without a ``base_path`` serves uploads at its
+mount. Lifespan events still go to Quart.
 """
 
 from __future__ import annotations
@@ -48,15 +48,14 @@ class QuartWithUploads(Quart):
         if scope["type"] == "http" and (
             scope["path"] == PREFIX or scope["path"].startswith(PREFIX + "/")
         ):
-            await self.tus(scope, receive, send)
+            root_path = scope.get("root_path", "") + PREFIX
+            await self.tus({**scope, "root_path": root_path}, receive, send)
         else:
             await super().asgi_app(scope, receive, send)
 
 
 def create_app(directory: str | os.PathLike[str] | None = None) -> Quart:
-    app = QuartWithUploads(
-        __name__, TusApp(FileStore(directory or upload_dir()), base_path=PREFIX + "/")
-    )
+    app = QuartWithUploads(__name__, TusApp(FileStore(directory or upload_dir())))
 
     @app.get("/")
     async def index() -> str:

@@ -3,9 +3,8 @@
 Run it with ``python examples/starlette_app.py`` (uploads go to ``$ANYTUS_UPLOAD_DIR``, by default
 a directory in the system's temporary directory) and upload to ``http://127.0.0.1:8000/uploads/``.
 
-Starlette's ``Mount`` leaves ``path`` and ``raw_path`` whole and appends ``/uploads`` to
-``root_path``; TusApp routes on the whole path, so its ``base_path`` is the public
-``/uploads/``.
+Starlette's ``Mount`` appends ``/uploads`` to ASGI ``root_path``, and a TusApp without a
+``base_path`` serves uploads at the path it is mounted under: the prefix is written once.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ async def index(request: Request) -> PlainTextResponse:
 
 
 def create_app(directory: str | os.PathLike[str] | None = None) -> Starlette:
-    tus = TusApp(FileStore(directory or upload_dir()), base_path="/uploads/")
+    tus = TusApp(FileStore(directory or upload_dir()))
     return Starlette(routes=[Route("/", index), Mount("/uploads", app=tus)])
 
 

@@ -31,7 +31,7 @@ import sniffio
 from hypercorn.config import Config
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 
 __all__ = (
     "ConnectionClosedError",
@@ -56,7 +56,7 @@ __all__ = (
 TUS: Mapping[str, str] = {"Tus-Resumable": "1.0.0"}
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 
-_BANNER = re.compile(r"anytus: serving (?P<dir>.+) on (?P<url>http://[^\s/]+:(?P<port>\d+)/\S*)")
+_BANNER = re.compile(r"anytus: serving (?P<dir>.+) on (?P<url>https?://[^\s/]+:(?P<port>\d+)/\S*)")
 _ID = re.compile(r"/([A-Za-z0-9_-]+)/?$")
 
 
@@ -82,6 +82,7 @@ async def serve_app(
     host: str = "127.0.0.1",
     path: str = "/files/",
     graceful_timeout: float = 2.0,
+    root_path: str = "",
 ) -> AsyncIterator[str]:
     """Serve *app* with hypercorn on *host*, on a free port, in the running event loop.
 
@@ -102,6 +103,8 @@ async def serve_app(
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]
     config.graceful_timeout = graceful_timeout
+    # hypercorn's root_path: given to the app as ASGI root_path, and not part of path
+    config.root_path = root_path
     config.accesslog = None
     config.errorlog = None  # the app's own errors must surface as responses, not log noise
 
@@ -141,8 +144,8 @@ class ServerProcess:
 
     @property
     def origin(self) -> str:
-        """``http://HOST:PORT`` of the server."""
-        match = re.match(r"http://[^/]+", self.url)
+        """``http://HOST:PORT`` (or ``https://``) of the server."""
+        match = re.match(r"https?://[^/]+", self.url)
         assert match is not None
         return match.group(0)
 
@@ -177,8 +180,11 @@ def run_server_process(
     directory: Path,
     *args: str,
     startup_timeout: float = 30.0,
+    prefix: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """Run ``python -m anytus serve --port 0 --dir DIRECTORY *ARGS`` and yield it once it listens.
+
+    *prefix* goes before the command (``prlimit ...``, ``setpriv ...``).
 
     The announced ``anytus: serving DIR on http://HOST:PORT/files/`` line gives the URL. stderr is
     drained by a thread for the whole lifetime (the server logs every request there). Teardown sends
@@ -186,6 +192,7 @@ def run_server_process(
     """
     env = subprocess_env()
     command = [
+        *prefix,
         sys.executable,
         "-m",
         "anytus",

@@ -1291,7 +1291,6 @@ class TestErrorResponse:
 
 CORS = [
     ("Access-Control-Allow-Origin", "https://app.example"),
-    ("Vary", "Origin"),
     ("Access-Control-Expose-Headers", EXPOSE_HEADERS),
 ]
 PREFLIGHT = [
@@ -1300,6 +1299,8 @@ PREFLIGHT = [
     ("Access-Control-Max-Age", "86400"),
 ]
 RESUMABLE = [("Tus-Resumable", "1.0.0")]
+#: with CORS handling on, every answer depends on the Origin header
+VARY = [("Vary", "Origin")]
 
 
 def comma_set(value: str) -> set[str]:
@@ -1310,17 +1311,17 @@ class TestCors:
     @pytest.mark.parametrize(
         ("allowed", "method", "origin", "expected"),
         [
-            (("*",), "HEAD", None, RESUMABLE),
-            (("*",), "HEAD", "https://app.example", RESUMABLE + CORS),
-            (("*",), "OPTIONS", "https://app.example", RESUMABLE + CORS + PREFLIGHT),
-            (("https://app.example",), "PATCH", "https://app.example", RESUMABLE + CORS),
+            (("*",), "HEAD", None, RESUMABLE + VARY),
+            (("*",), "HEAD", "https://app.example", RESUMABLE + VARY + CORS),
+            (("*",), "OPTIONS", "https://app.example", RESUMABLE + VARY + CORS + PREFLIGHT),
+            (("https://app.example",), "PATCH", "https://app.example", RESUMABLE + VARY + CORS),
             (
                 ("https://other.example", "https://app.example"),
                 "OPTIONS",
                 "https://app.example",
-                RESUMABLE + CORS + PREFLIGHT,
+                RESUMABLE + VARY + CORS + PREFLIGHT,
             ),
-            (("https://good.example",), "OPTIONS", "https://app.example", RESUMABLE),
+            (("https://good.example",), "OPTIONS", "https://app.example", RESUMABLE + VARY),
             # CORS disabled: no CORS headers, no origin check
             ((), "OPTIONS", "https://app.example", RESUMABLE),
         ],
@@ -1368,21 +1369,29 @@ class TestCors:
         } <= comma_set(EXPOSE_HEADERS)
 
     @pytest.mark.parametrize(
-        ("allowed", "origin", "refused"),
+        ("allowed", "origin", "host", "refused"),
         [
-            (("*",), "https://any.example", False),
-            (("https://good.example",), "https://good.example", False),
-            (("https://good.example",), "https://evil.example", True),
-            (("https://good.example",), "null", True),
-            ((), "https://evil.example", False),
+            (("*",), "https://any.example", None, False),
+            (("https://good.example",), "https://good.example", None, False),
+            (("https://good.example",), "https://evil.example", None, True),
+            (("https://good.example",), "null", None, True),
+            ((), "https://evil.example", None, False),
+            # a page of the server itself (the upload page): same origin, never refused
+            (("https://good.example",), "http://127.0.0.1:1080", "127.0.0.1:1080", False),
+            (("https://good.example",), "https://Tus.Example", "tus.example", False),
+            (("https://good.example",), "http://127.0.0.1:1081", "127.0.0.1:1080", True),
+            (("https://good.example",), "http://evil.example", "tus.example", True),
+            (("https://good.example",), "null", "null", True),
         ],
     )
     @pytest.mark.parametrize("method", ["OPTIONS", "POST", "HEAD", "PATCH", "GET", "DELETE"])
     def test_origin_check(
-        self, allowed: tuple[str, ...], origin: str, refused: bool, method: str
+        self, allowed: tuple[str, ...], origin: str, host: str | None, refused: bool, method: str
     ) -> None:
         core = make_core(cors_allow_origins=allowed)
         headers = {**PATCH, "Upload-Length": "1", "Origin": origin}
+        if host is not None:
+            headers["Host"] = host
         path = "/files/" if method in ("OPTIONS", "POST") else UPLOAD
         if refused:
             error = refuse(method, path, headers, core)
@@ -1440,6 +1449,7 @@ class TestResponseHeaders:
         location = ("Location", "http://h/files/abc")
         assert CORE.response_headers(req, response, [location]) == [
             *RESUMABLE,
+            *VARY,
             *CORS,
             location,
             ("Upload-Offset", "0"),

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 import pytest
+from tusclient import client as tus_client
 
 from _server import OFFSET_CONTENT_TYPE, TUS, serve_app, subprocess_env, upload_id_of
 
@@ -76,9 +79,10 @@ def test_every_framework_has_an_example_without_type_ignores() -> None:
         source = example(framework).read_text()
         assert "type: ignore" not in source
         assert "pyright:" not in source
-        # quart mounts by prefix in its routes; the others give TusApp the mount's base path
-        mount = 'PREFIX = "/uploads"' if framework == "quart" else 'base_path="/uploads/"'
+        # the mount's prefix is written once: TusApp serves at the mount by itself
+        mount = 'PREFIX = "/uploads"' if framework == "quart" else '"/uploads"'
         assert mount in source
+        assert "base_path=" not in source
 
 
 @pytest.mark.slow
@@ -211,6 +215,18 @@ def test_example_script_serves_uploads(served_example: tuple[str, Path]) -> None
 
     # the server is on asyncio (uvicorn) in its own process: one client backend is enough
     anyio.run(upload, backend="asyncio")
+
+    # and a real tus client, which knows nothing but the mount's URL (tuspy is synchronous)
+    data = os.urandom(300_000)
+    with io.BytesIO(data) as stream:
+        uploader = tus_client.TusClient(f"{origin}/uploads/").uploader(
+            file_stream=stream, chunk_size=128 * 1024, metadata={"filename": "tuspy.bin"}
+        )
+        uploader.upload()
+    url = uploader.url
+    assert isinstance(url, str), url
+    assert url.startswith(f"{origin}/uploads/"), url
+    assert (directory / f"{upload_id_of(url)}.bin").read_bytes() == data
 
 
 def test_examples_read_the_upload_dir_from_the_environment(

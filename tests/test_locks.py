@@ -617,6 +617,40 @@ class TestFileLockerStale:
             await file_locker.acquire(UPLOAD_ID, timeout=3)
         await file_locker.release(UPLOAD_ID)
 
+    @pytest.mark.parametrize("fmt", ["tusd", "anytus"])
+    async def test_zombie_holder_is_dead(
+        self, file_locker: FileLocker, lock_dir: Path, tmp_path: Path, fmt: str
+    ) -> None:
+        # a killed worker whose parent has not reaped it yet still has a /proc entry, with its
+        # start time, and kill(pid, 0) succeeds: it must count as dead all the same
+        work = tmp_path / "work"
+        work.mkdir()
+        path = lock_dir / f"{UPLOAD_ID}.lock"
+        if fmt == "anytus":
+            argv = command("holder", lock_dir, work, UPLOAD_ID, "asyncio")
+            child = await anyio.to_thread.run_sync(subprocess.Popen, argv)
+            with anyio.fail_after(20):
+                while not (work / "locked").exists():  # noqa: ASYNC110 - another process
+                    await anyio.sleep(0.01)
+        else:
+            child = await anyio.to_thread.run_sync(subprocess.Popen, ["sleep", "30"])
+            path.write_bytes(f"{child.pid}\n".encode())
+        try:
+            record = path.read_bytes()
+            child.kill()
+            # wait for its exit without reaping it: it stays a zombie
+            await anyio.to_thread.run_sync(
+                lambda: os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+            )
+            assert Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+            assert path.read_bytes() == record
+            with anyio.fail_after(5):
+                await file_locker.acquire(UPLOAD_ID, timeout=0.5)
+            await file_locker.release(UPLOAD_ID)
+        finally:
+            child.kill()
+            await anyio.to_thread.run_sync(child.wait)
+
     async def test_release_does_not_remove_a_foreign_lock(
         self, file_locker: FileLocker, lock_dir: Path, sleeper: subprocess.Popen[bytes]
     ) -> None:

@@ -63,12 +63,17 @@ async def test_a_whole_upload_on_a_memory_store() -> None:
             },
         )
         assert patched.status_code == 204
-        assert app_headers(patched) == {"tus-resumable": "1.0.0", "upload-offset": "11"}
+        assert app_headers(patched) == {
+            "tus-resumable": "1.0.0",
+            "vary": "Origin",
+            "upload-offset": "11",
+        }
 
         head = await http.head(location, headers=TUS)
         assert head.status_code == 200
         assert app_headers(head) == {
             "tus-resumable": "1.0.0",
+            "vary": "Origin",
             "upload-offset": "11",
             "upload-length": "11",
             "upload-metadata": "filename aGVsbG8udHh0",
@@ -82,7 +87,7 @@ async def test_a_whole_upload_on_a_memory_store() -> None:
 
         deleted = await http.delete(location, headers=TUS)
         assert deleted.status_code == 204
-        assert app_headers(deleted) == {"tus-resumable": "1.0.0"}
+        assert app_headers(deleted) == {"tus-resumable": "1.0.0", "vary": "Origin"}
         assert await store.list_uploads() == []
         with pytest.raises(UploadNotFound):
             await store.get_info(upload_id)

@@ -3,23 +3,37 @@ options, the lifespan, the access log, and the supervisor's handling of dead pro
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from _server import TUS, ServerProcess, TusClient, run_server_process, subprocess_env, wait_for
+from _server import (
+    OFFSET_CONTENT_TYPE,
+    TUS,
+    ServerProcess,
+    TusClient,
+    raw_request,
+    run_server_process,
+    subprocess_env,
+    wait_for,
+)
+from anytus._serve import BACKLOG
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
+    from collections.abc import Callable, Iterator
+
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +44,7 @@ BACKENDS = [pytest.param(backend, id=f"{backend}-{server}") for backend, server 
 # "[2026-01-01 10:00:00,000] [1234] [INFO] 127.0.0.1:5678 PATCH /files/abc 204 0.001s"
 _ACCESS = re.compile(
     r"\[(?P<pid>\d+)\] \[INFO\] 127\.0\.0\.1:\d+ (?P<method>[A-Z]+) (?P<path>\S+) "
-    r"(?P<status>\d{3}) \d+\.\d{3}s$"
+    r"(?P<status>\d{3}) \d+\.\d{3}s(?: (?P<reason>.*))?$"
 )
 _WORKERS = re.compile(r"started \d+ workers: (?P<pids>[\d ]+)$")
 
@@ -171,6 +185,13 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
             client.join(30)
 
     assert exit_code == 0, server.stderr_lines[-20:]
+    # interrupted at the end of the shutdown timeout, it was told why and when to come back
+    [response] = outcome
+    assert isinstance(response, httpx.Response), response
+    assert response.status_code == 503
+    assert response.text.startswith("ERR_SERVER_SHUTTING_DOWN")
+    assert response.headers["Retry-After"]
+    assert not [line for line in server.stderr_lines if "Traceback" in line]
     kept = stored.stat().st_size
     assert 0 < kept < size
     assert stored.read_bytes() == b"\x01" * kept
@@ -181,13 +202,109 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_killed_worker_stops_the_server(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_shutdown_waits_for_a_running_upload_and_a_second_signal_does_not(
+    tmp_path: Path, backend: str, workers: str
+) -> None:
+    """SIGINT: the upload in flight is let finish; SIGINT again: the server exits at once,
+    quietly, keeping what it received."""
+    directory = tmp_path / "uploads"
+    data = os.urandom(300_000)
+    options = ("--backend", backend, "--workers", workers, "--shutdown-timeout", "60")
+    with run_server_process(directory, *options) as server:
+        urls = []
+        for _ in range(2):
+            created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+            urls.append(created.headers["Location"])
+        target = [f"/files/{url.rsplit('/', 1)[1]}" for url in urls]
+        host = f"127.0.0.1:{server.port}"
+        headers = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE}
+        with (
+            socket.create_connection(("127.0.0.1", server.port)) as finishing,
+            socket.create_connection(("127.0.0.1", server.port)) as stalled,
+        ):
+            for client, path in zip((finishing, stalled), target, strict=True):
+                request = raw_request("PATCH", path, host, headers, content_length=len(data))
+                client.sendall(request + data[:100_000])
+            locks = [directory / f"{path.rsplit('/', 1)[1]}.lock" for path in target]
+            assert poll(lambda: all(lock.exists() for lock in locks)), server.stderr_lines
+
+            server.process.send_signal(signal.SIGINT)
+            assert poll(lambda: any("shutting down" in line for line in server.stderr_lines))
+            # the running request goes on to its end and is answered
+            finishing.sendall(data[100_000:])
+            finishing.settimeout(20)
+            assert finishing.recv(4096).startswith(b"HTTP/1.1 204"), server.stderr_lines
+
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGINT)
+            exit_code = server.process.wait(20)
+            elapsed = time.monotonic() - started
+    assert exit_code == 0, server.stderr_lines[-20:]
+    assert elapsed < 10  # not the 60 s shutdown timeout
+    assert not [line for line in server.stderr_lines if "Traceback" in line], "\n".join(
+        server.stderr_lines
+    )
+    first, second = (directory / f"{path.rsplit('/', 1)[1]}.bin" for path in target)
+    assert first.read_bytes() == data
+    kept = second.read_bytes()
+    assert kept == data[: len(kept)]
+
+
+def poll(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll another process's state until *predicate* holds or *timeout* passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backend: str) -> None:
+    """SIGKILL of the worker that streams an upload: it is reaped and replaced, the service stays
+    up, and the upload resumes at once through the other worker, byte-exact."""
+    data = os.urandom(200_000)
     with run_server_process(tmp_path / "uploads", "--backend", backend, "--workers", "2") as server:
-        first, second = worker_pids(server)
-        os.kill(first, signal.SIGKILL)
-        assert server.process.wait(20) == 1
-        assert any(f"worker {first} exited with status -9" in line for line in server.stderr_lines)
-        assert not running(second)
+        first_workers = set(worker_pids(server))
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+        upload_id = created.headers["Location"].rsplit("/", 1)[1]
+        lock = server.directory / f"{upload_id}.lock"
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            headers = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE}
+            target = f"/files/{upload_id}"
+            host = f"127.0.0.1:{server.port}"
+            client.sendall(
+                raw_request("PATCH", target, host, headers, content_length=len(data))
+                + data[:100_000]
+            )
+            # the worker streaming the body holds the lock: its PID is the record's first line
+            assert poll(lambda: lock.exists() and lock.read_bytes().count(b"\n") >= 1)
+            holder = int(lock.read_text().split()[0])
+            stored = server.directory / f"{upload_id}.bin"
+            assert holder in first_workers
+            os.kill(holder, signal.SIGKILL)
+
+            # reaped at once: no zombie left for lock judgements to trip on
+            assert poll(lambda: not os.path.exists(f"/proc/{holder}")), server.stderr_lines
+            assert poll(lambda: any("is ready" in line for line in server.stderr_lines))
+        assert any(f"worker {holder} exited with status -9" in line for line in server.stderr_lines)
+        assert server.process.poll() is None
+
+        # the lock it held is free at once: no 423, no waiting for a poll interval
+        url = f"{server.url}{upload_id}"
+        with httpx.Client(headers=TUS, timeout=10) as tus:
+            offset = int(tus.head(url).headers["Upload-Offset"])
+            assert offset == stored.stat().st_size <= 100_000
+            resumed = tus.patch(
+                url,
+                headers={"Upload-Offset": str(offset), "Content-Type": OFFSET_CONTENT_TYPE},
+                content=data[offset:],
+            )
+            assert resumed.status_code == 204, resumed.text
+        assert stored.read_bytes() == data
+        assert server.stop(signal.SIGTERM, timeout=30) == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -214,3 +331,147 @@ def test_a_port_in_use_is_refused(tmp_path: Path, backend: str) -> None:
         assert second.returncode == 1
         assert f"cannot listen on 127.0.0.1:{server.port}" in second.stderr
         assert httpx.options(server.url).status_code == 200
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_logs_name_each_request_and_upload_event(tmp_path: Path, log_format: str) -> None:
+    """One access line per request, with the error code of a refusal; one line per upload event
+    (created, interrupted, completed, terminated) with its ID, size and file name."""
+    with run_server_process(tmp_path / "uploads", "--log-format", log_format) as server:
+        metadata = {**TUS, "Upload-Metadata": "filename ZsOqdGUucGRm"}  # "fête.pdf"
+        with httpx.Client(headers=TUS, timeout=10) as tus:
+            created = tus.post(server.url, headers={**metadata, "Upload-Defer-Length": "1"})
+            url = created.headers["Location"]
+            upload_id = url.rsplit("/", 1)[1]
+            assert tus.head(f"{server.url}nosuchupload").status_code == 404
+            # a body cut short: the client goes away after 1,000 of 5,000 bytes
+            with socket.create_connection(("127.0.0.1", server.port)) as client:
+                headers = {
+                    **TUS,
+                    "Upload-Offset": "0",
+                    "Upload-Length": "5000",
+                    "Content-Type": OFFSET_CONTENT_TYPE,
+                }
+                host = f"127.0.0.1:{server.port}"
+                path = f"/files/{upload_id}"
+                client.sendall(raw_request("PATCH", path, host, headers, content_length=5000))
+                client.sendall(b"a" * 1000)
+            assert poll(lambda: any("interrupted" in line for line in server.stderr_lines))
+            resumed = tus.patch(
+                url,
+                headers={"Upload-Offset": "1000", "Content-Type": OFFSET_CONTENT_TYPE},
+                content=b"b" * 4000,
+            )
+            assert resumed.status_code == 204
+            assert tus.delete(url).status_code == 204
+            assert poll(lambda: any("DELETE" in line for line in server.stderr_lines))
+    lines = server.stderr_lines
+    if log_format == "json":
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        events = {r["event"]: r for r in records if r.get("upload_id") == upload_id}
+        assert set(events) == {"created", "interrupted", "completed", "terminated"}, records
+        assert events["created"]["size"] is None
+        assert events["interrupted"]["offset"] == 1000
+        assert events["completed"]["size"] == 5000
+        assert all(event["upload_filename"] == "fête.pdf" for event in events.values())
+        assert all(r["logger"].startswith("anytus.") for r in records), records
+        [refused] = [r for r in records if r["logger"] == "anytus.access" and r["status"] == 404]
+        assert refused["message"].endswith("ERR_UPLOAD_NOT_FOUND: upload nosuchupload not found")
+        return
+    text = "\n".join(lines)
+    assert f"upload {upload_id} created (deferred length, filename 'fête.pdf')" in text
+    assert (
+        f"upload {upload_id} interrupted (at 1000 of 5000 bytes, filename 'fête.pdf', "
+        "the client disconnected)" in text
+    )
+    assert f"upload {upload_id} completed (5000 bytes, filename 'fête.pdf')" in text
+    assert f"upload {upload_id} terminated (5000 bytes, filename 'fête.pdf')" in text
+    assert sum(upload_id in line and "interrupted" in line for line in lines) == 1
+    [refused] = [m for line in lines if (m := _ACCESS.search(line)) and m["status"] == "404"]
+    assert refused["reason"] == "ERR_UPLOAD_NOT_FOUND: upload nosuchupload not found"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_listen_backlog_and_open_files_limit(tmp_path: Path, backend: str) -> None:
+    """The backlog asked for is the one in effect (up to the kernel's cap), and the soft limit on
+    open files is raised to the hard one."""
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    prefix = ["prlimit", "--nofile=256:4096"]
+    with run_server_process(tmp_path / "uploads", "--backend", backend, prefix=prefix) as server:
+        listening = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{server.port}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        # State Recv-Q Send-Q ...: a listening socket's Send-Q is its backlog
+        assert listening[0] == "LISTEN"
+        assert int(listening[2]) == min(BACKLOG, somaxconn)
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3:5] == ["4096", "4096"]
+
+
+def read_response(client: socket.socket) -> bytes:
+    """One whole response (head and ``Content-Length`` body) from a blocking socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += client.recv(65536) or b"\0"  # a NUL marks EOF, to fail the caller's check
+    head, body = data.split(b"\r\n\r\n", 1)
+    match = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+    while match and len(body) < int(match[1]):
+        more = client.recv(65536)
+        if not more:
+            break
+        body += more
+    return data[: len(head) + 4] + body
+
+
+def test_out_of_file_descriptors_answers_503(tmp_path: Path) -> None:
+    """With its descriptors used up by uploads in flight, the server answers 503 with
+    Retry-After (a load peak that passes), never 500; once they end, it serves again."""
+    limit = 64
+    prefix = ["prlimit", f"--nofile={limit}:{limit}"]
+    with run_server_process(tmp_path / "uploads", prefix=prefix) as server:
+        host = f"127.0.0.1:{server.port}"
+        fds = Path(f"/proc/{server.process.pid}/fd")
+        held: list[tuple[socket.socket, str]] = []
+        answers: list[bytes] = []
+        try:
+            # connections, each with an upload created: one descriptor each, accepted while
+            # there are descriptors to accept them with
+            while len(list(fds.iterdir())) < limit - 6:
+                client = socket.create_connection(("127.0.0.1", server.port))
+                client.settimeout(20)
+                create = {**TUS, "Upload-Length": "1000000"}
+                client.sendall(raw_request("POST", "/files/", host, create, content_length=0))
+                head = read_response(client)
+                assert head.startswith(b"HTTP/1.1 201"), head
+                [location] = [
+                    line.split(b": ", 1)[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"location:")
+                ]
+                held.append((client, "/" + location.decode().split("/", 3)[3]))
+            # then a PATCH on each: one in flight holds its data and lock files open too
+            patch = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE}
+            for client, path in held:
+                client.sendall(raw_request("PATCH", path, host, patch, content_length=1000000))
+                client.sendall(b"x" * 100_000)
+            for client, _ in held:
+                client.settimeout(0.5)
+                with contextlib.suppress(TimeoutError):  # still streaming: it got its files
+                    answers.append(read_response(client))
+        finally:
+            for client, _ in held:
+                client.close()
+        assert answers, "the descriptors never ran out: raise the load"
+        for head in answers:
+            assert head.startswith(b"HTTP/1.1 503"), "\n".join(server.stderr_lines[-60:])
+            assert b"ERR_TOO_MANY_OPEN_FILES" in head
+            assert b"\r\nretry-after: " in head.lower()
+        # the peak has passed: it serves again
+        assert poll(lambda: httpx.options(server.url).status_code == 200)
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
+        assert created.status_code == 201
+        assert server.process.poll() is None

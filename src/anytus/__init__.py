@@ -14,6 +14,7 @@ from ._datastore import SyncUpload as SyncUpload
 from ._datastore import TerminatableStore as TerminatableStore
 from ._datastore import TruncatableStore as TruncatableStore
 from ._datastore import Upload as Upload
+from ._exceptions import BasePathMismatch as BasePathMismatch
 from ._exceptions import ChecksumMismatch as ChecksumMismatch
 from ._exceptions import CorruptUploadInfo as CorruptUploadInfo
 from ._exceptions import HookRejected as HookRejected
@@ -27,9 +28,12 @@ from ._exceptions import OffsetMismatch as OffsetMismatch
 from ._exceptions import OriginNotAllowed as OriginNotAllowed
 from ._exceptions import RangeNotSatisfiable as RangeNotSatisfiable
 from ._exceptions import RequestBodyTimeout as RequestBodyTimeout
+from ._exceptions import ServerShuttingDown as ServerShuttingDown
+from ._exceptions import ServiceUnavailable as ServiceUnavailable
 from ._exceptions import SizeExceeded as SizeExceeded
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageFull as StorageFull
+from ._exceptions import TooManyOpenFiles as TooManyOpenFiles
 from ._exceptions import TusError as TusError
 from ._exceptions import UnsupportedChecksumAlgorithm as UnsupportedChecksumAlgorithm
 from ._exceptions import UnsupportedMediaType as UnsupportedMediaType
@@ -78,6 +82,7 @@ __all__ = (
     "TruncatableStore",
     "Upload",
     # exceptions
+    "BasePathMismatch",
     "ChecksumMismatch",
     "CorruptUploadInfo",
     "HookRejected",
@@ -92,8 +97,11 @@ __all__ = (
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
     "SizeExceeded",
+    "ServerShuttingDown",
+    "ServiceUnavailable",
     "StorageError",
     "StorageFull",
+    "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",

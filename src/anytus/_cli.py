@@ -11,12 +11,15 @@ locks make that safe.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
+import ssl
 import sys
-import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,16 +27,21 @@ from typing import TYPE_CHECKING, cast
 
 import anyio
 
+from . import __version__
 from ._serve import (
     GRACEFUL_TIMEOUT,
+    INTERRUPT_GRACE,
     NETWORK_TIMEOUT,
     Endpoint,
+    LoggingOptions,
     ServeOptions,
     bind_listening,
     configure_logging,
     logger,
+    raise_open_files_limit,
     reserve_port,
     run_worker,
+    tls_context,
 )
 
 if TYPE_CHECKING:
@@ -42,7 +50,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from types import FrameType
 
-__all__ = ("main",)
+__all__ = ("main", "parse_duration", "parse_size")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anytus", description="Resumable uploads over the tus protocol, from a directory."
     )
+    parser.add_argument("--version", action="version", version=f"anytus {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -66,13 +75,48 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a directory over HTTP as a tus 1.0.0 server (granian on asyncio, "
         "its own h11 server on trio).",
     )
-    serve.add_argument("--dir", type=Path, default=Path("uploads"), help="default: ./uploads")
-    serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    serve.add_argument("--port", type=int, default=1080, help="default: 1080; 0 picks a free one")
-    serve.add_argument("--base-path", default="/files/", help="default: /files/")
-    serve.add_argument("--max-size", type=int, default=None, metavar="BYTES")
-    serve.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    serve.add_argument("--workers", type=int, default=1, metavar="N", help="processes")
+    serve.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("uploads"),
+        help="the directory uploads are stored in, created if missing (default: ./uploads)",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=1080,
+        help="the port to listen on; 0 picks a free one (default: 1080)",
+    )
+    serve.add_argument(
+        "--base-path",
+        default="/files/",
+        help="the URL path of the creation endpoint; uploads live below it (default: /files/)",
+    )
+    serve.add_argument(
+        "--max-size",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="the largest upload accepted, in bytes or with a unit: 500M, 10G, 1.5TiB "
+        "(K, M, G, T are powers of 1024; default: no limit)",
+    )
+    serve.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="the event loop: asyncio (served by granian) or trio (needs anytus[trio]); "
+        "default: asyncio",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port; a worker that dies is replaced (default: 1)",
+    )
     serve.add_argument(
         "--durability",
         choices=("none", "finish", "always"),
@@ -81,37 +125,119 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--expire-after",
-        type=float,
+        type=parse_duration,
         default=None,
-        metavar="SECONDS",
-        help="expire unfinished uploads idle this long (and remove them periodically)",
+        metavar="DURATION",
+        help="expire unfinished uploads idle this long, in seconds or with a unit: 90, 30m, "
+        "24h, 7d (and remove them periodically; default: never)",
+    )
+    serve.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="build upload URLs from the reverse proxy's Forwarded and X-Forwarded-Host, "
+        "-Proto and -Prefix headers (only when clients reach the server through the proxy alone)",
+    )
+    serve.add_argument(
+        "--certfile",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="serve HTTPS with this certificate chain (with --keyfile)",
+    )
+    serve.add_argument(
+        "--keyfile", type=Path, default=None, metavar="PEM", help="the certificate's private key"
+    )
+    serve.add_argument(
+        "--cors-origins",
+        action="append",
+        default=None,
+        metavar="ORIGINS",
+        help="origins allowed to make cross-origin requests, comma-separated or repeated "
+        "(https://app.example); others get 403. Default: all",
     )
     serve.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=parse_duration,
         default=GRACEFUL_TIMEOUT,
-        metavar="SECONDS",
-        help=f"on SIGINT/SIGTERM, let running requests go on this long, then cancel them (they "
-        f"keep what they received); default: {GRACEFUL_TIMEOUT:g}",
+        metavar="DURATION",
+        help=f"on SIGINT/SIGTERM, let running requests go on this long, then interrupt them "
+        f"(they keep what they received); a second signal stops at once "
+        f"(default: {GRACEFUL_TIMEOUT:g}s)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the least severe messages logged (default: info: one line per request and per "
+        "upload event)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text, or as one JSON object each (default: text)",
+    )
+    serve.add_argument(
+        "--no-page",
+        dest="page",
+        action="store_false",
+        help="do not serve the upload page on / (then / answers 404)",
+    )
+    serve.add_argument(
+        "--no-draft",
+        dest="draft",
+        action="store_false",
+        help="answer only tus 1.0.0, not the IETF resumable-upload draft (on by default)",
     )
     serve.add_argument(
         "--network-timeout",
-        type=float,
+        type=parse_duration,
         default=NETWORK_TIMEOUT,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="a request body that sends nothing this long ends its request (keeping what came); "
-        "request heads (10 s) and idle connections (5-10 s) are cut off sooner; default: "
-        f"{NETWORK_TIMEOUT:g}",
+        "request heads (10s) and idle connections (5-10s) are cut off sooner "
+        f"(default: {NETWORK_TIMEOUT:g}s)",
     )
 
     cleanup = commands.add_parser(
         "cleanup",
         help="remove expired unfinished uploads from a directory",
-        description="Remove unfinished uploads not written to for SECONDS, and print their IDs.",
+        description="Remove unfinished uploads not written to for DURATION, and print their IDs.",
     )
-    cleanup.add_argument("dir", type=Path, metavar="DIR")
-    cleanup.add_argument("--expire-after", type=float, required=True, metavar="SECONDS")
+    cleanup.add_argument("dir", type=Path, metavar="DIR", help="the store directory")
+    cleanup.add_argument(
+        "--expire-after",
+        type=parse_duration,
+        required=True,
+        metavar="DURATION",
+        help="remove unfinished uploads idle this long, in seconds or with a unit: 90, 30m, 24h, 7d",
+    )
     return parser
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", re.IGNORECASE)
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"10G"`` -> 10737418240: bytes, or a number with K, M, G, T or P (powers of 1024, with
+    an optional ``B`` or ``iB``)."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1048576, 500M, 10G)")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def parse_duration(text: str) -> float:
+    """``"30m"`` -> 1800.0: seconds, or a number with s, m, h or d."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90, 30m, 24h, 7d)")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit.lower()]
 
 
 # -- serve ----------------------------------------------------------------------------------------
@@ -132,7 +258,34 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--shutdown-timeout must not be negative")
     if not args.network_timeout > 0:
         parser.error("--network-timeout must be positive")
-    configure_logging()
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together")
+    cors_origins = ("*",)
+    if args.cors_origins is not None:
+        cors_origins = tuple(
+            origin.strip()
+            for value in args.cors_origins
+            for origin in value.split(",")
+            if origin.strip()
+        )
+        if not cors_origins:
+            parser.error("--cors-origins names no origin")
+    if args.certfile is not None:
+        # a bad certificate or key fails here, in one line, not in every worker
+        try:
+            tls_context(args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"anytus: cannot use {args.certfile} / {args.keyfile}: {exc}", file=sys.stderr)
+            return 1
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        print(
+            "anytus: --backend trio needs trio, which is not installed: pip install 'anytus[trio]'",
+            file=sys.stderr,
+        )
+        return 2
+    logging_options = LoggingOptions(level=args.log_level, format=args.log_format)
+    configure_logging(logging_options)
+    raise_open_files_limit()
     base_path = args.base_path if args.base_path.endswith("/") else args.base_path + "/"
     options = ServeOptions(
         directory=args.dir.absolute(),
@@ -143,6 +296,13 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         durability=args.durability,
         shutdown_timeout=args.shutdown_timeout,
         network_timeout=args.network_timeout,
+        draft=args.draft,
+        logging=logging_options,
+        page=args.page,
+        behind_proxy=args.behind_proxy,
+        certfile=None if args.certfile is None else args.certfile.absolute(),
+        keyfile=None if args.keyfile is None else args.keyfile.absolute(),
+        cors_origins=cors_origins,
     )
     # create the directory once, up front, so that a bad path fails here and not in N workers
     try:
@@ -159,8 +319,9 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except OSError as exc:
         print(f"anytus: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    scheme = "http" if options.certfile is None else "https"
     banner = (
-        f"anytus: serving {options.directory} on http://{endpoint.url_host}:{endpoint.port}"
+        f"anytus: serving {options.directory} on {scheme}://{endpoint.url_host}:{endpoint.port}"
         f"{base_path}"
     )
 
@@ -170,7 +331,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         if args.workers == 1:
             return run_worker(endpoint, options, None, announce)
-        return _supervise(endpoint, options, args.workers, announce)
+        return _Supervisor(endpoint, options, args.workers, announce).run()
     finally:
         if reservation is not None:
             reservation.close()
@@ -181,92 +342,184 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _worker_process(
     endpoint: Endpoint, options: ServeOptions, parent_pid: int, ready: Connection
 ) -> None:
-    configure_logging()
+    configure_logging(options.logging)
 
     def report_ready() -> None:
         ready.send(os.getpid())
         ready.close()
 
-    try:
-        status = run_worker(endpoint, options, parent_pid, report_ready)
-    except KeyboardInterrupt:  # pragma: no cover - a SIGINT before the handlers were installed
-        status = 0
-    sys.exit(status)
+    sys.exit(run_worker(endpoint, options, parent_pid, report_ready))
 
 
-def _supervise(
-    endpoint: Endpoint, options: ServeOptions, workers: int, announce: Callable[[], None]
-) -> int:
-    """Run *workers* processes serving *endpoint*; stop them all on SIGINT/SIGTERM, or when one
-    of them exits."""
-    stop = threading.Event()
-    received: list[int] = []
+#: a worker that dies before it is ready is replaced after this long, doubled for each failure
+#: in a row (a crash at startup would otherwise spin), up to _MAX_RESTART_DELAY
+_RESTART_DELAY = 0.5
+_MAX_RESTART_DELAY = 30.0
+#: how long workers get beyond their shutdown timeout to exit before they are killed
+_EXIT_GRACE = 5.0
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+class _Supervisor:
+    """Runs *workers* processes on one endpoint and keeps that many running.
 
-    # spawn, not fork: a clean interpreter per worker, the same on every platform (the trio
-    # server's socket is passed by multiprocessing's descriptor sharing, as hypercorn does)
-    context = multiprocessing.get_context("spawn")
-    pipes = [context.Pipe(duplex=False) for _ in range(workers)]
-    processes = [
-        context.Process(
+    A worker that exits is reaped at once (so that its lock files are judged dead at once: a
+    zombie's /proc entry outlives it) and replaced at once; a replacement that dies before it
+    is ready is retried after a growing delay. The service stays up while any worker runs. On
+    SIGINT/SIGTERM every worker is asked to stop (SIGTERM), and again on a second signal, which
+    makes them stop at once.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        options: ServeOptions,
+        workers: int,
+        announce: Callable[[], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self.workers = workers
+        self.announce = announce
+        # spawn, not fork: a clean interpreter per worker, the same on every platform (the trio
+        # server's socket is passed by multiprocessing's descriptor sharing, as hypercorn does)
+        self.context = multiprocessing.get_context("spawn")
+        self.running: dict[int, BaseProcess] = {}  # by sentinel
+        self.starting: dict[Connection, BaseProcess] = {}  # ready pipe -> worker not ready yet
+        self.ever_ready = False
+        self.ready_pids: set[int | None] = set()
+        self.failures = 0  # replacements in a row that died before they were ready
+        self.restart_at: float | None = None
+        self.signals: list[int] = []
+
+    def start_worker(self) -> None:
+        receiver, sender = self.context.Pipe(duplex=False)
+        process = self.context.Process(
             target=_worker_process,
-            args=(endpoint, options, os.getpid(), sender),
-            name=f"anytus-worker-{index}",
+            args=(self.endpoint, self.options, os.getpid(), sender),
+            name="anytus-worker",
         )
-        for index, (_, sender) in enumerate(pipes)
-    ]
-    for process in processes:
         process.start()
-    for _, sender in pipes:
-        sender.close()  # the workers hold their ends: EOF here means a worker died
-    logger.info("started %d workers: %s", workers, " ".join(str(p.pid) for p in processes))
+        sender.close()  # the worker holds its end: EOF here means it died
+        self.running[process.sentinel] = process
+        self.starting[receiver] = process
 
-    # the banner once every worker accepts connections (or, on trio, once its lifespan started)
-    worker_of = {receiver: process for (receiver, _), process in zip(pipes, processes, strict=True)}
-    waiting = set(worker_of)
-    dead: list[BaseProcess] = []
-    while waiting and not dead and not stop.is_set():
-        for receiver in multiprocessing.connection.wait(list(waiting), timeout=0.25):
-            assert isinstance(receiver, Connection)
-            try:
-                receiver.recv()
-            except EOFError:  # it exited before it was ready
-                worker_of[receiver].join(options.shutdown_timeout)
-                dead.append(worker_of[receiver])
-            waiting.discard(receiver)
+    def run(self) -> int:
+        wakeup_read, wakeup_write = os.pipe()
+        os.set_blocking(wakeup_write, False)
+        previous_wakeup = signal.set_wakeup_fd(wakeup_write)
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.signals.append(signum)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for _ in range(self.workers):
+                self.start_worker()
+            logger.info(
+                "started %d workers: %s",
+                self.workers,
+                " ".join(str(p.pid) for p in self.running.values()),
+            )
+            status = self._loop(wakeup_read)
+            self._stop_all()
+            return status
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.close(wakeup_read)
+            os.close(wakeup_write)
+            for receiver in self.starting:
+                receiver.close()
+
+    def _loop(self, wakeup: int) -> int:
+        while not self.signals:
+            timeout = None
+            if self.restart_at is not None:
+                timeout = max(self.restart_at - time.monotonic(), 0.0)
+            waitables: list[object] = [wakeup, *self.running, *self.starting]
+            for ready in multiprocessing.connection.wait(waitables, timeout):  # type: ignore[arg-type]
+                if ready == wakeup:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wakeup, 64)
+                elif isinstance(ready, Connection):
+                    self._on_ready(ready)
+                elif isinstance(ready, int) and ready in self.running:
+                    status = self._on_exit(self.running.pop(ready))
+                    if status is not None:
+                        return status
+            if self.restart_at is not None and time.monotonic() >= self.restart_at:
+                self.restart_at = None
+                while len(self.running) < self.workers:
+                    self.start_worker()
+        logger.info("stopping (%s)", signal.Signals(self.signals[0]).name)
+        return 0
+
+    def _on_ready(self, receiver: Connection) -> None:
+        process = self.starting.pop(receiver)
+        try:
+            receiver.recv()
+        except EOFError:
+            return  # it died before it was ready: its sentinel tells
+        finally:
             receiver.close()
-    if not dead and not stop.is_set():
-        announce()
+        self.failures = 0
+        self.ready_pids.add(process.pid)
+        if not self.ever_ready and not self.starting:
+            self.ever_ready = True
+            self.announce()
+        elif self.ever_ready:
+            logger.info("worker %s is ready", process.pid)
 
-    while not dead and not stop.wait(0.25):
-        dead = [process for process in processes if not process.is_alive()]
-    for worker in dead:
-        # a worker that died is a bug or a resource problem: say so and stop the rest, rather
-        # than keep serving with fewer workers than asked for
-        logger.error("worker %s exited with status %s", worker.pid, worker.exitcode)
-    status = 1 if dead else 0
+    def _on_exit(self, process: BaseProcess) -> int | None:
+        """Reap a worker that exited and plan its replacement; return an exit status when the
+        whole server has to stop."""
+        process.join()  # reaps it
+        was_ready = process.pid in self.ready_pids
+        self.ready_pids.discard(process.pid)
+        for receiver, starting in list(self.starting.items()):
+            if starting is process:
+                del self.starting[receiver]
+                receiver.close()
+        logger.error("worker %s exited with status %s", process.pid, process.exitcode)
+        if not self.ever_ready:
+            # it never served: a configuration or resource problem that every worker would hit
+            logger.error("a worker failed at startup: stopping")
+            return 1
+        delay = 0.0
+        if not was_ready:
+            self.failures += 1
+            delay = min(_RESTART_DELAY * 2 ** (self.failures - 1), _MAX_RESTART_DELAY)
+            logger.warning("replacing it in %gs", delay)
+        restart_at = time.monotonic() + delay
+        self.restart_at = min(self.restart_at or restart_at, restart_at)
+        return None
 
-    for process in processes:
-        if process.is_alive() and process.pid is not None:
-            os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + options.shutdown_timeout + 5.0
-    for process in processes:
-        process.join(max(deadline - time.monotonic(), 0.1))
-        if process.is_alive():
-            logger.warning("worker %s did not stop: killing it", process.pid)
-            process.kill()
+    def _stop_all(self) -> None:
+        """Ask every worker to stop, wait for them (a second signal makes them stop at once),
+        and kill the ones that do not."""
+        processes = list(self.running.values())
+        forwarded = 0
+        deadline = time.monotonic() + self.options.shutdown_timeout + INTERRUPT_GRACE + _EXIT_GRACE
+        while True:
+            # one SIGTERM per signal received: the second one forces them
+            for _ in range(forwarded, max(len(self.signals), 1)):
+                for process in processes:
+                    if process.is_alive() and process.pid is not None:
+                        os.kill(process.pid, signal.SIGTERM)
+                forwarded += 1
+            alive = [process for process in processes if process.is_alive()]
+            if not alive:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                for process in alive:
+                    logger.warning("worker %s did not stop: killing it", process.pid)
+                    process.kill()
+                break
+            multiprocessing.connection.wait([p.sentinel for p in alive], min(remaining, 0.1))
+        for process in processes:
             process.join()
-    for receiver in waiting:
-        receiver.close()
-    if received:
-        logger.info("stopped (%s)", signal.Signals(received[0]).name)
-    return status
 
 
 # -- cleanup --------------------------------------------------------------------------------------

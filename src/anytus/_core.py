@@ -122,6 +122,9 @@ class Request:
     content_length: int | None
     #: whether a body follows the headers
     has_body: bool
+    #: the creation URL this request is routed against (``base_path``, or where the app is
+    #: mounted), percent-encoded, with a trailing slash
+    base_path: str
 
     @property
     def origin(self) -> str | None:
@@ -262,6 +265,7 @@ class _Config:
     cors_allow_origins: tuple[str, ...]
     max_metadata_size: int
     extensions: tuple[str, ...]
+    behind_proxy: bool
 
 
 class TusCore:
@@ -275,6 +279,8 @@ class TusCore:
     :param max_metadata_size: the longest ``Upload-Metadata`` accepted, in bytes
     :param extensions: the tus extensions the store supports (``Tus-Extension``); the core
         refuses what they leave out
+    :param behind_proxy: upload URLs follow ``Forwarded`` and ``X-Forwarded-Host``,
+        ``-Proto`` and ``-Prefix`` (:func:`~anytus._protocol.forwarded`)
     """
 
     def __init__(
@@ -286,6 +292,7 @@ class TusCore:
         cors_allow_origins: Sequence[str],
         max_metadata_size: int,
         extensions: Sequence[str],
+        behind_proxy: bool = False,
     ) -> None:
         self.config = _Config(
             base_path=base_path,
@@ -294,14 +301,26 @@ class TusCore:
             cors_allow_origins=tuple(cors_allow_origins),
             max_metadata_size=max_metadata_size,
             extensions=tuple(extensions),
+            behind_proxy=behind_proxy,
         )
         self._has = frozenset(extensions)
         self._options_headers = self._build_options_headers()
 
     # -- requests ----------------------------------------------------------------------------------
 
-    def normalize(self, method: str, raw_path: str, headers: Mapping[str, str]) -> Request:
-        """Apply ``X-HTTP-Method-Override`` and read the body's framing."""
+    def normalize(
+        self,
+        method: str,
+        raw_path: str,
+        headers: Mapping[str, str],
+        *,
+        base_path: str | None = None,
+    ) -> Request:
+        """Apply ``X-HTTP-Method-Override`` and read the body's framing.
+
+        :param base_path: the creation URL for this request, if not the configured one (the app
+            is mounted: :func:`~anytus._protocol.split_mount`)
+        """
         # "The X-HTTP-Method-Override request header MUST be a string which MUST be interpreted
         # as the request's method by the Server, if the header is presented."
         override = headers.get("x-http-method-override")
@@ -318,6 +337,7 @@ class TusCore:
             headers=headers,
             content_length=content_length,
             has_body=chunked or length_header not in ("", "0"),
+            base_path=self.config.base_path if base_path is None else base_path,
         )
 
     def parse(self, request: Request) -> TusRequest:
@@ -326,8 +346,8 @@ class TusCore:
         :raises ~anytus.TusError: a 4xx for a request the server refuses (unknown path, method,
             version, headers...)
         """
-        self.check_origin(request.origin)
-        route = proto.route(request.raw_path, self.config.base_path)
+        self.check_origin(request.origin, request.headers.get("host"))
+        route = proto.route(request.raw_path, request.base_path)
         if route is None:
             raise UploadNotFound("no such resource")
         method = request.method
@@ -362,7 +382,11 @@ class TusCore:
         headers = request.headers
         concat: proto.Concat | None = None
         if "upload-concat" in headers and "concatenation" in self._has:
-            concat = proto.parse_concat(headers["upload-concat"], self.config.base_path)
+            # behind a proxy the partial uploads' URLs are the ones it gave out (with its prefix)
+            prefix = self.forwarded(request).prefix
+            concat = proto.parse_concat(
+                headers["upload-concat"], request.base_path, prefix=prefix or ""
+            )
         metadata = proto.parse_metadata(
             headers.get("upload-metadata", ""), max_length=self.config.max_metadata_size
         )
@@ -657,6 +681,51 @@ class TusCore:
         """The answer to a failure that is not a :class:`~anytus.TusError` (a bug)."""
         return Response(500, [_TEXT], b"ERR_INTERNAL_SERVER_ERROR: internal server error\n")
 
+    # -- upload URLs ----------------------------------------------------------------------------
+
+    def forwarded(self, request: Request) -> proto.Forwarded:
+        """What a reverse proxy says of *request*: its headers when the server is
+        ``behind_proxy``, else nothing (the headers could come from anyone)."""
+        if not self.config.behind_proxy:
+            return _NOT_FORWARDED
+        return proto.forwarded(request.headers)
+
+    def upload_url(
+        self,
+        request: Request,
+        upload_id: str,
+        *,
+        scheme: str,
+        server: tuple[str, int | None] | None,
+    ) -> str:
+        """The URL of an upload, as the client must use it.
+
+        Absolute from the request's scheme and ``Host`` (else the server's address); behind a
+        proxy the proxy's headers name the host, scheme and removed path prefix instead, each
+        where valid (a malformed or hostile value is ignored, as tusd ignores an unknown
+        ``proto``: the URL is then built from what the server itself knows).
+
+        :param scheme: ``"http"`` or ``"https"``: how the request reached the server
+        :param server: the server's address (ASGI ``server``), used without a valid ``Host``
+        """
+        headers = request.headers
+        host = headers.get("host") or headers.get(":authority")
+        if host is not None and not proto.valid_host(host):
+            host = None
+        forwarded = self.forwarded(request)
+        if forwarded.proto is not None:
+            scheme = forwarded.proto
+        if forwarded.host is not None:
+            # a proxy that names the default port of the scheme means no port (tusd)
+            host = forwarded.host.removesuffix(":443" if scheme == "https" else ":80")
+        if host is None and server is not None and server[0]:
+            name, port = server
+            name = f"[{name}]" if ":" in name else name
+            default = 443 if scheme == "https" else 80
+            host = name if port in (None, default) else f"{name}:{port}"
+        base_path = (forwarded.prefix or "") + request.base_path
+        return proto.build_url(scheme, host, base_path, upload_id)
+
     # -- CORS and framing ----------------------------------------------------------------------
 
     def origin_allowed(self, origin: str) -> bool:
@@ -664,24 +733,32 @@ class TusCore:
         allowed = self.config.cors_allow_origins
         return bool(allowed) and ("*" in allowed or origin in allowed)
 
-    def check_origin(self, origin: str | None) -> None:
-        """:raises ~anytus.OriginNotAllowed: for an origin that may not make requests"""
+    def check_origin(self, origin: str | None, host: str | None = None) -> None:
+        """:raises ~anytus.OriginNotAllowed: for an origin that may not make requests. A
+            request from a page of the server itself (*origin* names the request's *host*: a
+            browser sends ``Origin`` on a same-origin POST, PATCH or DELETE too) is never
+            cross-origin, whatever the allowed origins are."""
         if (
             origin is not None
             and self.config.cors_allow_origins
             and not self.origin_allowed(origin)
+            and not _same_origin(origin, host)
         ):
             raise OriginNotAllowed(f"origin {origin!r:.80} is not allowed")
 
     def common_headers(self, request: Request) -> list[tuple[str, str]]:
         """What every response to *request* starts with: ``Tus-Resumable`` and CORS."""
         headers = [("Tus-Resumable", proto.TUS_VERSION)]
+        if not self.config.cors_allow_origins:
+            return headers
+        # with CORS handling on, every answer depends on Origin (echoed, refused or absent):
+        # a cache must not give one origin's answer to another
+        headers.append(("Vary", "Origin"))
         origin = request.origin
         if origin is None or not self.origin_allowed(origin):
             return headers
         headers += [
             ("Access-Control-Allow-Origin", origin),
-            ("Vary", "Origin"),
             ("Access-Control-Expose-Headers", EXPOSE_HEADERS),
         ]
         if request.method == "OPTIONS":
@@ -714,6 +791,14 @@ class TusCore:
         return headers
 
 
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether *origin* (``scheme://host[:port]``) names the *host* a request was sent to."""
+    if host is None:
+        return False
+    authority = origin.partition("://")[2]
+    return bool(authority) and authority.lower() == host.lower()
+
+
 class _RollBack(TusError):
     """Not an answer: a body that did not arrive whole is rolled back, and the request ends with
     whatever error ended the body."""
@@ -721,6 +806,9 @@ class _RollBack(TusError):
     status_code = 500
     error_code = "ERR_ROLLED_BACK"
 
+
+#: what :meth:`TusCore.forwarded` says when the server is not behind a proxy
+_NOT_FORWARDED: Final = proto.Forwarded()
 
 #: the :meth:`TusCore.checksum_verdict` for a body that did not arrive whole
 ROLL_BACK: Final = _RollBack("the body did not arrive whole")

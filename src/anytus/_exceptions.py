@@ -7,9 +7,11 @@ applications calling the store directly and HTTP clients see the same vocabulary
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 __all__ = (
+    "BasePathMismatch",
     "ChecksumMismatch",
     "CorruptUploadInfo",
     "HookRejected",
@@ -23,9 +25,12 @@ __all__ = (
     "OriginNotAllowed",
     "RangeNotSatisfiable",
     "RequestBodyTimeout",
+    "ServerShuttingDown",
+    "ServiceUnavailable",
     "SizeExceeded",
     "StorageError",
     "StorageFull",
+    "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",
@@ -36,6 +41,7 @@ __all__ = (
     "UploadIsFinal",
     "UploadNotFinished",
     "UploadNotFound",
+    "storage_error",
 )
 
 
@@ -281,6 +287,15 @@ class OriginNotAllowed(TusError):
     default_message = "origin is not allowed"
 
 
+class BasePathMismatch(TusError):
+    """Raised when an app's ``base_path`` lies outside the path it is mounted under (ASGI
+    ``root_path``), so that no request could ever reach it: a configuration error."""
+
+    status_code = 500
+    error_code = "ERR_BASE_PATH_MISMATCH"
+    default_message = "base_path is outside the mount"
+
+
 class StorageError(TusError):
     """Raised when the storage fails (an I/O error, missing permissions...): the operating
     system's reason is in the message."""
@@ -298,9 +313,53 @@ class StorageFull(StorageError):
     default_message = "no space left in the storage"
 
 
+class ServiceUnavailable(TusError):
+    """Raised when the server cannot take the request now but will later (out of file
+    descriptors, shutting down): a client retries after ``Retry-After`` seconds."""
+
+    status_code = 503
+    error_code = "ERR_SERVICE_UNAVAILABLE"
+    default_message = "the server cannot take this request now; retry in a moment"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
+
+
+class TooManyOpenFiles(ServiceUnavailable):
+    """Raised when the server process (or the system) has run out of file descriptors: a load
+    peak that passes, so the client is asked to retry."""
+
+    error_code = "ERR_TOO_MANY_OPEN_FILES"
+    default_message = "the server has too many files open; retry in a moment"
+
+
+class ServerShuttingDown(ServiceUnavailable):
+    """Raised when a server that is shutting down stops a running upload (which keeps every
+    byte it received) or refuses a new request."""
+
+    error_code = "ERR_SERVER_SHUTTING_DOWN"
+    default_message = "the server is shutting down; resume the upload in a moment"
+
+
 class UploadExists(TusError):
     """Raised when an upload is created with the ID of one that exists already."""
 
     status_code = 409
     error_code = "ERR_UPLOAD_EXISTS"
     default_message = "an upload with this ID exists already"
+
+
+def storage_error(exc: OSError) -> StorageError | TooManyOpenFiles:
+    """The :class:`~anytus.StorageError` for a failed system call (507 for a full disk), or
+    :class:`~anytus.TooManyOpenFiles` (503, retry) when file descriptors ran out."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return TooManyOpenFiles()
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left in the storage: {reason}")
+    return StorageError(f"storage error: {reason}")

@@ -33,10 +33,9 @@ from ._exceptions import (
     CorruptUploadInfo,
     LengthAlreadyDeclared,
     SizeExceeded,
-    StorageError,
-    StorageFull,
     UploadExists,
     UploadNotFound,
+    storage_error,
 )
 from ._ids import new_upload_id, validate_upload_id
 from ._info import UploadInfo
@@ -565,14 +564,6 @@ class _SyncFileUpload(_Loaded, SyncUpload):
 
     def terminate(self) -> None:
         self._store._terminate_sync(self._info.id, self._data_path)
-
-
-def storage_error(exc: OSError) -> StorageError:
-    """The :class:`~anytus.StorageError` for a failed system call (507 for a full disk)."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull(f"no space left in the storage: {reason}")
-    return StorageError(f"storage error: {reason}")
 
 
 def _open_append(path: str) -> int:

@@ -14,6 +14,10 @@ What it does, per connection (one task each, in one task group):
   :data:`KEEP_ALIVE_TIMEOUT`), then run the app inline with its ``receive`` and ``send``;
 - ``Expect: 100-continue``: the ``100 Continue`` goes out when the app first calls ``receive()``;
 - a client that stops reading the response is dropped after :data:`WRITE_TIMEOUT` per write;
+- other interim responses (the resumable-upload draft's ``104``): the scope offers the
+  ``http.response.informational`` extension; the app sends ``{"type":
+  "http.response.informational", "status": 1xx, "headers": [...]}`` before its response (a
+  ``100 Continue`` still owed goes out first);
 - after the response: keep the connection (h11 keep-alive and pipelining) when both sides
   finished their message; a body the app did not read is read and dropped for a bounded time
   (:data:`DRAIN_TIME`, :data:`DRAIN_SIZE`), otherwise the connection is closed;
@@ -32,6 +36,7 @@ import email.utils
 import http
 import logging
 import math
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -40,6 +45,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import h11
+from anyio.streams.tls import TLSStream
 
 if TYPE_CHECKING:
     import socket
@@ -49,6 +55,7 @@ __all__ = (
     "DRAIN_SIZE",
     "DRAIN_TIME",
     "HEAD_TIMEOUT",
+    "INTERRUPT_GRACE",
     "KEEP_ALIVE_TIMEOUT",
     "MAX_HEAD_SIZE",
     "READ_SIZE",
@@ -81,6 +88,8 @@ WRITE_TIMEOUT = 60.0
 #: connection; past either it is closed
 DRAIN_TIME = 2.0
 DRAIN_SIZE = 16 * 1024 * 1024
+#: how long interrupted requests may take to answer at shutdown before they are cancelled
+INTERRUPT_GRACE = 2.0
 #: how long lifespan startup and shutdown may take
 LIFESPAN_TIMEOUT = 60.0
 
@@ -89,7 +98,10 @@ _SERVER_HEADER = (b"server", b"anytus")
 #: a response message up to this size is sent with one write (joined), a larger one piecewise
 _JOIN_LIMIT = 64 * 1024
 #: reason phrases (h11 sends an empty one unless told)
-_REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
+_REASONS = {
+    104: b"Upload Resumption Supported",  # the resumable-upload draft's, not in http.HTTPStatus
+    **{status.value: status.phrase.encode("ascii") for status in http.HTTPStatus},
+}
 #: statuses whose responses never have a body, nor a Content-Length of it
 _NO_BODY = frozenset({204, 304, *range(100, 200)})
 
@@ -126,7 +138,7 @@ class _Disconnected(Exception):
 class _Connection:
     """One client connection: h11's state, the socket, and the running request's ASGI state."""
 
-    def __init__(self, server: _Server, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, server: _Server, stream: anyio.abc.ByteStream) -> None:
         self.server = server
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
@@ -342,6 +354,9 @@ class _Connection:
             # instead of chunked framing
             self.pending_start = message
             return
+        if kind == "http.response.informational":
+            await self._send_informational(message)
+            return
         if kind != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
         if not self.response_started or self.response_complete:
@@ -375,6 +390,29 @@ class _Connection:
                     await self._send_bytes(piece)
         except _Disconnected:
             return
+
+    async def _send_informational(self, message: dict[str, Any]) -> None:
+        """An interim (1xx) response, before the final one; dropped once that has started."""
+        status = int(message["status"])
+        if not 100 <= status < 200 or status == 101:
+            raise RuntimeError(f"not an informational status: {status}")
+        if self.response_started or self.disconnected:
+            return
+        conn = self.conn
+        events: list[h11.InformationalResponse] = []
+        if self.expect_100 and conn.client_is_waiting_for_100_continue:
+            # "the server MUST NOT omit the 100 (Continue) response because it has sent an
+            # interim response with the 104 (Upload Resumption Supported) status code"
+            self.expect_100 = False
+            events.append(h11.InformationalResponse(status_code=100, headers=[]))
+        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
+        events.append(
+            h11.InformationalResponse(
+                status_code=status, headers=headers, reason=_REASONS.get(status, b"")
+            )
+        )
+        with contextlib.suppress(_Disconnected):
+            await self._send_bytes(b"".join(conn.send(event) or b"" for event in events))
 
     async def _flush_start(self, length: int | None) -> None:
         """Send the held ``http.response.start``; *length*: the whole body's, if known."""
@@ -426,7 +464,7 @@ class _Connection:
             "asgi": _ASGI,
             "http_version": request.http_version.decode("ascii"),
             "method": request.method.decode("ascii"),
-            "scheme": "http",
+            "scheme": self.server.scheme,
             "path": unquote(raw_path.decode("ascii", "replace")),
             "raw_path": raw_path,
             "query_string": query,
@@ -435,6 +473,7 @@ class _Connection:
             "client": self.client,
             "server": self.local,
             "state": dict(self.server.state),
+            "extensions": {"http.response.informational": {}},
         }
 
     async def run(self) -> None:
@@ -553,7 +592,8 @@ class _Connection:
         try:
             if lingering:
                 with anyio.move_on_after(DRAIN_TIME):
-                    await stream.send_eof()
+                    with contextlib.suppress(NotImplementedError):  # TLS has no half-close
+                        await stream.send_eof()
                     dropped = 0
                     while dropped <= DRAIN_SIZE:
                         dropped += len(await stream.receive(READ_SIZE))
@@ -576,9 +616,17 @@ def _address(address: Any) -> tuple[str, int] | None:
 
 class _Server:
     def __init__(
-        self, app: Any, *, keep_alive_timeout: float, head_timeout: float, write_timeout: float
+        self,
+        app: Any,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+        head_timeout: float = HEAD_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self.app: Callable[..., Awaitable[None]] = app
+        self.ssl_context = ssl_context
+        self.scheme = "http" if ssl_context is None else "https"
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
         self.write_timeout = write_timeout
@@ -593,7 +641,13 @@ class _Server:
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         """One connection, start to end; never raises (except for cancellation)."""
-        connection = _Connection(self, stream)
+        if self.ssl_context is not None:
+            tls = await self._handshake(stream, self.ssl_context)
+            if tls is None:
+                return
+            connection = _Connection(self, tls)
+        else:
+            connection = _Connection(self, stream)
         self.connections.add(connection)
         try:
             await connection.run()
@@ -608,6 +662,30 @@ class _Server:
             except Exception:
                 logger.debug("error closing the connection", exc_info=True)
 
+    @staticmethod
+    async def _handshake(
+        stream: anyio.abc.SocketStream, context: ssl.SSLContext
+    ) -> TLSStream | None:
+        """The TLS handshake, within :data:`HEAD_TIMEOUT`; ``None`` (and the connection closed)
+        if it fails: a client that does not speak TLS costs its connection only."""
+        try:
+            with anyio.fail_after(HEAD_TIMEOUT):
+                # not standard_compatible: closing does not wait for the client's close_notify
+                # (which many never send), and a client's unclean close is an ordinary EOF
+                return await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=context, standard_compatible=False
+                )
+        except (
+            TimeoutError,
+            OSError,
+            ssl.SSLError,
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+        ) as exc:
+            logger.debug("TLS handshake failed: %r", exc)
+            await anyio.aclose_forcefully(stream)
+            return None
+
     def notify(self) -> None:
         """Wake whoever waits on :attr:`changed`."""
         self.changed.set()
@@ -618,6 +696,13 @@ class _Server:
         for connection in self.connections:
             if connection.idle and connection.idle_scope is not None:
                 connection.idle_scope.cancel()
+
+    async def wait_until_idle(self) -> None:
+        """Return once every connection has ended, closing each as soon as it goes idle."""
+        while self.connections:
+            self.stop_idle()
+            # woken when a connection ends or one that was running a request goes idle
+            await self.changed.wait()
 
 
 class _Lifespan:
@@ -692,7 +777,10 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]],
     ready: Callable[[], None] | None = None,
     shutdown_timeout: float = 5.0,
+    interrupt: Callable[[], None] | None = None,
     before_cancel: Callable[[], None] | None = None,
+    force_trigger: Callable[[], Awaitable[None]] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
     head_timeout: float = HEAD_TIMEOUT,
     write_timeout: float = WRITE_TIMEOUT,
@@ -706,9 +794,14 @@ async def serve(
     :param shutdown_trigger: returns when the server should stop
     :param ready: called once the app's lifespan startup is complete and connections are accepted
     :param shutdown_timeout: how long running requests may go on after the trigger before they are
-        cancelled
-    :param before_cancel: called just before running requests are cancelled at the end of
-        *shutdown_timeout*
+        interrupted (or cancelled)
+    :param interrupt: called when *shutdown_timeout* has passed with requests still running, to
+        make them answer; they get :data:`INTERRUPT_GRACE` more before they are cancelled
+    :param before_cancel: called just before running requests are cancelled
+    :param force_trigger: returns when the shutdown should not wait any longer (a second signal):
+        running requests are cancelled at once
+    :param ssl_context: serve HTTPS: each connection does its TLS handshake in its own task
+        (scope ``scheme`` is then ``"https"``)
     :param keep_alive_timeout: how long a connection may wait for the first byte of its next
         request (then it is closed)
     :param head_timeout: how long a request head may take from its first byte to its end (then
@@ -719,6 +812,7 @@ async def serve(
     """
     server = _Server(
         app,
+        ssl_context,
         keep_alive_timeout=keep_alive_timeout,
         head_timeout=head_timeout,
         write_timeout=write_timeout,
@@ -751,15 +845,26 @@ async def serve(
                 accepting.cancel()
                 await listener.aclose()
                 server.stop_idle()
-                with anyio.move_on_after(shutdown_timeout):
-                    while server.connections:
-                        server.stop_idle()
-                        # woken when a connection ends or one that was running a request goes idle
-                        await server.changed.wait()
+                async with anyio.create_task_group() as draining:
+                    if force_trigger is not None:
+
+                        async def on_force() -> None:
+                            await force_trigger()
+                            draining.cancel_scope.cancel()
+
+                        draining.start_soon(on_force)
+                    with anyio.move_on_after(shutdown_timeout):
+                        await server.wait_until_idle()
+                    if server.busy and interrupt is not None:
+                        logger.warning(
+                            "requests still running after %gs: interrupting them", shutdown_timeout
+                        )
+                        interrupt()
+                        with anyio.move_on_after(INTERRUPT_GRACE):
+                            await server.wait_until_idle()
+                    draining.cancel_scope.cancel()
                 if server.busy:
-                    logger.warning(
-                        "requests still running after %gs: cancelling them", shutdown_timeout
-                    )
+                    logger.warning("requests still running: cancelling them")
                     if before_cancel is not None:
                         before_cancel()
                 connections.cancel_scope.cancel()

@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ("FileLocker", "MemoryLocker")
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("anytus.locks")
 
 #: identifies this process among all processes that ever had its PID
 PROCESS_TOKEN = secrets.token_hex(8)
@@ -245,7 +245,9 @@ def _read_boot_id() -> str:
 
 
 def _process_start_ticks(pid: int) -> str | None:
-    """A process's start time since boot, which tells a PID's incarnations apart (Linux only)."""
+    """A live process's start time since boot, which tells a PID's incarnations apart (Linux
+    only); None if *pid* is not running, a zombie included (it has exited and holds no locks,
+    only its parent has not reaped it yet)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -253,7 +255,13 @@ def _process_start_ticks(pid: int) -> str | None:
         return None
     # the command name may contain spaces and parentheses: fields resume after the last ")"
     fields = stat[stat.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else None
+    if len(fields) <= 19 or fields[0] in _EXITED_STATES:
+        return None
+    return fields[19].decode()
+
+
+#: process states in /proc/PID/stat of a process that has exited (zombie, dead)
+_EXITED_STATES = (b"Z", b"X", b"x")
 
 
 _own_records: dict[tuple[int, str], bytes] = {}
@@ -278,10 +286,11 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, under another user: tusd's lockfile wrongly calls it dead
-        return True
+        pass
     except OSError:
         return False
-    return True
+    # kill() reaches a zombie too; where /proc tells, a zombie is dead
+    return _process_start_ticks(pid) is not None or not os.path.isdir("/proc/self")
 
 
 class FileLocker(Locker):

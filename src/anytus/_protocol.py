@@ -37,6 +37,7 @@ __all__ = (
     "ByteRange",
     "Checksum",
     "Concat",
+    "Forwarded",
     "Route",
     "build_url",
     "check_tus_resumable",
@@ -44,15 +45,19 @@ __all__ = (
     "content_type_for",
     "extract_upload_id",
     "format_http_date",
+    "forwarded",
     "parse_checksum",
     "parse_concat",
     "parse_defer_length",
+    "parse_forwarded",
+    "parse_forwarded_prefix",
     "parse_integer",
     "parse_metadata",
     "parse_range",
     "route",
     "serialize_concat",
     "serialize_metadata",
+    "split_mount",
     "valid_host",
 )
 
@@ -285,6 +290,176 @@ def build_url(scheme: str, host: str | None, base_path: str, upload_id: str) -> 
     return f"{scheme}://{host}{path}" if host else path
 
 
+# -- behind a reverse proxy, mounted in an application --------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Forwarded:
+    """What a reverse proxy says of the request the client made: each part ``None`` when no
+    header says it validly."""
+
+    #: ``host[:port]`` the client asked for (checked with :func:`valid_host`)
+    host: str | None = None
+    #: ``"http"`` or ``"https"``
+    proto: str | None = None
+    #: the path the proxy removed before passing the request on (``/api``), ``""`` for none
+    prefix: str | None = None
+
+
+# RFC 7239 §4: forwarded-pair = token "=" value; value = token / quoted-string (RFC 9110 §5.6)
+_FORWARDED_PAIR = re.compile(
+    r"[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)="
+    r"([!#$%&'*+.^_`|~0-9A-Za-z-]+|\"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e]|\\[\t\x20-\x7e])*\")[ \t]*"
+)
+_QUOTED_PAIR = re.compile(r"\\(.)")
+# RFC 3986 path-abempty: segments of pchar (pct-encoded checked), at least one
+_PREFIX = re.compile(r"(?:/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+)+")
+#: the longest host or prefix taken from a proxy's header
+_MAX_FORWARDED = 1024
+
+
+def parse_forwarded(value: str) -> Forwarded:
+    """Read ``host`` and ``proto`` from the first element of an RFC 7239 ``Forwarded`` header
+    (the one the proxy nearest the client added).
+
+    Malformed syntax (a pair that is not ``token=token`` or ``token="quoted"``, a parameter
+    twice) makes the whole header say nothing, and so does an invalid value for its part: the
+    caller falls back to what it knew without the header (as tusd, which drops a ``proto`` that
+    is not ``http`` or ``https``).
+    """
+    pairs: dict[str, str] = {}
+    position = 0
+    # a list may start with empty elements (RFC 9110 §5.6.1)
+    while position < len(value) and value[position] in " \t,":
+        position += 1
+    while position < len(value) and value[position] != ",":
+        if value[position] in "; \t":  # an empty pair: forwarded-element = [pair] *(";" [pair])
+            position += 1
+            continue
+        match = _FORWARDED_PAIR.match(value, position)
+        if match is None:
+            return Forwarded()
+        name, raw = match.group(1).lower(), match.group(2)
+        if name in pairs:
+            # "Each parameter MUST NOT occur more than once per forwarded-element."
+            return Forwarded()
+        pairs[name] = _QUOTED_PAIR.sub(r"\1", raw[1:-1]) if raw.startswith('"') else raw
+        position = match.end()
+        if position < len(value) and value[position] not in ";,":
+            return Forwarded()
+    return Forwarded(
+        host=_forwarded_host(pairs.get("host")), proto=_forwarded_proto(pairs.get("proto"))
+    )
+
+
+def parse_forwarded_prefix(value: str) -> str | None:
+    """Check an ``X-Forwarded-Prefix`` path: ``""`` for none (empty, ``/``), the path without
+    its trailing slash, or ``None`` if it is not a plain absolute path (dot segments, empty
+    segments, characters a URL path cannot hold unencoded, too long)."""
+    prefix = value.strip(" \t").rstrip("/")
+    if not prefix:
+        return ""
+    if len(prefix) > _MAX_FORWARDED or _PREFIX.fullmatch(prefix) is None:
+        return None
+    # no dot segments, encoded or not ("%2e%2E" too): a client would resolve them away
+    segments = urllib.parse.unquote(prefix).split("/")[1:]
+    if any(segment in (".", "..") for segment in segments) or "" in segments:
+        return None
+    return prefix
+
+
+def forwarded(headers: Mapping[str, str]) -> Forwarded:
+    """What the proxy headers of a request say: ``Forwarded`` (RFC 7239, first element) first,
+    then ``X-Forwarded-Host`` and ``X-Forwarded-Proto`` (first of a list) for what it leaves
+    unsaid, as tusd's ``-behind-proxy``; and ``X-Forwarded-Prefix``. A part no header says
+    validly is ``None``.
+
+    :param headers: normalized request headers (lower-case names, repeats joined with ``", "``)
+    """
+    host = proto = prefix = None
+    value = headers.get("forwarded")
+    if value is not None:
+        standard = parse_forwarded(value)
+        host, proto = standard.host, standard.proto
+    if host is None and (value := headers.get("x-forwarded-host")) is not None:
+        host = _forwarded_host(_first(value))
+    if proto is None and (value := headers.get("x-forwarded-proto")) is not None:
+        proto = _forwarded_proto(_first(value))
+    if (value := headers.get("x-forwarded-prefix")) is not None:
+        prefix = parse_forwarded_prefix(_first(value))
+    return Forwarded(host=host, proto=proto, prefix=prefix)
+
+
+def _first(value: str) -> str:
+    return value.split(",", 1)[0].strip(" \t")
+
+
+def _forwarded_host(value: str | None) -> str | None:
+    if value is None or len(value) > _MAX_FORWARDED or not valid_host(value):
+        return None
+    return value
+
+
+def _forwarded_proto(value: str | None) -> str | None:
+    proto = None if value is None else value.lower()
+    return proto if proto in ("http", "https") else None
+
+
+def split_mount(root_path: str, path: str, raw_path: str | None) -> tuple[str, str]:
+    """Split a request's path into the prefix the app is mounted under and the rest.
+
+    Returns ``(mount, rest)``, both percent-encoded as on the wire: *mount* without a trailing
+    slash (``""`` when not mounted), ``mount + rest`` the whole path the client sent to the server
+    (behind any proxy that removed a prefix).
+
+    :param root_path: ASGI ``root_path``: where the app is mounted (decoded)
+    :param path: ASGI ``path`` (decoded): whole (it includes *root_path*, as the ASGI spec says
+        and Starlette and uvicorn do), or without *root_path* (hypercorn's ``root_path``
+        setting), or cut down to what follows a mount that left *root_path* alone (Litestar)
+    :param raw_path: ASGI ``raw_path`` (Latin-1-decoded, without the query), if the server gave
+        it: the bytes sent to the server, with or without *root_path*
+    """
+    root = root_path.rstrip("/")
+    if raw_path is None:
+        if root and _under(path, root):
+            path = path[len(root) :]
+        return _quote(root), _quote(path)
+    decoded = urllib.parse.unquote(raw_path)
+    missing = ""
+    if not _under(decoded, root):
+        # raw_path lacks root_path, or its start: the server was told root_path for a prefix a
+        # proxy removed (and a framework may have added its mount to root_path after it)
+        slashes = [index for index, char in enumerate(root) if char == "/"]
+        cut = next((i for i in slashes if _under(decoded, root[i:])), len(root))
+        missing = root[:cut]
+        raw_path, decoded = _quote(missing) + raw_path, missing + decoded
+    mount = root
+    if path not in (decoded, decoded[len(missing) :]):
+        # a framework cut the mount off path but left root_path (and raw_path) alone: what it
+        # cut is the mount (Litestar also appends a slash to what is left)
+        tail = path.rstrip("/")
+        whole = decoded.rstrip("/")
+        head = whole[: len(whole) - len(tail)]
+        if whole.endswith(tail) and head.startswith("/") and _under(head, root):
+            mount = head
+    if not mount:
+        return "", raw_path
+    # the mount as sent: as many "/"-separated pieces of raw_path as the mount has (an encoded
+    # "%2F" stays one piece)
+    encoded = "/".join(raw_path.split("/")[: mount.count("/") + 1])
+    if urllib.parse.unquote(encoded) == mount:
+        return encoded, raw_path[len(encoded) :]
+    return _quote(mount), _quote(decoded[len(mount) :])
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/") or not prefix
+
+
+def _quote(path: str) -> str:
+    return urllib.parse.quote(path, safe="/")
+
+
 # -- concatenation --------------------------------------------------------------------------------
 
 
@@ -298,12 +473,13 @@ class Concat:
     partial_ids: tuple[str, ...] = ()
 
 
-def parse_concat(value: str, base_path: str) -> Concat:
+def parse_concat(value: str, base_path: str, *, prefix: str = "") -> Concat:
     """Parse ``Upload-Concat``: ``partial``, or ``final;`` followed by space-separated upload URLs.
 
     Each URL may be absolute (any host: the path decides) or relative; relative references are
     resolved against *base_path* as a browser would (RFC 3986 §5.2), so ``/files/abc`` and ``abc``
-    both name upload ``abc``. The resolved path must be *base_path* plus a valid ID.
+    both name upload ``abc``. The resolved path must be *base_path* plus a valid ID, or
+    *prefix* + *base_path* plus one: the URLs a proxy that removes *prefix* gave the client.
 
     :raises ~anytus.InvalidHeader: if the value or any URL is malformed, or a URL is not one of
         our uploads
@@ -322,10 +498,12 @@ def parse_concat(value: str, base_path: str) -> Concat:
     urls = stripped[len("final;") :].split()
     if not urls:
         raise InvalidHeader("Upload-Concat: final lists no partial uploads")
-    return Concat(kind="final", partial_ids=tuple(_id_from_url(url, base_path) for url in urls))
+    return Concat(
+        kind="final", partial_ids=tuple(_id_from_url(url, base_path, prefix) for url in urls)
+    )
 
 
-def _id_from_url(url: str, base_path: str) -> str:
+def _id_from_url(url: str, base_path: str, prefix: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if (parts.scheme or parts.netloc) and (
         parts.scheme not in ("http", "https") or not parts.netloc
@@ -335,7 +513,9 @@ def _id_from_url(url: str, base_path: str) -> str:
         raise InvalidHeader(f"invalid partial upload URL {url!r:.80}")
     # resolve the path (only: the host names this server or another, it does not matter) the way
     # RFC 3986 does, which also removes dot segments: "../x" cannot escape base_path unnoticed
-    path = urllib.parse.urljoin(base_path, parts.path)
+    path = urllib.parse.urljoin(prefix + base_path, parts.path)
+    if prefix and path.startswith(prefix + base_path):
+        path = path[len(prefix) :]
     if not path.startswith(base_path) or len(path) == len(base_path):
         raise InvalidHeader(f"partial upload URL {url!r:.80} is not an upload of this server")
     try:

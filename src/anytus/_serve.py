@@ -20,10 +20,13 @@ The two differ in who owns the listening socket:
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -36,27 +39,39 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._asgi_types import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+    from .asgi import TusApp
+
+from .asgi import error_of
 
 __all__ = (
     "BACKLOG",
     "GRACEFUL_TIMEOUT",
+    "INTERRUPT_GRACE",
     "NETWORK_TIMEOUT",
     "Endpoint",
+    "JSONFormatter",
+    "LoggingOptions",
     "ServeOptions",
     "WorkerFailedError",
     "bind_listening",
     "configure_logging",
+    "raise_open_files_limit",
     "reserve_port",
     "run_worker",
+    "tls_context",
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("anytus.serve")
 access_logger = logging.getLogger("anytus.access")
 
-#: how long a worker lets running requests finish after a shutdown signal, by default
-GRACEFUL_TIMEOUT = 5.0
+#: how long a worker lets running requests finish after a shutdown signal, by default (tusd's)
+GRACEFUL_TIMEOUT = 10.0
+#: how long requests interrupted at the end of the shutdown timeout have to answer
+INTERRUPT_GRACE = 2.0
 #: the listen backlog
 BACKLOG = 2048
+#: how long granian may take to stop once its requests are cancelled
+_STOP_TIMEOUT = 5.0
 #: how long a connection may send nothing, by default (tusd's ``-network-timeout``): an idle
 #: request body ends its request (TusApp's ``idle_timeout``); request heads and idle keep-alive
 #: connections get the servers' own shorter limits, capped at this
@@ -82,6 +97,16 @@ _GRANIAN_LOGGING: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class LoggingOptions:
+    """What ``anytus serve`` logs, and how."""
+
+    #: the least severe level logged: debug, info, warning, error
+    level: str = "info"
+    #: text lines, or one JSON object per line
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
 class ServeOptions:
     directory: Path
     base_path: str
@@ -93,6 +118,18 @@ class ServeOptions:
     shutdown_timeout: float = GRACEFUL_TIMEOUT
     #: how long a client may send nothing (see :data:`NETWORK_TIMEOUT`)
     network_timeout: float = NETWORK_TIMEOUT
+    logging: LoggingOptions = LoggingOptions()
+    #: serve the upload page on ``/`` (``--no-page``: no)
+    page: bool = True
+    #: also serve the IETF resumable-upload draft (``TusApp(draft=...)``)
+    draft: bool = True
+    #: trust the proxy headers for upload URLs (``TusApp(behind_proxy=...)``)
+    behind_proxy: bool = False
+    #: HTTPS: the certificate chain and its key (PEM files), both or neither
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    #: ``TusApp(cors_allow_origins=...)``
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 @dataclass(frozen=True)
@@ -109,14 +146,74 @@ class Endpoint:
         return f"[{self.address}]" if ":" in self.address else self.address
 
 
-def configure_logging() -> None:
-    """Every message on stderr as ``[time] [pid] [level] message`` (replacing any handlers)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
-        force=True,
-    )
+def configure_logging(options: LoggingOptions | None = None) -> None:
+    """Every message on stderr (replacing any handlers): ``[time] [pid] [level] message``, or
+    one JSON object per line."""
+    options = options or LoggingOptions()
+    handler = logging.StreamHandler(sys.stderr)
+    if options.format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+        )
+    logging.basicConfig(level=options.level.upper(), handlers=[handler], force=True)
+
+
+#: the attributes every LogRecord has; the others were passed with ``extra=``
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, pid, message, the
+    fields passed with ``extra=`` (``upload_id``, ``size``, ``filename``...) and any exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        entry.update(
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_")
+        )
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one: each upload in flight holds a few
+    descriptors, and the usual soft limit (1,024) runs out under load while the hard one
+    allows far more."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open files limit to %d: %s", target, exc)
+
+
+def tls_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
+    """The server side of TLS for the h11 server: Python's defaults (TLS 1.2 and up), HTTP/1.1
+    offered by ALPN; raises :class:`OSError` or :class:`ssl.SSLError` for unusable files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def reserve_port(host: str, port: int) -> tuple[Endpoint, socket.socket]:
@@ -201,30 +298,39 @@ async def _serve(
         max_size=options.max_size,
         expire_after=options.expire_after,
         idle_timeout=options.network_timeout,
+        draft=options.draft,
+        cors_allow_origins=options.cors_origins,
+        behind_proxy=options.behind_proxy,
     )
-    app = _AccessLog(tus)
+    if options.page:
+        from ._page import PageApp, load_page
 
-    async def shutdown_trigger() -> None:
-        await _wait_for_shutdown(parent_pid)
-
-    serve = _serve_h11 if options.backend == "trio" else _serve_granian
-    await serve(
-        app, endpoint, shutdown_trigger, ready, options.shutdown_timeout, options.network_timeout
-    )
+        app = _AccessLog(PageApp(tus, await anyio.to_thread.run_sync(load_page, tus.base_path)))
+    else:
+        app = _AccessLog(tus)
+    shutdown = _Shutdown(supervised=parent_pid is not None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(shutdown.watch, parent_pid)
+        serve = _serve_h11 if options.backend == "trio" else _serve_granian
+        await serve(app, tus, endpoint, shutdown, ready, options)
+        tg.cancel_scope.cancel()
     logger.info("stopped")
 
 
 async def _serve_h11(
     app: _AccessLog,
+    tus: TusApp,
     endpoint: Endpoint,
-    shutdown_trigger: Callable[[], Awaitable[None]],
+    shutdown: _Shutdown,
     ready: Callable[[], None],
-    shutdown_timeout: float,
-    network_timeout: float,
+    options: ServeOptions,
 ) -> None:
     from ._h11server import LifespanFailedError, serve
 
     assert endpoint.sock is not None
+    ssl_context = None
+    if options.certfile is not None:
+        ssl_context = tls_context(options.certfile, options.keyfile)
 
     def cancelling() -> None:
         app.cancelling = True
@@ -233,14 +339,17 @@ async def _serve_h11(
         await serve(
             app,
             endpoint.sock,
-            shutdown_trigger=shutdown_trigger,
+            shutdown_trigger=shutdown.requested.wait,
             # after the lifespan startup; clients that connected earlier waited in the backlog
             ready=ready,
-            shutdown_timeout=shutdown_timeout,
+            shutdown_timeout=options.shutdown_timeout,
+            interrupt=tus.interrupt_uploads,
             before_cancel=cancelling,
-            keep_alive_timeout=min(_KEEP_ALIVE_TIMEOUT, network_timeout),
-            head_timeout=min(_HEAD_TIMEOUT, network_timeout),
-            write_timeout=network_timeout,
+            force_trigger=shutdown.forced.wait,
+            ssl_context=ssl_context,
+            keep_alive_timeout=min(_KEEP_ALIVE_TIMEOUT, options.network_timeout),
+            head_timeout=min(_HEAD_TIMEOUT, options.network_timeout),
+            write_timeout=options.network_timeout,
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
@@ -248,13 +357,13 @@ async def _serve_h11(
 
 async def _serve_granian(
     app: _AccessLog,
+    tus: TusApp,
     endpoint: Endpoint,
-    shutdown_trigger: Callable[[], Awaitable[None]],
+    shutdown: _Shutdown,
     ready: Callable[[], None],
-    shutdown_timeout: float,
-    network_timeout: float,
+    options: ServeOptions,
 ) -> None:
-    from granian.constants import HTTPModes, Interfaces, TaskImpl
+    from granian.constants import HTTPModes, Interfaces, SSLProtocols, TaskImpl
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server.embed import Server
@@ -268,18 +377,23 @@ async def _serve_granian(
         # hyper's header read timeout runs from the connection's start or the end of the previous
         # response: it bounds a silent connection, an idle keep-alive one and a trickled head
         http1_settings=HTTP1Settings(
-            header_read_timeout=max(1, round(min(_HEAD_TIMEOUT, network_timeout) * 1000))
+            header_read_timeout=max(1, round(min(_HEAD_TIMEOUT, options.network_timeout) * 1000))
         ),
         websockets=False,
         backlog=BACKLOG,
         task_impl=TaskImpl.asyncio,  # real asyncio tasks: anyio's cancel scopes work in them
         runtime_threads=1,
-        log_level=LogLevels.warning,
+        # its one warning is "Embedded server is experimental!", at every start: noise to operators
+        log_level=LogLevels.error,
         log_dictconfig=_GRANIAN_LOGGING,
         log_access=False,  # _AccessLog writes it, with our logger and format
+        ssl_cert=options.certfile,
+        ssl_key=options.keyfile,
+        # as Python's ssl (the trio server) and Go (tusd): TLS 1.2 and up
+        ssl_protocol_min=SSLProtocols.tls12,
     )
     # granian applied its logging configuration (a dictConfig) in the constructor: put ours back
-    configure_logging()
+    configure_logging(options.logging)
 
     stopping = False
     stopped = anyio.Event()
@@ -302,16 +416,35 @@ async def _serve_granian(
 
         tg.start_soon(run)
         tg.start_soon(announce)
-        await shutdown_trigger()
+        await shutdown.requested.wait()
         stopping = True
         server.stop()  # type: ignore[no-untyped-call]
-        with anyio.move_on_after(shutdown_timeout):
-            await stopped.wait()
+        async with anyio.create_task_group() as draining:
+
+            async def on_force() -> None:
+                await shutdown.forced.wait()
+                draining.cancel_scope.cancel()
+
+            draining.start_soon(on_force)
+            with anyio.move_on_after(options.shutdown_timeout):
+                await stopped.wait()
+            if not stopped.is_set():
+                # a client that went quiet mid-upload: make it answer, keeping what it sent
+                logger.warning(
+                    "requests still running after %gs: interrupting them", options.shutdown_timeout
+                )
+                tus.interrupt_uploads()
+                with anyio.move_on_after(INTERRUPT_GRACE):
+                    await stopped.wait()
+            draining.cancel_scope.cancel()
         if not stopped.is_set():
-            # requests still running (a client that went quiet mid-upload): when this loop ends
-            # they are cancelled, and keep what they received, as on the trio server's timeout
-            logger.warning("requests still running after %gs: cancelling them", shutdown_timeout)
-            app.cancelling = True
+            # Cancel the requests, not granian's serve(): its worker awaits a future that its
+            # shutdown resolves, and cancelling that makes the resolution fail with a traceback.
+            # Cancelled requests keep what they received.
+            logger.warning("requests still running: cancelling them")
+            app.cancel_requests()
+            with anyio.move_on_after(_STOP_TIMEOUT):
+                await stopped.wait()
         tg.cancel_scope.cancel()
 
 
@@ -338,8 +471,9 @@ async def _wait_until_accepting(endpoint: Endpoint) -> None:
 
 
 class _AccessLog:
-    """ASGI middleware: one ``anytus.access`` line per request, ``CLIENT METHOD PATH STATUS 0.001s``,
-    on either server; and :attr:`started`, set once the app's lifespan startup is complete."""
+    """ASGI middleware: one ``anytus.access`` line per request, ``CLIENT METHOD PATH STATUS 0.001s``
+    and, for an error, its code and message (``404 0.001s ERR_UPLOAD_NOT_FOUND: upload not
+    found``), on either server; and :attr:`started`, set once the app's lifespan startup is complete."""
 
     def __init__(
         self, app: Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
@@ -349,6 +483,13 @@ class _AccessLog:
         #: set at shutdown when running requests are about to be cancelled: their cancellation is
         #: then the expected end, not an error for the server to report
         self.cancelling = False
+        self._running: set[anyio.CancelScope] = set()
+
+    def cancel_requests(self) -> None:
+        """Cancel every running request (at the end of a shutdown)."""
+        self.cancelling = True
+        for scope in self._running:
+            scope.cancel()
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -368,21 +509,36 @@ class _AccessLog:
             await send(message)
 
         started = time.perf_counter()
+        request_scope = anyio.CancelScope()
+        self._running.add(request_scope)
         try:
-            await self.app(scope, receive, send_with_status)
+            with request_scope:
+                await self.app(scope, receive, send_with_status)
+            if request_scope.cancelled_caught:
+                status = "cancelled"
         except anyio.get_cancelled_exc_class():
             if not self.cancelling:
                 raise
             status = "cancelled"
         finally:
+            self._running.discard(request_scope)
+            error = error_of(scope)
+            reason = f" {error.error_code}: {error.message}" if error is not None else ""
             client = scope.get("client")
             access_logger.info(
-                "%s %s %s %s %.3fs",
+                "%s %s %s %s %.3fs%s",
                 f"{client[0]}:{client[1]}" if client else "-",
                 scope["method"],
                 scope["path"],
                 status,
                 time.perf_counter() - started,
+                reason,
+                extra={
+                    "status": status,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "error_code": error.error_code if error is not None else None,
+                },
             )
 
     async def _lifespan(
@@ -396,25 +552,40 @@ class _AccessLog:
         await self.app(scope, receive, send_watching)
 
 
-async def _wait_for_shutdown(parent_pid: int | None) -> None:
-    """Return on SIGINT or SIGTERM, or when the parent process has gone away."""
-    async with anyio.create_task_group() as tg:
+class _Shutdown:
+    """The worker's shutdown: :attr:`requested` on SIGTERM or SIGINT (or when the parent process
+    has gone away), :attr:`forced` on a second signal, when running requests are not waited for.
 
-        async def on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    A supervised worker ignores SIGINT: Ctrl-C reaches every process of the terminal's process
+    group, and the supervisor, which gets it too, tells its workers with SIGTERM (once per signal
+    it receives, so a second Ctrl-C forces them as well).
+    """
+
+    def __init__(self, *, supervised: bool) -> None:
+        self.requested = anyio.Event()
+        self.forced = anyio.Event()
+        self.signals = (signal.SIGTERM,) if supervised else (signal.SIGINT, signal.SIGTERM)
+        if supervised:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def watch(self, parent_pid: int | None) -> None:
+        async with anyio.create_task_group() as tg:
+            if parent_pid is not None:
+                tg.start_soon(self._watch_parent, parent_pid)
+            with anyio.open_signal_receiver(*self.signals) as signals:
                 async for signum in signals:
-                    logger.info("%s: shutting down", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
+                    name = signal.Signals(signum).name
+                    if not self.requested.is_set():
+                        logger.info("%s: shutting down", name)
+                        self.requested.set()
+                    elif not self.forced.is_set():
+                        logger.info("%s again: stopping now", name)
+                        self.forced.set()
 
-        async def on_orphaned() -> None:
-            # a worker whose parent was killed (SIGKILL leaves no chance to tell us) must not
-            # keep serving on its own; nothing signals a parent's death, so poll
-            while os.getppid() == parent_pid:  # noqa: ASYNC110
-                await anyio.sleep(1.0)
-            logger.info("parent process exited: shutting down")
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(on_signal)
-        if parent_pid is not None:
-            tg.start_soon(on_orphaned)
+    async def _watch_parent(self, parent_pid: int) -> None:
+        # a worker whose parent was killed (SIGKILL leaves no chance to tell us) must not
+        # keep serving on its own; nothing signals a parent's death, so poll
+        while os.getppid() == parent_pid:  # noqa: ASYNC110
+            await anyio.sleep(1.0)
+        logger.info("parent process exited: shutting down")
+        self.requested.set()

@@ -21,7 +21,17 @@ the lock is free; anything else takes the lock in the event loop and streams.
 
 from __future__ import annotations
 
-__all__ = ("SMALL_BODY", "ASGIApp", "HookRequest", "Message", "Receive", "Scope", "Send", "TusApp")
+__all__ = (
+    "SMALL_BODY",
+    "ASGIApp",
+    "HookRequest",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "TusApp",
+    "error_of",
+)
 
 import contextlib
 import dataclasses
@@ -30,23 +40,28 @@ import logging
 import math
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
 
 from . import _core as core
+from . import _draft, _draft_asgi
 from . import _protocol as proto
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._datastore import OneHopStore, StoreComposer
 from ._exceptions import (
+    BasePathMismatch,
     RequestBodyTimeout,
+    ServerShuttingDown,
+    ServiceUnavailable,
     TusError,
     UploadExpired,
     UploadInterrupted,
     UploadNotFinished,
     UploadNotFound,
+    storage_error,
 )
 from ._info import UploadInfo
 
@@ -74,6 +89,12 @@ SMALL_BODY: Final = 64 * 1024
 # (httpx, requests...) then get the answer on a healthy connection instead of a reset. A body still
 # unread after that is not worth more (tus/tusd#1371): the connection is closed.
 _LINGER_TIME: Final = 5.0
+
+
+class _HeaderBuilder(Protocol):
+    def response_headers(
+        self, request: core.Request, response: core.Response, extra: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]: ...
 
 
 class _StoreLike(Protocol):
@@ -119,7 +140,17 @@ class _Body(enum.Enum):
 class _Exchange:
     """One HTTP request and its answer: the ASGI callables and the connection's state."""
 
-    __slots__ = ("body", "extra_headers", "receive", "request", "response_started", "scope", "send")
+    __slots__ = (
+        "body",
+        "builder",
+        "extra_headers",
+        "planner",
+        "receive",
+        "request",
+        "response_started",
+        "scope",
+        "send",
+    )
 
     def __init__(
         self,
@@ -136,6 +167,10 @@ class _Exchange:
         self.response_started = False
         #: headers every response to this request carries, errors included (``Location``)
         self.extra_headers: list[tuple[str, str]] = []
+        #: builds the response headers: the tus core, or the draft's for a draft request
+        self.builder: _HeaderBuilder | None = None
+        #: the append rules (``TusCore.plan_append`` unless the draft's)
+        self.planner: Callable[..., core.AppendPlan] | None = None
 
     @property
     def scheme(self) -> str:
@@ -156,29 +191,36 @@ class _Exchange:
             scheme=self.scheme,
         )
 
-    async def read_small(self, idle_timeout: float) -> tuple[bytes, TusError | None]:
+    async def read_small(
+        self, idle_timeout: float, interrupt: anyio.CancelScope
+    ) -> tuple[bytes, TusError | None]:
         """Read a small body whole (at most :data:`SMALL_BODY` bytes are kept); stop early on a
-        disconnect or once the client has been idle for *idle_timeout* (then return what came,
-        to be stored, and the error to answer with)."""
+        disconnect, once the client has been idle for *idle_timeout*, or when *interrupt* is
+        cancelled (a shutdown): then return what came, to be stored, and the error to answer
+        with."""
         chunks: list[bytes] = []
         size = 0
-        while self.body is _Body.UNREAD:
-            message: ASGIReceiveEvent | None = None
-            with anyio.move_on_after(idle_timeout):
-                message = await self.receive()
-            if message is None:
-                self.body = _Body.ABANDONED
-                timeout = RequestBodyTimeout(f"no data received for {idle_timeout:g} seconds")
-                return b"".join(chunks), timeout
-            if message["type"] != "http.request":
-                self.body = _Body.DISCONNECTED
-                break
-            body = message.get("body", b"")
-            if body and size < SMALL_BODY:
-                chunks.append(body[: SMALL_BODY - size])
-                size += len(chunks[-1])
-            if not message.get("more_body", False):
-                self.body = _Body.DONE
+        with interrupt:
+            while self.body is _Body.UNREAD:
+                message: ASGIReceiveEvent | None = None
+                with anyio.move_on_after(idle_timeout):
+                    message = await self.receive()
+                if message is None:
+                    self.body = _Body.ABANDONED
+                    timeout = RequestBodyTimeout(f"no data received for {idle_timeout:g} seconds")
+                    return b"".join(chunks), timeout
+                if message["type"] != "http.request":
+                    self.body = _Body.DISCONNECTED
+                    break
+                body = message.get("body", b"")
+                if body and size < SMALL_BODY:
+                    chunks.append(body[: SMALL_BODY - size])
+                    size += len(chunks[-1])
+                if not message.get("more_body", False):
+                    self.body = _Body.DONE
+        if interrupt.cancelled_caught and self.body is _Body.UNREAD:
+            self.body = _Body.ABANDONED
+            return b"".join(chunks), ServerShuttingDown()
         return b"".join(chunks), None
 
 
@@ -275,6 +317,65 @@ class _BodyReader:
             await anyio.sleep(timeout - idle)
 
 
+#: where TusApp leaves the error it answered with, in the request's scope (read by error_of)
+_ERROR_KEY = "anytus.error"
+
+
+class _InternalError(TusError):
+    """A failure that is not a TusError (a bug), as error_of reports it."""
+
+
+def _record_error(scope: HTTPScope, error: TusError) -> None:
+    # the scope is the one place shared with the server and middleware around the app
+    cast("dict[str, object]", scope)[_ERROR_KEY] = error
+
+
+def error_of(scope: Mapping[str, Any]) -> TusError | None:
+    """The :class:`~anytus.TusError` a :class:`TusApp` answered the request of *scope* with, if
+    it answered with an error: for access logs in middleware or servers around the app (a
+    ``HEAD`` refusal has no body to read the reason from). Call it after the app returned."""
+    error = scope.get(_ERROR_KEY)
+    return error if isinstance(error, TusError) else None
+
+
+def _log_event(event: str, info: UploadInfo, detail: str | None = None) -> None:
+    """One ``anytus.asgi`` line for an upload's event (created, completed, interrupted,
+    terminated, expired), with its ID, size and file name; in JSON logs these are fields too."""
+    size = "deferred length" if info.size is None else f"{info.size} bytes"
+    if event == "interrupted":
+        size = f"at {info.offset} of {size}"
+    filename = info.metadata.get("filename")
+    described = [size]
+    if filename:
+        described.append(f"filename {filename[:200]!r}")
+    if detail:
+        described.append(detail)
+    logger.info(
+        "upload %s %s (%s)",
+        info.id,
+        event,
+        ", ".join(described),
+        extra={
+            "event": event,
+            "upload_id": info.id,
+            "size": info.size,
+            "offset": info.offset,
+            "upload_filename": filename,
+        },
+    )
+
+
+def _log_interruption(exchange: _Exchange, appended: _Appended) -> None:
+    """Log a body that ended before its end: the client went away, went quiet, or another
+    request or the shutdown stopped it (what arrived is stored)."""
+    if appended.info.is_complete:
+        return
+    if exchange.body is _Body.DISCONNECTED:
+        _log_event("interrupted", appended.info, "the client disconnected")
+    elif exchange.body is _Body.ABANDONED and appended.error is not None:
+        _log_event("interrupted", appended.info, appended.error.message)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Appended:
     """The outcome of writing one request body."""
@@ -292,8 +393,13 @@ class TusApp:
 
     :param store: where uploads live, usually a :class:`~anytus.FileStore`; the extensions
         advertised are the ones it registers with ``use_in``
-    :param base_path: the creation URL; uploads live at ``{base_path}{id}``. It is matched
-        against the full request path, so include any prefix the app is mounted under
+    :param base_path: the creation URL; uploads live at ``{base_path}{id}``. By default
+        ``/files/``, or, when the app is mounted (ASGI ``root_path``, or a framework mount that
+        cuts the prefix off ``path``), the mount itself: mounted at ``/uploads`` it serves
+        ``/uploads/``. A ``base_path`` given with a mount is the whole public path and must be
+        at or under the mount (``/uploads/`` or ``/uploads/files/``); one outside it could never
+        be reached, and every request answers 500 ``ERR_BASE_PATH_MISMATCH`` naming both (and
+        the log says so once)
     :param max_size: the largest upload accepted (``Tus-Max-Size``); larger lengths and bodies
         are refused with 413
     :param lock_timeout: how long a request waits for an upload's lock (then 423). A request that
@@ -314,16 +420,27 @@ class TusApp:
         response (the upload stays complete)
     :param on_terminate: ``async (info)`` called after an upload was deleted by a DELETE
     :param cors_allow_origins: origins allowed to make cross-origin requests; ``("*",)`` allows
-        all, ``()`` disables CORS handling (no CORS headers, no origin check)
+        all, ``()`` disables CORS handling (no CORS headers, no origin check). A request from
+        another origin is refused with 403 ``ERR_ORIGIN_NOT_ALLOWED`` and no
+        ``Access-Control-Allow-Origin`` (preflights too); with CORS handling on every response
+        carries ``Vary: Origin``
+    :param behind_proxy: trust a reverse proxy's ``Forwarded`` (RFC 7239, first element:
+        ``host=``, ``proto=``), ``X-Forwarded-Host``, ``X-Forwarded-Proto`` and
+        ``X-Forwarded-Prefix`` for the upload URLs the app gives out (``Location``, a final
+        upload's ``Upload-Concat``); an invalid value is ignored. Only for an app that no client
+        reaches but through the proxy: anyone else could send these headers
     :param max_metadata_size: the longest ``Upload-Metadata`` header accepted, in bytes (400)
     :param clock: the wall clock, in seconds since the epoch (expiry); tests pass their own
+    :param draft: also answer requests that carry ``Upload-Draft-Interop-Version`` by the IETF
+        resumable-upload draft (interop versions 3-10, :mod:`anytus._draft`), on the same
+        endpoint and store; needs a store that can defer lengths
     """
 
     def __init__(
         self,
         store: _StoreLike,
         *,
-        base_path: str = "/files/",
+        base_path: str | None = None,
         max_size: int | None = None,
         lock_timeout: float = 20.0,
         idle_timeout: float = 60.0,
@@ -334,9 +451,11 @@ class TusApp:
         on_terminate: OnUpload | None = None,
         cors_allow_origins: Sequence[str] = ("*",),
         max_metadata_size: int = 4096,
+        behind_proxy: bool = False,
         clock: Callable[[], float] = time.time,
+        draft: bool = True,
     ) -> None:
-        if not base_path.startswith("/"):
+        if base_path is not None and not base_path.startswith("/"):
             raise ValueError(f"base_path must start with '/', got {base_path!r}")
         if max_size is not None and max_size < 0:
             raise ValueError("max_size must not be negative")
@@ -349,7 +468,12 @@ class TusApp:
         if composer.core is None:
             raise TypeError(f"{store!r} registers no core store")
         self.store = store
-        self.base_path = base_path if base_path.endswith("/") else base_path + "/"
+        #: the creation URL when the app is not mounted
+        self.base_path = (base_path or "/files/").rstrip("/") + "/"
+        self._base_path_given = base_path is not None
+        #: the creation URL for each mount seen: the path, or why base_path cannot be (a message)
+        self._mount_bases: dict[str, tuple[str, bool]] = {}
+        self.behind_proxy = behind_proxy
         self.max_size = max_size
         self.lock_timeout = lock_timeout
         self.idle_timeout = idle_timeout if idle_timeout > 0 else math.inf
@@ -393,14 +517,51 @@ class TusApp:
             cors_allow_origins=self.cors_allow_origins,
             max_metadata_size=max_metadata_size,
             extensions=self.extensions,
+            behind_proxy=behind_proxy,
         )
 
+        #: the draft's rules, if it is served
+        self.draft = (
+            _draft.DraftCore(self.core) if draft and composer.length_deferrer is not None else None
+        )
+
+        #: the body transfers running (cancel scopes), for interrupt_uploads()
+        self._body_scopes: set[anyio.CancelScope] = set()
+        self._interrupting = False
         self._lifespans = 0  # lifespans running: then they do the periodic cleanup
         self._cleanup_running = False
         self._next_cleanup = time.monotonic() + (self.cleanup_interval or 0)
 
     def __repr__(self) -> str:
         return f"TusApp({self.store!r}, base_path={self.base_path!r})"
+
+    def interrupt_uploads(self) -> None:
+        """Stop every request body being received, now and from now on, for a server's shutdown.
+
+        Each running upload stores every byte it received and answers 503
+        ``ERR_SERVER_SHUTTING_DOWN`` with ``Retry-After``, so that its client resumes later (from
+        another server process, or this one restarted); so does every request after this call.
+        ``anytus serve`` calls it when its ``--shutdown-timeout`` has passed.
+        """
+        self._interrupting = True
+        for scope in self._body_scopes:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def _interruptible(self, scope: anyio.CancelScope, *, enter: bool = True) -> Iterator[None]:
+        """Run the block with *scope* (a body transfer) cancelled by :meth:`interrupt_uploads`;
+        *enter*: enter the scope here (otherwise the block enters it)."""
+        if self._interrupting:
+            scope.cancel()
+        self._body_scopes.add(scope)
+        try:
+            if enter:
+                with scope:
+                    yield
+            else:
+                yield
+        finally:
+            self._body_scopes.discard(scope)
 
     # -- ASGI -----------------------------------------------------------------------------------
 
@@ -418,31 +579,55 @@ class TusApp:
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         raw_path = scope.get("raw_path")
-        # raw_path keeps "%2F" apart from "/"; without it, re-encode the decoded path
-        path = (
-            raw_path.decode("latin-1").split("?", 1)[0]
-            if raw_path
-            else urllib.parse.quote(scope["path"], safe="/")
+        # raw_path keeps "%2F" apart from "/"; without it, the decoded path is re-encoded
+        mount, rest = proto.split_mount(
+            scope.get("root_path", ""),
+            scope["path"],
+            raw_path.decode("latin-1").split("?", 1)[0] if raw_path else None,
         )
+        base_path = self._base_path_under(mount)
         request = self.core.normalize(
-            scope["method"], path, core.normalize_headers(scope["headers"])
+            scope["method"],
+            mount + rest,
+            core.normalize_headers(scope["headers"]),
+            base_path=base_path if isinstance(base_path, str) else None,
         )
         exchange = _Exchange(scope, receive, send, request)
+        version = self.draft.version_of(request.headers) if self.draft is not None else None
         response: core.Response | None
         try:
-            response = await self._handle(exchange, self.core.parse(request))
+            if self._interrupting:
+                raise ServerShuttingDown("the server is shutting down; retry in a moment")
+            if isinstance(base_path, BasePathMismatch):
+                raise base_path
+            try:
+                if version is not None:
+                    response = await _draft_asgi.handle(self, exchange, version)
+                else:
+                    response = await self._handle(exchange, self.core.parse(request))
+            except OSError as exc:
+                # a system call of a locker (lock files) or a store that let it through
+                raise storage_error(exc) from exc
         except TusError as exc:
             if exchange.response_started:
                 raise
-            if exc.status_code >= 500:
+            if exc.status_code >= 500 and not isinstance(
+                exc, (RequestBodyTimeout, ServiceUnavailable)
+            ):
+                # the client's own failures and refusals are in the access log; these are ours
                 logger.warning("%s %s: %r", request.method, request.raw_path, exc)
-            response = self.core.error(exc)
+            if version is not None and self.draft is not None:
+                response = self.draft.error(version, exc)
+            else:
+                response = self.core.error(exc)
+            _record_error(scope, exc)
         except Exception:
             if exchange.response_started:
                 # the body is half sent: only dropping the connection tells the client
                 raise
             logger.exception("error handling %s %s", request.method, request.raw_path)
             response = self.core.internal_error()
+            _record_error(scope, _InternalError())
         if response is not None:
             # Also after ``http.disconnect``: it says that the request ended, and a client that
             # half-closed (shutdown(SHUT_WR)) still reads the answer (granian answers 500 for an
@@ -452,6 +637,31 @@ class TusApp:
                 await self._send_response(exchange, response)
         if self._cleanup_due():
             await self._run_cleanup()
+
+    def _base_path_under(self, mount: str) -> str | BasePathMismatch:
+        """The creation URL of a request that came through *mount* (``""``: not mounted)."""
+        if not mount:
+            return self.base_path
+        known = self._mount_bases.get(mount)
+        if known is None:
+            if not self._base_path_given:
+                known = (mount + "/", True)
+            elif urllib.parse.unquote(self.base_path).startswith(urllib.parse.unquote(mount) + "/"):
+                known = (self.base_path, True)  # the whole public path: the mount repeated
+            else:
+                message = (
+                    f"base_path {self.base_path!r} is outside the path this app is mounted "
+                    f"under, {urllib.parse.unquote(mount)!r} (ASGI root_path), so no request can "
+                    "reach it: leave base_path out to serve at the mount, or give a path under it"
+                )
+                known = (message, False)
+            # a handful of mounts in practice; the cache (and the log) never grow without bound
+            if len(self._mount_bases) < 64:
+                self._mount_bases[mount] = known
+                if not known[1]:
+                    logger.error("%s", known[0])
+        text, valid = known
+        return text if valid else BasePathMismatch(text)
 
     async def _handle(self, exchange: _Exchange, request: core.TusRequest) -> core.Response | None:
         if isinstance(request, core.Head):
@@ -492,7 +702,7 @@ class TusApp:
         if self._terminater is not None:
             with contextlib.suppress(UploadNotFound):
                 await upload.terminate()
-        logger.info("upload %s expired", upload.info.id)
+        _log_event("expired", upload.info)
 
     # -- HEAD -----------------------------------------------------------------------------------
 
@@ -522,6 +732,7 @@ class TusApp:
             length=request.length,
             checksum=request.checksum,
         )
+        _log_interruption(exchange, appended)
         if appended.completed:
             await self._finished(appended.info)
         if appended.error is not None:
@@ -536,11 +747,12 @@ class TusApp:
             await self.on_create(draft, exchange.hook_request())
         info = await self._store.new_upload(draft)
         exchange.extra_headers.append(("Location", self._url(exchange, info.id)))
-        logger.info("created upload %s (%s bytes)", info.id, request.size)
+        _log_event("created", info)
         if request.with_body:
             appended = await self._append(
                 exchange, info.id, offset=0, length=None, checksum=request.checksum
             )
+            _log_interruption(exchange, appended)
             if appended.completed:
                 await self._finished(appended.info)
             if appended.error is not None:
@@ -562,7 +774,9 @@ class TusApp:
     ) -> _Appended:
         content_length = exchange.request.content_length
         if content_length is not None and content_length <= SMALL_BODY:
-            data, body_error = await exchange.read_small(self.idle_timeout)
+            interrupt = anyio.CancelScope()
+            with self._interruptible(interrupt, enter=False):
+                data, body_error = await exchange.read_small(self.idle_timeout, interrupt)
             appended = await self._append_small(exchange, upload_id, offset, length, checksum, data)
             if body_error is not None and appended.error is None:
                 appended = dataclasses.replace(appended, error=body_error)
@@ -588,8 +802,10 @@ class TusApp:
         now = self._clock()
         content_length = exchange.request.content_length
 
+        plan_append = exchange.planner or self.core.plan_append
+
         def plan(info: UploadInfo) -> tuple[core.AppendPlan, bytes, TusError | None]:
-            plan = self.core.plan_append(
+            plan = plan_append(
                 info, offset=offset, length=length, content_length=content_length, now=now
             )
             if plan.nothing_to_write or verdict is not None:
@@ -651,7 +867,7 @@ class TusApp:
         async with self._locked(upload_id, on_release=body_scope.cancel):
             upload = await self._store.get_upload(upload_id)
             try:
-                plan = self.core.plan_append(
+                plan = (exchange.planner or self.core.plan_append)(
                     upload.info,
                     offset=offset,
                     length=length,
@@ -670,7 +886,7 @@ class TusApp:
             hasher = core.new_hasher(checksum.algorithm) if checksum is not None else None
             reader = _BodyReader(exchange, limit=plan.limit, exceeded=plan.exceeded, hasher=hasher)
             failure: Exception | None = None
-            with body_scope:
+            with self._interruptible(body_scope):
                 async with anyio.create_task_group() as tg:
                     if math.isfinite(self.idle_timeout):
                         tg.start_soon(reader.watch_idle, self.idle_timeout, body_scope)
@@ -687,9 +903,8 @@ class TusApp:
             # a body read to its end was stored whole: a release request that came after that
             # (while the store closed the file) interrupted nothing
             if error is None and body_scope.cancelled_caught and not reader.complete:
-                logger.info("upload %s interrupted by another request", upload_id)
                 exchange.body = _Body.ABANDONED
-                error = UploadInterrupted()
+                error = ServerShuttingDown() if self._interrupting else UploadInterrupted()
 
             if checksum is not None and hasher is not None:
                 whole = error is None and exchange.body is not _Body.DISCONNECTED
@@ -733,7 +948,7 @@ class TusApp:
             if isinstance(exc, UploadNotFound):
                 raise UploadNotFinished(f"a partial upload disappeared: {exc.message}") from exc
             raise
-        logger.info("concatenated %d uploads into %s", len(partials), created.id)
+        _log_event("created", final.info, f"concatenating {len(partials)} uploads")
         exchange.extra_headers.append(("Location", self._url(exchange, created.id)))
         await self._finished(final.info)
         return core.Response(201)
@@ -822,7 +1037,7 @@ class TusApp:
                 # "When receiving a DELETE request for an existing upload the Server SHOULD free
                 # associated resources and MUST respond with the 204 No Content status"
                 await upload.terminate()
-        logger.info("terminated upload %s", request.upload_id)
+        _log_event("terminated", info)
         if self.on_terminate is not None:
             await self.on_terminate(info)
         return core.Response(204)
@@ -830,7 +1045,7 @@ class TusApp:
     # -- completion and expiration --------------------------------------------------------------
 
     async def _finished(self, info: UploadInfo) -> None:
-        logger.info("upload %s complete (%d bytes)", info.id, info.offset)
+        _log_event("completed", info)
         if self.on_finish is not None:
             await self.on_finish(info)
 
@@ -894,7 +1109,8 @@ class TusApp:
     # -- sending --------------------------------------------------------------------------------
 
     async def _send_response(self, exchange: _Exchange, response: core.Response) -> None:
-        headers = self.core.response_headers(exchange.request, response, exchange.extra_headers)
+        builder = exchange.builder or self.core
+        headers = builder.response_headers(exchange.request, response, exchange.extra_headers)
         drain = False
         if (exchange.body_pending or exchange.body is _Body.ABANDONED) and exchange.scope.get(
             "http_version"
@@ -972,18 +1188,13 @@ class TusApp:
     # -- helpers --------------------------------------------------------------------------------
 
     def _url(self, exchange: _Exchange, upload_id: str) -> str:
-        """The absolute URL of an upload, from the request's scheme and ``Host``."""
-        headers = exchange.request.headers
-        host = headers.get("host") or headers.get(":authority")
-        if host is None or not proto.valid_host(host):
-            host = None
-            server = exchange.scope.get("server")
-            if server is not None and server[0]:
-                name, port = server
-                name = f"[{name}]" if ":" in name else name
-                default = 443 if exchange.scheme == "https" else 80
-                host = name if port in (None, default) else f"{name}:{port}"
-        return proto.build_url(exchange.scheme, host, self.base_path, upload_id)
+        """The absolute URL of an upload (see :meth:`anytus._core.TusCore.upload_url`)."""
+        return self.core.upload_url(
+            exchange.request,
+            upload_id,
+            scheme=exchange.scheme,
+            server=exchange.scope.get("server"),
+        )
 
 
 def _info_of(upload: SyncUpload) -> UploadInfo:

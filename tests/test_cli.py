@@ -1,0 +1,110 @@
+"""The ``anytus`` command line, in process: options, units, help, version, refusals.
+
+What serving does is in ``test_serve.py`` (real processes); this is the part that answers before
+any server starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pytest
+
+import anytus
+from anytus._cli import _parser, main, parse_duration, parse_size
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"anytus {anytus.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("0", 0),
+        ("1048576", 1 << 20),
+        ("10G", 10 << 30),
+        ("10g", 10 << 30),
+        ("10GB", 10 << 30),
+        ("10GiB", 10 << 30),
+        ("500M", 500 << 20),
+        ("1.5T", 3 << 39),
+        ("64k", 64 << 10),
+        (" 2 K ", 2048),
+    ],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1", "10X", "1e9", "10 G B", "ten"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0),
+        ("0.5", 0.5),
+        ("30s", 30.0),
+        ("30m", 1800.0),
+        ("24h", 86400.0),
+        ("7d", 604800.0),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "-5", "5w", "1h30m"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_max_size_with_a_unit_reaches_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parser().parse_args(["serve", "--max-size", "10G", "--expire-after", "1d"])
+    assert args.max_size == 10 << 30
+    assert args.expire_after == 86400.0
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--max-size", "lots"])
+    assert "not a size: 'lots'" in capsys.readouterr().err
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(commands.choices)
+
+
+@pytest.mark.parametrize("command", ["serve", "cleanup"])
+def test_every_option_has_help(command: str) -> None:
+    parser = _subcommands(_parser())[command]
+    for action in parser._actions:
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help text"
+
+
+def test_help_mentions_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--max-size", "--base-path", "--shutdown-timeout", "--log-format", "10G"):
+        assert option in text
+
+
+def test_trio_backend_without_trio_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    # None in sys.modules is how the import system spells "not importable"
+    monkeypatch.setitem(sys.modules, "trio", None)
+    status = main(["serve", "--backend", "trio", "--dir", str(tmp_path), "--port", "0"])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "anytus: --backend trio needs trio, which is not installed: pip install 'anytus[trio]'"
+    ]
