@@ -33,6 +33,9 @@ from ._exceptions import ServiceUnavailable as ServiceUnavailable
 from ._exceptions import SizeExceeded as SizeExceeded
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageFull as StorageFull
+from ._exceptions import StorageIOError as StorageIOError
+from ._exceptions import StoragePermissionDenied as StoragePermissionDenied
+from ._exceptions import StorageReadOnly as StorageReadOnly
 from ._exceptions import TooManyOpenFiles as TooManyOpenFiles
 from ._exceptions import TusError as TusError
 from ._exceptions import UnsupportedChecksumAlgorithm as UnsupportedChecksumAlgorithm
@@ -101,6 +104,9 @@ __all__ = (
     "ServiceUnavailable",
     "StorageError",
     "StorageFull",
+    "StorageIOError",
+    "StoragePermissionDenied",
+    "StorageReadOnly",
     "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",

@@ -304,12 +304,18 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         keyfile=None if args.keyfile is None else args.keyfile.absolute(),
         cors_origins=cors_origins,
     )
-    # create the directory once, up front, so that a bad path fails here and not in N workers
+    # check the directory once, up front (created if missing, written, listed), so that a bad
+    # path fails here, in one line, and not as a 500 to every request in N workers
+    from ._exceptions import StorageError
+    from ._filestore import check_directory
+
     try:
-        options.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"anytus: cannot create {options.directory}: {exc}", file=sys.stderr)
+        warning = check_directory(options.directory)
+    except StorageError as exc:
+        print(f"anytus: {exc.message}", file=sys.stderr)
         return 1
+    if warning is not None:
+        logger.warning("%s", warning)
     reservation: socket.socket | None = None
     try:
         if options.backend == "trio":
@@ -538,7 +544,14 @@ def _cleanup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     async def run() -> list[str]:
         return await FileStore(directory).cleanup(args.expire_after)
 
-    removed = anyio.run(run)
+    from ._exceptions import StorageError
+
+    try:
+        removed = anyio.run(run)
+    except StorageError as exc:
+        where = f" ({exc.path})" if exc.path else ""
+        print(f"anytus: {exc.message}{where}", file=sys.stderr)
+        return 1
     for upload_id in removed:
         print(upload_id)
     print(f"anytus: removed {len(removed)} expired upload(s) from {directory}", file=sys.stderr)

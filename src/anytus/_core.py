@@ -735,9 +735,9 @@ class TusCore:
 
     def check_origin(self, origin: str | None, host: str | None = None) -> None:
         """:raises ~anytus.OriginNotAllowed: for an origin that may not make requests. A
-            request from a page of the server itself (*origin* names the request's *host*: a
-            browser sends ``Origin`` on a same-origin POST, PATCH or DELETE too) is never
-            cross-origin, whatever the allowed origins are."""
+        request from a page of the server itself (*origin* names the request's *host*: a
+        browser sends ``Origin`` on a same-origin POST, PATCH or DELETE too) is never
+        cross-origin, whatever the allowed origins are."""
         if (
             origin is not None
             and self.config.cors_allow_origins

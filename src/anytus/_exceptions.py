@@ -7,7 +7,8 @@ applications calling the store directly and HTTP clients see the same vocabulary
 
 from __future__ import annotations
 
-import errno
+import errno as _errno
+import os
 from typing import ClassVar
 
 __all__ = (
@@ -30,6 +31,9 @@ __all__ = (
     "SizeExceeded",
     "StorageError",
     "StorageFull",
+    "StorageIOError",
+    "StoragePermissionDenied",
+    "StorageReadOnly",
     "TooManyOpenFiles",
     "TusError",
     "UnsupportedChecksumAlgorithm",
@@ -105,6 +109,11 @@ class CorruptUploadInfo(TusError):
     status_code = 500
     error_code = "ERR_CORRUPT_UPLOAD_INFO"
     default_message = "upload information is corrupt"
+
+    def __init__(self, message: str | None = None, *, path: str | None = None) -> None:
+        super().__init__(message)
+        #: the unreadable file, if known (for the server's log; clients get the message)
+        self.path = path
 
 
 class LockTimeout(TusError):
@@ -297,20 +306,57 @@ class BasePathMismatch(TusError):
 
 
 class StorageError(TusError):
-    """Raised when the storage fails (an I/O error, missing permissions...): the operating
-    system's reason is in the message."""
+    """Raised when the storage fails for a reason that has no class of its own; the subclasses
+    name the common kinds (full, permission denied, read-only, I/O error).
+
+    The message sent to clients says what kind of failure it was, not where: the path stays in
+    :attr:`path`, for the server's log.
+    """
 
     status_code = 500
     error_code = "ERR_STORAGE"
     default_message = "the storage failed"
 
+    def __init__(
+        self, message: str | None = None, *, path: str | None = None, errno: int | None = None
+    ) -> None:
+        super().__init__(message)
+        #: the file or directory the failed system call was about, if known
+        self.path = path
+        #: the operating system's error number, if the failure came from a system call
+        self.errno = errno
+
 
 class StorageFull(StorageError):
-    """Raised when the storage has no space left (or the quota is used up)."""
+    """Raised when the storage has no space left (or the quota is used up).
+
+    Answered with 507 Insufficient Storage; the bytes that fitted are stored and counted.
+    """
 
     status_code = 507
     error_code = "ERR_STORAGE_FULL"
     default_message = "no space left in the storage"
+
+
+class StoragePermissionDenied(StorageError):
+    """Raised when the server is not allowed to read or write a file of its storage."""
+
+    error_code = "ERR_STORAGE_PERMISSION"
+    default_message = "the server is not allowed to access its storage"
+
+
+class StorageReadOnly(StorageError):
+    """Raised when the storage is on a read-only file system."""
+
+    error_code = "ERR_STORAGE_READ_ONLY"
+    default_message = "the storage is read-only"
+
+
+class StorageIOError(StorageError):
+    """Raised when the storage device fails to read or write (an I/O error)."""
+
+    error_code = "ERR_STORAGE_IO"
+    default_message = "the storage failed to read or write"
 
 
 class ServiceUnavailable(TusError):
@@ -354,12 +400,36 @@ class UploadExists(TusError):
     default_message = "an upload with this ID exists already"
 
 
-def storage_error(exc: OSError) -> StorageError | TooManyOpenFiles:
-    """The :class:`~anytus.StorageError` for a failed system call (507 for a full disk), or
-    :class:`~anytus.TooManyOpenFiles` (503, retry) when file descriptors ran out."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
+_STORAGE_ERRORS: dict[int, type[StorageError]] = {
+    _errno.ENOSPC: StorageFull,
+    _errno.EDQUOT: StorageFull,
+    _errno.EACCES: StoragePermissionDenied,
+    _errno.EPERM: StoragePermissionDenied,
+    _errno.EROFS: StorageReadOnly,
+    _errno.EIO: StorageIOError,
+    _errno.ESTALE: StorageIOError,
+    _errno.ENOTCONN: StorageIOError,
+}
+
+
+def storage_error(
+    exc: OSError, *, path: str | os.PathLike[str] | None = None, what: str | None = None
+) -> StorageError | TooManyOpenFiles:
+    """The :class:`StorageError` for a failed system call: its class names the kind of failure
+    (:class:`StorageFull` for ``ENOSPC``/``EDQUOT``, answered with 507), or
+    :class:`TooManyOpenFiles` (503, retry) when file descriptors ran out.
+
+    :param path: the path to record when the error itself names none (a write to an open file)
+    :param what: what was being done, to start the message with (``"upload X: reading X.info"``)
+    """
+    if exc.errno in (_errno.EMFILE, _errno.ENFILE):
         return TooManyOpenFiles()
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull(f"no space left in the storage: {reason}")
-    return StorageError(f"storage error: {reason}")
+    cls = _STORAGE_ERRORS.get(exc.errno or 0, StorageError)
+    reason = exc.strerror or str(exc)
+    message = f"{cls.default_message}: {reason}"
+    if what is not None:
+        message = f"{what}: {message}"
+    filename = exc.filename if isinstance(exc.filename, str) else None
+    if filename is None and path is not None:
+        filename = os.fspath(path)
+    return cls(message, path=filename, errno=exc.errno)

@@ -33,6 +33,7 @@ from ._exceptions import (
     CorruptUploadInfo,
     LengthAlreadyDeclared,
     SizeExceeded,
+    StorageError,
     UploadExists,
     UploadNotFound,
     storage_error,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
     from ._datastore import InlineHold
 
-__all__ = ("Durability", "FileStore", "FileUpload", "storage_error")
+__all__ = ("Durability", "FileStore", "FileUpload", "check_directory", "storage_error")
 
 T = TypeVar("T")
 
@@ -128,7 +129,9 @@ class FileStore(StoreBase):
                 fn, *args, limiter=self._limiter, abandon_on_cancel=read_only
             )
         except OSError as exc:
-            raise storage_error(exc) from exc
+            # a failed write to an open file names no path: the store's directory stands in
+            # (with its trailing separator, so that it is the directory logs group by)
+            raise storage_error(exc, path=os.path.join(self.path, "")) from exc
 
     # -- core -------------------------------------------------------------------------------
 
@@ -258,11 +261,15 @@ class FileStore(StoreBase):
             document = _read_file(info_path)
         except FileNotFoundError:
             raise UploadNotFound(f"upload {upload_id} not found") from None
+        except OSError as exc:
+            raise storage_error(
+                exc, path=info_path, what=f"upload {upload_id}: cannot read {upload_id}.info"
+            ) from exc
         try:
             info = UploadInfo.from_json(document)
         except ValueError as exc:
             raise CorruptUploadInfo(
-                f"upload {upload_id}: {upload_id}.info is unreadable ({exc})"
+                f"upload {upload_id}: {upload_id}.info is unreadable ({exc})", path=info_path
             ) from exc
         data_path, stat = self._locate_data_sync(upload_id, info)
         storage = info.storage
@@ -332,7 +339,12 @@ class FileStore(StoreBase):
         if data_path is None:
             try:
                 _, data_path = self._load_sync(upload_id)
-            except (UploadNotFound, CorruptUploadInfo):
+            except (UploadNotFound, CorruptUploadInfo, StorageError):
+                # an upload whose .info is unreadable or garbage is removed all the same: its
+                # data file is where anytus and tusd v1+ put it (a recorded custom path is lost)
+                tusd_path = os.path.join(self.path, upload_id)
+                if os.path.isfile(tusd_path) and not os.path.islink(tusd_path):
+                    _unlink_quietly(tusd_path)
                 data_path = self._bin_path(upload_id)
         _unlink_quietly(data_path)
         _unlink_quietly(info_path)
@@ -491,20 +503,29 @@ class FileUpload(_Loaded, Upload):
             # the file is closed, and fsynced if the durability setting asks for it now
             complete = info.size is not None and info.offset + taken == info.size
             sync = store.durability == "always" or (store.durability == "finish" and complete)
+            written = appender.written
             try:
                 await appender.finish(sync)
+                written = appender.written
+                if appender.failure is not None:
+                    # a write that failed half way (the disk filled up) left the bytes that
+                    # fitted: they are stored, so they count
+                    with anyio.CancelScope(shield=True):
+                        written = await store._run(
+                            _size_after_failure, self._data_path, info.offset
+                        )
             except OSError as exc:
                 # the last write, the fsync or the close failed: that data is not safe
-                raise storage_error(exc) from exc
+                raise storage_error(exc, path=self._data_path) from exc
             finally:
                 self._info = dataclasses.replace(
-                    info, offset=info.offset + appender.written, modified_at=time.time()
+                    info, offset=info.offset + written, modified_at=time.time()
                 )
 
         if interruption is not None:
             raise interruption
         if appender.failure is not None:
-            raise storage_error(appender.failure) from appender.failure
+            raise storage_error(appender.failure, path=self._data_path) from appender.failure
         if exceeded:
             raise SizeExceeded(
                 f"upload {info.id} is {info.size} bytes long: stored the {appender.written} "
@@ -549,7 +570,13 @@ class _SyncFileUpload(_Loaded, SyncUpload):
         info = self._info
         if info.size is not None and info.offset + len(data) > info.size:
             raise SizeExceeded(f"upload {info.id} is {info.size} bytes long")
-        self._store._append_sync(info, self._data_path, data)
+        try:
+            self._store._append_sync(info, self._data_path, data)
+        except OSError:
+            # what fitted before the failure (a full disk) is stored, and counts
+            written = _size_after_failure(self._data_path, info.offset)
+            self._info = dataclasses.replace(info, offset=info.offset + written)
+            raise
         self._info = dataclasses.replace(
             info, offset=info.offset + len(data), modified_at=time.time()
         )
@@ -564,6 +591,78 @@ class _SyncFileUpload(_Loaded, SyncUpload):
 
     def terminate(self) -> None:
         self._store._terminate_sync(self._info.id, self._data_path)
+
+
+def check_directory(path: str | os.PathLike[str]) -> str | None:
+    """Make sure *path* can hold a store, before serving it: create it (and its parents) if it
+    is missing, then create, write and remove a file in it, and list it. Blocking.
+
+    A full disk is no reason to refuse: uploads are read and deleted at 0 bytes free.
+
+    :return: a warning to show if the storage is full, else ``None``
+    :raises ~anytus.StorageError: with one line that names the path and the reason
+    """
+    directory = os.path.abspath(path)
+
+    def fail(exc: OSError, doing: str) -> StorageError:
+        kind = storage_error(exc)
+        cls = type(kind) if isinstance(kind, StorageError) else StorageError
+        return cls(f"{doing}: {exc.strerror or exc}", path=directory, errno=exc.errno)
+
+    full = f"the storage at {directory} is full: uploads are answered 507 until space is freed"
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        what = "is a file" if os.path.isfile(directory) else "exists and is"
+        raise StorageError(f"{directory} {what}, not a directory", path=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        # name the part of the path that is in the way, not just "Not a directory"
+        parent = os.path.dirname(directory)
+        while parent != os.path.dirname(parent) and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST) and not os.path.isdir(parent):
+            raise StorageError(
+                f"cannot create {directory}: {parent} is a file, not a directory",
+                path=directory,
+                errno=exc.errno,
+            ) from exc
+        raise fail(exc, f"cannot create {directory}") from exc
+    try:
+        os.listdir(directory)
+    except OSError as exc:
+        raise fail(exc, f"cannot read {directory}") from exc
+
+    probe = os.path.join(directory, f".anytus-probe-{os.getpid()}-{secrets.token_hex(4)}")
+    warning = None
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise fail(exc, f"cannot write to {directory}") from exc
+        return full
+    try:
+        try:
+            os.write(fd, b"anytus")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise fail(exc, f"cannot write to {directory}") from exc
+            warning = full
+        finally:
+            os.close(fd)
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError as exc:
+            raise fail(exc, f"cannot remove files in {directory}") from exc
+    return warning
+
+
+def _size_after_failure(path: str, offset: int) -> int:
+    """How many bytes a failed append left in the data file after *offset* (0 if unknown)."""
+    try:
+        return max(os.stat(path).st_size - offset, 0)
+    except OSError:
+        return 0
 
 
 def _open_append(path: str) -> int:

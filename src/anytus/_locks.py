@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -34,7 +34,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._datastore import DEFAULT_LOCK_TIMEOUT, InlineHold, Locker
-from ._exceptions import LockTimeout
+from ._exceptions import LockTimeout, storage_error
 from ._ids import validate_upload_id
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = ("FileLocker", "MemoryLocker")
 
 logger = logging.getLogger("anytus.locks")
+
+T = TypeVar("T")
 
 #: identifies this process among all processes that ever had its PID
 PROCESS_TOKEN = secrets.token_hex(8)
@@ -357,9 +359,7 @@ class FileLocker(Locker):
                         await holder.released.wait()
                         continue
 
-                    fd = await anyio.to_thread.run_sync(
-                        self._try_lock, lock_path, stop_path, limiter=self._limiter
-                    )
+                    fd = await self._run(self._try_lock, lock_path, stop_path)
                     if fd is not None:
                         break
                     asked_by_file = True
@@ -385,7 +385,7 @@ class FileLocker(Locker):
         if lock_path in _held_locks:
             await anyio.lowlevel.checkpoint()
             raise anyio.WouldBlock
-        fd = await anyio.to_thread.run_sync(self._try_lock, lock_path, None, limiter=self._limiter)
+        fd = await self._run(self._try_lock, lock_path, None)
         if fd is None:
             raise anyio.WouldBlock
         self._register(upload_id, fd, None, anyio.lowlevel.current_token())
@@ -467,9 +467,17 @@ class FileLocker(Locker):
         del _held_locks[lock_path]
         try:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._unlock, holder, limiter=self._limiter)
+                await self._run(self._unlock, holder)
         finally:
             holder.released.set()
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a lock file operation in a worker thread; a failure of the file system becomes
+        a :class:`~anytus.StorageError` that names its kind."""
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except OSError as exc:
+            raise storage_error(exc, path=os.path.join(self._directory, "")) from exc
 
     # -- the blocking parts, run in worker threads -------------------------------------------
 
@@ -531,7 +539,7 @@ class FileLocker(Locker):
                         # makes ext4 flush it to disk on close (its auto_da_alloc rule), which
                         # made every lock cost a disk write.
                         os.ftruncate(fd, 0)
-                os.pwrite(fd, _own_record(self._hostname), 0)
+                self._write_record(fd, lock_path)
                 if clear_stop:
                     # a release request left for the previous holder is not meant for us; a
                     # waiter that still wants the lock asks again on its next poll
@@ -541,6 +549,25 @@ class FileLocker(Locker):
                 with contextlib.suppress(OSError):
                     os.close(fd)
                 raise
+
+    def _write_record(self, fd: int, lock_path: str) -> None:
+        """Write our record into the lock file whose flock() we hold.
+
+        On a full disk (or quota) the record cannot be written, and the lock is held by the
+        flock() alone, on an empty file: flock() needs no data blocks, so reading and deleting
+        uploads (which frees space) keep working. Other processes on this host see the flock()
+        and wait, as usual. What is lost while the disk is full is only what the record is
+        for: a tusd sharing the directory, or a host where flock() does not reach, takes an
+        empty lock file for a stale one.
+        """
+        try:
+            os.pwrite(fd, _own_record(self._hostname), 0)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # a short write may have left part of a record: none is better than a torn one
+            os.ftruncate(fd, 0)
+            logger.debug("no space for the record of %s: holding it by flock() alone", lock_path)
 
     def _held_elsewhere(self, lock_path: str, record: bytes, mtime: float) -> bool:
         """Judge the record of a lock file whose flock() we just got."""
@@ -593,8 +620,15 @@ class FileLocker(Locker):
     def _request_release(stop_path: str | None) -> None:
         if stop_path is None:
             return
-        with contextlib.suppress(FileExistsError):
+        try:
             os.close(os.open(stop_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            # no room for even an empty file (no inodes left): the holder is not asked, and
+            # the waiter waits for it as it would for a holder that ignores requests
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
 
     @staticmethod
     def _unlock(holder: _FileHolder) -> None:

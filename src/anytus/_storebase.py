@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -21,10 +22,12 @@ from ._datastore import (
 from ._exceptions import (
     CorruptUploadInfo,
     OffsetMismatch,
+    StorageError,
     UploadIsFinal,
     UploadNotFinished,
     UploadNotFound,
 )
+from ._oncelog import OnceLog
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Sequence
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
     from ._info import UploadInfo
 
 __all__ = ("StoreBase",)
+
+#: uploads that cleanup cannot read or remove are logged once, not on every pass
+_cleanup_log = OnceLog(logging.getLogger("anytus.store"))
 
 
 class StoreBase(
@@ -156,32 +162,43 @@ class StoreBase(
         (default: the store's clock) or earlier.
 
         Each upload is removed under its lock; uploads that are locked (in use) are skipped, and
-        their holders are not disturbed.
+        their holders are not disturbed. An upload that cannot be read or removed (a corrupt or
+        unreadable ``.info``, a storage error) is logged and skipped: the others are still
+        removed.
 
         :return: the IDs removed
         """
         now = self._now() if now is None else now
         removed = []
         for upload_id in await self.list_uploads():
-            if not await self._is_expired(upload_id, expire_after, now):
-                continue
-            # an upload in use is skipped, without asking its holder to let go
             try:
-                await self.locker.acquire_nowait(upload_id)
-            except anyio.WouldBlock:
-                continue
-            try:
-                # look again under the lock: it may have been resumed meanwhile
-                if await self._is_expired(upload_id, expire_after, now):
-                    await self.terminate(upload_id)
+                if await self._remove_if_expired(upload_id, expire_after, now):
                     removed.append(upload_id)
-            except UploadNotFound:
-                pass
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self.locker.release(upload_id)
+            except (StorageError, CorruptUploadInfo) as exc:
+                # one upload that cannot be read or removed must not keep the others forever
+                _cleanup_log.error(exc, f"cleanup skipped upload {upload_id}")
         await self._after_cleanup(now)
         return removed
+
+    async def _remove_if_expired(self, upload_id: str, expire_after: float, now: float) -> bool:
+        if not await self._is_expired(upload_id, expire_after, now):
+            return False
+        # an upload in use is skipped, without asking its holder to let go
+        try:
+            await self.locker.acquire_nowait(upload_id)
+        except anyio.WouldBlock:
+            return False
+        try:
+            # look again under the lock: it may have been resumed meanwhile
+            if await self._is_expired(upload_id, expire_after, now):
+                await self.terminate(upload_id)
+                return True
+        except UploadNotFound:
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.locker.release(upload_id)
+        return False
 
     async def _after_cleanup(self, now: float) -> None:
         """Whatever else a store clears away after a cleanup pass (a checkpoint)."""
@@ -190,6 +207,6 @@ class StoreBase(
     async def _is_expired(self, upload_id: str, expire_after: float, now: float) -> bool:
         try:
             info = await self.get_info(upload_id)
-        except (UploadNotFound, CorruptUploadInfo):
+        except UploadNotFound:
             return False
         return is_expired(info, expire_after, now)

@@ -53,9 +53,11 @@ from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._datastore import OneHopStore, StoreComposer
 from ._exceptions import (
     BasePathMismatch,
+    CorruptUploadInfo,
     RequestBodyTimeout,
     ServerShuttingDown,
     ServiceUnavailable,
+    StorageError,
     TusError,
     UploadExpired,
     UploadInterrupted,
@@ -64,6 +66,7 @@ from ._exceptions import (
     storage_error,
 )
 from ._info import UploadInfo
+from ._oncelog import OnceLog
 
 if TYPE_CHECKING:
     from anyio.abc import ByteReceiveStream
@@ -418,7 +421,8 @@ class TusApp:
         (including partial uploads, empty uploads and final concatenations), after the write
         that completed it and before the response; a :class:`~anytus.TusError` it raises is the
         response (the upload stays complete)
-    :param on_terminate: ``async (info)`` called after an upload was deleted by a DELETE
+    :param on_terminate: ``async (info)`` called after an upload was deleted by a DELETE (for
+        an upload whose ``.info`` was unreadable, *info* carries only the ID)
     :param cors_allow_origins: origins allowed to make cross-origin requests; ``("*",)`` allows
         all, ``()`` disables CORS handling (no CORS headers, no origin check). A request from
         another origin is refused with 403 ``ERR_ORIGIN_NOT_ALLOWED`` and no
@@ -530,6 +534,8 @@ class TusApp:
         self._interrupting = False
         self._lifespans = 0  # lifespans running: then they do the periodic cleanup
         self._cleanup_running = False
+        # storage failures are logged once per kind and place, not once per request
+        self._storage_log = OnceLog(logger)
         self._next_cleanup = time.monotonic() + (self.cleanup_interval or 0)
 
     def __repr__(self) -> str:
@@ -606,12 +612,18 @@ class TusApp:
                 else:
                     response = await self._handle(exchange, self.core.parse(request))
             except OSError as exc:
-                # a system call of a locker (lock files) or a store that let it through
+                if not _is_storage_failure(exc):
+                    raise
+                # a system call of a locker (lock files) or a store that let it through: named
+                # here, by its kind
                 raise storage_error(exc) from exc
         except TusError as exc:
             if exchange.response_started:
                 raise
-            if exc.status_code >= 500 and not isinstance(
+            if isinstance(exc, (StorageError, CorruptUploadInfo)):
+                # once per kind and place, not once per request
+                self._storage_log.error(exc, f"{request.method} {request.raw_path}")
+            elif exc.status_code >= 500 and not isinstance(
                 exc, (RequestBodyTimeout, ServiceUnavailable)
             ):
                 # the client's own failures and refusals are in the access log; these are ours
@@ -898,6 +910,11 @@ class TusApp:
                         failure = exc
                     tg.cancel_scope.cancel()
             if failure is not None:
+                if checksum is not None and upload.info.offset != plan.offset:
+                    # the bytes that did fit (the disk filled up) were never verified against
+                    # the checksum: as for a body cut short, they are not kept
+                    with contextlib.suppress(TusError):
+                        await upload.truncate(plan.offset)
                 raise failure
             error = reader.error
             # a body read to its end was stored whole: a release request that came after that
@@ -1027,17 +1044,36 @@ class TusApp:
     # -- DELETE ---------------------------------------------------------------------------------
 
     async def _delete(self, exchange: _Exchange, request: core.Delete) -> core.Response:
-        result = await self._one_hop_or_none(request.upload_id, _terminate)
+        try:
+            result = await self._one_hop_or_none(request.upload_id, _terminate)
+        except (CorruptUploadInfo, StorageError):
+            result = None  # unreadable: removed below, by its ID
+        unreadable = False
         if result is not None:
             info = result[0]
         else:
             async with self._locked(request.upload_id):
-                upload = await self._store.get_upload(request.upload_id)
-                info = upload.info
-                # "When receiving a DELETE request for an existing upload the Server SHOULD free
-                # associated resources and MUST respond with the 204 No Content status"
-                await upload.terminate()
-        _log_event("terminated", info)
+                try:
+                    upload = await self._store.get_upload(request.upload_id)
+                except (CorruptUploadInfo, StorageError) as exc:
+                    if self._terminater is None:
+                        raise
+                    # an upload whose information is garbage or unreadable can still be deleted
+                    await self._terminater.terminate(request.upload_id)
+                    logger.warning(
+                        "upload %s terminated although unreadable (%s)",
+                        request.upload_id,
+                        exc.message,
+                    )
+                    info = UploadInfo(id=request.upload_id)
+                    unreadable = True
+                else:
+                    info = upload.info
+                    # "When receiving a DELETE request for an existing upload the Server SHOULD
+                    # free associated resources and MUST respond with the 204 No Content status"
+                    await upload.terminate()
+        if not unreadable:
+            _log_event("terminated", info)
         if self.on_terminate is not None:
             await self.on_terminate(info)
         return core.Response(204)
@@ -1077,6 +1113,8 @@ class TusApp:
         self._cleanup_running = True
         try:
             await self.cleanup()
+        except StorageError as exc:
+            self._storage_log.error(exc, "periodic cleanup")
         except Exception:
             # a failing cleanup must never take the server (or the request's task) down
             logger.exception("periodic cleanup failed")
@@ -1195,6 +1233,11 @@ class TusApp:
             scheme=exchange.scheme,
             server=exchange.scope.get("server"),
         )
+
+
+def _is_storage_failure(exc: OSError) -> bool:
+    """Whether an OSError is the file system's (not a timeout or a client's connection)."""
+    return exc.errno is not None and not isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def _info_of(upload: SyncUpload) -> UploadInfo:
