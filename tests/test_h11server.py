@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from _helpers import make_store
-from _server import ConnectionClosedError, TusClient, read_raw_response, wait_for
-from anytus._h11server import serve
+from _server import TusClient, read_raw_response, wait_for
+from anytus._h11server import HEAD_TIMEOUT, KEEP_ALIVE_TIMEOUT, WRITE_TIMEOUT, serve
 from anytus.asgi import TusApp
 
 if TYPE_CHECKING:
@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 
 @contextlib.asynccontextmanager
 async def running(
-    app: Any, *, shutdown_timeout: float = 2.0, ready: list[bool] | None = None
+    app: Any,
+    *,
+    shutdown_timeout: float = 2.0,
+    ready: list[bool] | None = None,
+    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    head_timeout: float = HEAD_TIMEOUT,
+    write_timeout: float = WRITE_TIMEOUT,
 ) -> AsyncIterator[tuple[str, int]]:
     """Serve *app* on a free port of 127.0.0.1; yield (host, port); shut down at the end."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -51,6 +57,9 @@ async def running(
                 shutdown_trigger=stop.wait,
                 ready=on_ready,
                 shutdown_timeout=shutdown_timeout,
+                keep_alive_timeout=keep_alive_timeout,
+                head_timeout=head_timeout,
+                write_timeout=write_timeout,
             )
         )
         await started.wait()
@@ -269,27 +278,86 @@ async def test_issue_7_half_close_with_an_early_answer(tmp_path: Path) -> None:
     async with running(app) as address:
         for content_type, expected in [
             (b"text/plain", 415),
-            (b"application/offset+octet-stream", None),
+            (b"application/offset+octet-stream", 404),
         ]:
             stream = await connect(address)
             async with stream:
                 # a PATCH with the wrong Content-Type: TusApp answers 415 without reading the
-                # body; then an unknown upload (TusApp sees the disconnect first: any answer)
+                # body; then an unknown upload: TusApp sees the end of the body (http.disconnect)
+                # before it answers, and answers all the same (the client reads on)
                 await stream.send(
                     b"PATCH /files/nope HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
                     b"Upload-Offset: 0\r\nContent-Type: " + content_type + b"\r\n"
                     b"Content-Length: 100\r\n\r\n"
                 )
                 await stream.send_eof()
-                if expected is not None:
-                    assert (await read_raw_response(stream)).status == expected
-                else:
-                    # TusApp sees the end of the body before it answers: it does not answer
-                    with pytest.raises(ConnectionClosedError):
-                        await read_raw_response(stream)
+                assert (await read_raw_response(stream)).status == expected
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await stream.receive()
         async with httpx.AsyncClient() as http:
             options = await http.options(f"http://{address[0]}:{address[1]}/files/")
         assert options.status_code == 200
+
+
+async def test_idle_and_trickling_connections_are_closed() -> None:
+    """A connection that sends nothing is closed after the keep-alive timeout; one that trickles
+    its head in a byte at a time (slowloris) once the head timeout is over, although it never
+    stops sending for long."""
+    async with running(echo, keep_alive_timeout=0.2, head_timeout=0.5) as address:
+        silent = await connect(address)
+        async with silent:
+            with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+                await silent.receive()
+
+        trickle = await connect(address)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000 + b"\r\n\r\n"
+        sent = 0
+        async with trickle:
+            with anyio.fail_after(5):
+                while True:
+                    try:
+                        await trickle.send(head[sent : sent + 1])
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        break  # reset: the server closed with the last bytes unread
+                    sent += 1
+                    with anyio.move_on_after(0.02):
+                        try:
+                            await trickle.receive()
+                        except (anyio.EndOfStream, anyio.BrokenResourceError):
+                            break
+            assert sent < len(head)
+
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://{address[0]}:{address[1]}/")).status_code == 200
+
+
+async def test_a_client_that_stops_reading_is_dropped() -> None:
+    """A response the client does not read: after the write timeout the connection is closed and
+    the app sees ``http.disconnect`` (it stops producing the body)."""
+    stopped = anyio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                stopped.set()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            while True:  # far more than the socket buffers hold
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+
+    async with running(app, write_timeout=0.3) as address:
+        stream = await connect(address)
+        async with stream:
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with anyio.fail_after(10):
+                await stopped.wait()
 
 
 async def test_disconnect_mid_body_reaches_the_app() -> None:

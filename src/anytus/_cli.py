@@ -32,6 +32,7 @@ from ._cli_upload import add_upload_parser, run_upload
 from ._serve import (
     GRACEFUL_TIMEOUT,
     INTERRUPT_GRACE,
+    NETWORK_TIMEOUT,
     Endpoint,
     LoggingOptions,
     ServeOptions,
@@ -196,6 +197,15 @@ def _parser() -> argparse.ArgumentParser:
         help="answer only tus 1.0.0, not the IETF resumable-upload draft (on by default)",
     )
     add_store_arguments(serve)
+    serve.add_argument(
+        "--network-timeout",
+        type=parse_duration,
+        default=NETWORK_TIMEOUT,
+        metavar="DURATION",
+        help="a request body that sends nothing this long ends its request (keeping what came); "
+        "request heads (10s) and idle connections (5-10s) are cut off sooner "
+        f"(default: {NETWORK_TIMEOUT:g}s)",
+    )
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -257,6 +267,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
         parser.error("--shutdown-timeout must not be negative")
     if (refusal := check_store_arguments(args, argv)) is not None:
         parser.error(refusal)
+    if not args.network_timeout > 0:
+        parser.error("--network-timeout must be positive")
     if (args.certfile is None) != (args.keyfile is None):
         parser.error("--certfile and --keyfile go together")
     cors_origins = ("*",)
@@ -294,6 +306,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
         backend=args.backend,
         durability=args.durability,
         shutdown_timeout=args.shutdown_timeout,
+        network_timeout=args.network_timeout,
         draft=args.draft,
         logging=logging_options,
         page=args.page,

@@ -13,6 +13,7 @@ What it does, per connection (one task each, in one task group):
   :data:`HEAD_TIMEOUT` of its first byte; an idle keep-alive connection is closed after
   :data:`KEEP_ALIVE_TIMEOUT`), then run the app inline with its ``receive`` and ``send``;
 - ``Expect: 100-continue``: the ``100 Continue`` goes out when the app first calls ``receive()``;
+- a client that stops reading the response is dropped after :data:`WRITE_TIMEOUT` per write;
 - other interim responses (the resumable-upload draft's ``104``): the scope offers the
   ``http.response.informational`` extension; the app sends ``{"type":
   "http.response.informational", "status": 1xx, "headers": [...]}`` before its response (a
@@ -42,6 +43,7 @@ from urllib.parse import unquote
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import h11
 from anyio.streams.tls import TLSStream
 
@@ -57,6 +59,7 @@ __all__ = (
     "KEEP_ALIVE_TIMEOUT",
     "MAX_HEAD_SIZE",
     "READ_SIZE",
+    "WRITE_TIMEOUT",
     "LifespanFailedError",
     "serve",
 )
@@ -72,10 +75,15 @@ logger = logging.getLogger("anytus.server")
 READ_SIZE = 256 * 1024
 #: the longest request head h11 accepts (request line and headers)
 MAX_HEAD_SIZE = 64 * 1024
-#: how long a connection may wait for the first byte of its next request (hypercorn's default)
+#: how long a connection may wait for the first byte of its next request (hypercorn's default),
+#: unless :func:`serve` is told otherwise
 KEEP_ALIVE_TIMEOUT = 5.0
-#: how long a request head may take from its first byte to its end
+#: how long a request head may take from its first byte to its end, unless :func:`serve` is told
+#: otherwise
 HEAD_TIMEOUT = 10.0
+#: how long one write to the client may take (it stopped reading), unless :func:`serve` is told
+#: otherwise; then the connection is closed
+WRITE_TIMEOUT = 60.0
 #: how long, and how many bytes, of a request body the app left unread are dropped to keep the
 #: connection; past either it is closed
 DRAIN_TIME = 2.0
@@ -192,7 +200,8 @@ class _Connection:
                 if self.server.stopping:
                     return None
                 self.idle = True
-                with anyio.move_on_after(KEEP_ALIVE_TIMEOUT) as self.idle_scope:
+                received = False  # stays so when the wait times out
+                with anyio.move_on_after(self.server.keep_alive_timeout) as self.idle_scope:
                     received = await self._read()
                 self.idle = False
                 self.idle_scope = None
@@ -200,14 +209,14 @@ class _Connection:
                     # timed out, closed by the client, or by the shutdown: both sides are
                     # between messages, so closing loses nothing
                     return None
-                deadline = anyio.current_time() + HEAD_TIMEOUT
+                deadline = anyio.current_time() + self.server.head_timeout
                 continue
             if deadline == math.inf:
-                deadline = anyio.current_time() + HEAD_TIMEOUT
+                deadline = anyio.current_time() + self.server.head_timeout
             with anyio.CancelScope(deadline=deadline):
                 await self._read()
                 continue
-            logger.debug("request head not complete within %gs: closing", HEAD_TIMEOUT)
+            logger.debug("request head not complete within %gs: closing", self.server.head_timeout)
             return None
 
     async def _refuse(self, exc: h11.RemoteProtocolError) -> None:
@@ -215,7 +224,9 @@ class _Connection:
         logger.debug("malformed request from %s: %s", self.client, exc)
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = f"{exc.error_status_hint} Bad Request: {exc}\n".encode()
+        # 400, or 501 for a transfer coding h11 does not do (RFC 9112 6.1), 431 for a long head
+        reason = _REASONS.get(exc.error_status_hint, b"").decode()
+        body = f"{exc.error_status_hint} {reason}: {exc}\n".encode()
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
@@ -319,9 +330,17 @@ class _Connection:
         if not data:
             return
         try:
-            await self.stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            # a client that stops reading must not hold the connection (and the app) forever
+            with anyio.fail_after(self.server.write_timeout):
+                await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                logger.debug(
+                    "%s read nothing for %gs: closing", self.client, self.server.write_timeout
+                )
             self.disconnected = True
+            # a receive() waiting for the end of the response returns http.disconnect now
+            self.response_done_event.set()
             raise _Disconnected from exc
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -348,7 +367,10 @@ class _Connection:
             self.response_complete = True
             self.response_done_event.set()
         if self.disconnected:
-            return  # nobody to send to; the app learns it from receive()
+            # nobody to send to; the app learns it from receive(). Still a checkpoint: an app
+            # that sends in a loop must not starve the other connections
+            await anyio.lowlevel.checkpoint()
+            return
         conn = self.conn
         pieces: list[bytes] = []
         if self.pending_start is not None:
@@ -593,10 +615,21 @@ def _address(address: Any) -> tuple[str, int] | None:
 
 
 class _Server:
-    def __init__(self, app: Any, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+        head_timeout: float = HEAD_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
+    ) -> None:
         self.app: Callable[..., Awaitable[None]] = app
         self.ssl_context = ssl_context
         self.scheme = "http" if ssl_context is None else "https"
+        self.keep_alive_timeout = keep_alive_timeout
+        self.head_timeout = head_timeout
+        self.write_timeout = write_timeout
         self.stopping = False
         #: connections that are running a request
         self.busy = 0
@@ -748,6 +781,9 @@ async def serve(
     before_cancel: Callable[[], None] | None = None,
     force_trigger: Callable[[], Awaitable[None]] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    head_timeout: float = HEAD_TIMEOUT,
+    write_timeout: float = WRITE_TIMEOUT,
 ) -> None:
     """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
     *shutdown_trigger* returns.
@@ -766,9 +802,21 @@ async def serve(
         running requests are cancelled at once
     :param ssl_context: serve HTTPS: each connection does its TLS handshake in its own task
         (scope ``scheme`` is then ``"https"``)
+    :param keep_alive_timeout: how long a connection may wait for the first byte of its next
+        request (then it is closed)
+    :param head_timeout: how long a request head may take from its first byte to its end (then
+        the connection is closed): a client that trickles its head in (slowloris) is cut off
+    :param write_timeout: how long one write of a response may wait for the client to read
+        (then the connection is closed, and the app's further sends are dropped)
     :raises LifespanFailedError: the app's lifespan startup failed
     """
-    server = _Server(app, ssl_context)
+    server = _Server(
+        app,
+        ssl_context,
+        keep_alive_timeout=keep_alive_timeout,
+        head_timeout=head_timeout,
+        write_timeout=write_timeout,
+    )
     listener = await anyio.abc.SocketListener.from_socket(sock)
     lifespan = _Lifespan(server.app, server.state)
     # the channel to the app is closed however serving ends (memory streams warn if dropped open)

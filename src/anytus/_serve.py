@@ -47,6 +47,7 @@ __all__ = (
     "BACKLOG",
     "GRACEFUL_TIMEOUT",
     "INTERRUPT_GRACE",
+    "NETWORK_TIMEOUT",
     "Endpoint",
     "JSONFormatter",
     "LoggingOptions",
@@ -71,6 +72,14 @@ INTERRUPT_GRACE = 2.0
 BACKLOG = 2048
 #: how long granian may take to stop once its requests are cancelled
 _STOP_TIMEOUT = 5.0
+#: how long a connection may send nothing, by default (tusd's ``-network-timeout``): an idle
+#: request body ends its request (TusApp's ``idle_timeout``); request heads and idle keep-alive
+#: connections get the servers' own shorter limits, capped at this
+NETWORK_TIMEOUT = 60.0
+#: the longest a request head may take on either server (granian's own default is 30 s), and how
+#: long the h11 server keeps an idle connection open; both capped at the network timeout
+_HEAD_TIMEOUT = 10.0
+_KEEP_ALIVE_TIMEOUT = 5.0
 #: how long a granian worker may take from its lifespan startup to accepting connections
 _READY_TIMEOUT = 10.0
 
@@ -107,6 +116,8 @@ class ServeOptions:
     durability: Literal["none", "finish", "always"]
     #: how long running requests may go on after a shutdown signal
     shutdown_timeout: float = GRACEFUL_TIMEOUT
+    #: how long a client may send nothing (see :data:`NETWORK_TIMEOUT`)
+    network_timeout: float = NETWORK_TIMEOUT
     logging: LoggingOptions = LoggingOptions()
     #: serve the upload page on ``/`` (``--no-page``: no)
     page: bool = True
@@ -292,6 +303,7 @@ async def _serve(
         base_path=options.base_path,
         max_size=options.max_size,
         expire_after=options.expire_after,
+        idle_timeout=options.network_timeout,
         draft=options.draft,
         cors_allow_origins=options.cors_origins,
         behind_proxy=options.behind_proxy,
@@ -341,6 +353,9 @@ async def _serve_h11(
             before_cancel=cancelling,
             force_trigger=shutdown.forced.wait,
             ssl_context=ssl_context,
+            keep_alive_timeout=min(_KEEP_ALIVE_TIMEOUT, options.network_timeout),
+            head_timeout=min(_HEAD_TIMEOUT, options.network_timeout),
+            write_timeout=options.network_timeout,
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
@@ -355,6 +370,7 @@ async def _serve_granian(
     options: ServeOptions,
 ) -> None:
     from granian.constants import HTTPModes, Interfaces, SSLProtocols, TaskImpl
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server.embed import Server
 
@@ -364,6 +380,11 @@ async def _serve_granian(
         port=endpoint.port,
         interface=Interfaces.ASGI,  # with the lifespan: TusApp runs its periodic cleanup there
         http=HTTPModes.http1,  # tus clients speak HTTP/1.1; no HTTP/2 sniffing per connection
+        # hyper's header read timeout runs from the connection's start or the end of the previous
+        # response: it bounds a silent connection, an idle keep-alive one and a trickled head
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(min(_HEAD_TIMEOUT, options.network_timeout) * 1000))
+        ),
         websockets=False,
         backlog=BACKLOG,
         task_impl=TaskImpl.asyncio,  # real asyncio tasks: anyio's cancel scopes work in them

@@ -135,7 +135,8 @@ class _Body(enum.Enum):
     DONE = enum.auto()
     #: the client stalled or was interrupted: the rest is not waited for
     ABANDONED = enum.auto()
-    #: the client went away (``http.disconnect``): nothing can be sent any more
+    #: the request side ended early (``http.disconnect``): nothing more arrives; the answer is
+    #: still sent, for a client that only half-closed
     DISCONNECTED = enum.auto()
 
 
@@ -639,8 +640,13 @@ class TusApp:
             logger.exception("error handling %s %s", request.method, request.raw_path)
             response = self.core.internal_error()
             _record_error(scope, _InternalError())
-        if response is not None and exchange.body is not _Body.DISCONNECTED:
-            await self._send_response(exchange, response)
+        if response is not None:
+            # Also after ``http.disconnect``: it says that the request ended, and a client that
+            # half-closed (shutdown(SHUT_WR)) still reads the answer (granian answers 500 for an
+            # app that gives none). A server with nobody left to send to drops it, or raises
+            # OSError (ASGI 2.4).
+            with contextlib.suppress(OSError):
+                await self._send_response(exchange, response)
         if self._cleanup_due():
             await self._run_cleanup()
 
@@ -1167,8 +1173,6 @@ class TusApp:
             if body:
                 await exchange.send({"type": "http.response.body", "body": body, "more_body": True})
             await self._drain(exchange)
-            if exchange.body is _Body.DISCONNECTED:
-                return
             body = b""
         await self._send_last(exchange, body)
 
