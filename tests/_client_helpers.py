@@ -140,12 +140,15 @@ def _first_line_matching(
 
 
 @contextlib.contextmanager
-def start_peer(kind: PeerKind, directory: Path) -> Iterator[Peer]:
-    """Run a *kind* server on a free port, storing into *directory*; stop it on exit."""
+def start_peer(kind: PeerKind, directory: Path, *extra: str) -> Iterator[Peer]:
+    """Run a *kind* server on a free port, storing into *directory*; stop it on exit.
+
+    *extra* arguments go to ``anytus serve`` or tusd (``-enable-experimental-protocol``...).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     if kind in ("anytus-asyncio", "anytus-trio"):
         backend = kind.removeprefix("anytus-")
-        with run_server_process(directory, "--backend", backend) as server:
+        with run_server_process(directory, "--backend", backend, *extra) as server:
             yield Peer(kind, server.url, directory, server.process)
         return
     if kind == "tusd":
@@ -155,6 +158,7 @@ def start_peer(kind: PeerKind, directory: Path) -> Iterator[Peer]:
             str(TUSD),
             *("-host", "127.0.0.1", "-port", "0", "-upload-dir", str(directory)),
             *("-base-path", "/files/", "-verbose=false"),
+            *extra,
         ]
     else:
         node = node_server_ready()

@@ -100,12 +100,28 @@ def add_upload_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     upload.add_argument(
         "--retries", type=int, default=8, metavar="N", help="retries in a row without progress"
     )
+    upload.add_argument(
+        "--draft",
+        action="store_true",
+        help="upload with the IETF resumable-upload draft instead of tus 1.0.0, at the newest "
+        "interop version the server answers (10 down to 6)",
+    )
+    upload.add_argument(
+        "--draft-version",
+        type=int,
+        choices=(6, 7, 8, 9, 10),
+        default=None,
+        metavar="N",
+        help="with the draft, use interop version N (6-10) instead of negotiating; implies --draft",
+    )
 
 
 def run_upload(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``anytus upload``; return the exit status (1 if any file failed)."""
     if args.parallel < 1:
         parser.error("--parallel must be at least 1")
+    if (args.draft or args.draft_version is not None) and (args.parallel > 1 or args.checksum):
+        parser.error("the draft has no concatenation or checksums: no --parallel, --checksum")
     if args.retries < 0:
         parser.error("--retries must not be negative")
     try:
@@ -155,7 +171,14 @@ async def _upload_all(args: argparse.Namespace) -> int:
     # progress bars only on a terminal; the URLs go to stdout either way
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         tasks = [progress.add_task(path.name, total=None, start=False) for path in files]
-        async with TusClient(args.endpoint, headers, retries=args.retries) as client:
+        draft = args.draft or args.draft_version is not None
+        async with TusClient(
+            args.endpoint,
+            headers,
+            retries=args.retries,
+            protocol="draft" if draft else "tus",
+            draft_version=args.draft_version,
+        ) as client:
             for path, task in zip(files, tasks, strict=True):
                 metadata = {"filename": path.name, **dict(args.metadata)}
 

@@ -19,7 +19,16 @@ import string
 from decimal import Decimal
 from typing import Final
 
-__all__ = ("Token", "ParseError", "parse_item", "serialize_int_dict", "item_bool", "item_int")
+__all__ = (
+    "ParseError",
+    "Token",
+    "dict_ints",
+    "item_bool",
+    "item_int",
+    "parse_dict",
+    "parse_item",
+    "serialize_int_dict",
+)
 
 _DIGITS: Final = frozenset(string.digits)
 _LCALPHA: Final = frozenset(string.ascii_lowercase)
@@ -238,6 +247,55 @@ def parse_item(text: str) -> tuple[BareItem, dict[str, BareItem]]:
     if parser.pos != len(text):
         raise ParseError(f"trailing characters at {parser.pos}")
     return item, params
+
+
+def parse_dict(text: str) -> dict[str, BareItem]:
+    """Parse a whole field value as a Dictionary (RFC 9651 §4.2.2): its members' bare items
+    (a member without a value is ``True``; parameters and Inner Lists are not kept: an Inner List
+    is refused, as no field read here has one).
+
+    :raises ParseError: if it is not a well-formed Dictionary of Items
+    """
+    if not text.isascii():
+        raise ParseError("a Structured Field is ASCII")
+    parser = _Parser(text)
+    parser.skip_sp()
+    members: dict[str, BareItem] = {}
+    while parser.pos < len(text):
+        key = parser.key()
+        value: BareItem = True
+        if parser.peek() == "=":
+            parser.pos += 1
+            value = parser.bare_item()
+        parser.parameters()
+        members[key] = value
+        while parser.peek() in (" ", "\t") and parser.peek():
+            parser.pos += 1
+        if parser.pos == len(text):
+            break
+        if parser.take() != ",":
+            raise ParseError(f"expected ',' at {parser.pos - 1}")
+        while parser.peek() in (" ", "\t") and parser.peek():
+            parser.pos += 1
+        if parser.pos == len(text):
+            raise ParseError("a Dictionary does not end with ','")
+    return members
+
+
+def dict_ints(text: str | None) -> dict[str, int]:
+    """The Integer members of a Dictionary field (``Upload-Limit``), or ``{}`` when the field is
+    absent or malformed (ignored whole, as the draft says of its fields)."""
+    if text is None:
+        return {}
+    try:
+        members = parse_dict(text)
+    except ParseError:
+        return {}
+    return {
+        key: value
+        for key, value in members.items()
+        if isinstance(value, int) and not isinstance(value, bool)
+    }
 
 
 def item_int(text: str | None, *, minimum: int = 0) -> int | None:

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import AsyncIterable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final, Literal, Protocol
 
 import anyio
 import httpx
@@ -405,6 +405,10 @@ class TusClient:
     :param retry_delay: the first backoff delay in seconds (it doubles each attempt)
     :param max_retry_delay: the longest delay, ``Retry-After`` included
     :param timeout: seconds to connect, or to wait for any one read or write of the connection
+    :param protocol: ``"tus"`` (default) for tus 1.0.0, or ``"draft"`` for the IETF
+        resumable-upload draft (interop versions 6 to 10; see the README's "The draft" section)
+    :param draft_version: with ``protocol="draft"``, pin this interop version instead of
+        negotiating one (the newest the server answers, from 10 down to 6)
     """
 
     def __init__(
@@ -417,9 +421,26 @@ class TusClient:
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
         timeout: float = 60.0,
+        protocol: Literal["tus", "draft"] = "tus",
+        draft_version: int | None = None,
     ) -> None:
+        from ._draftclient import DRAFT_VERSIONS, DraftUploader
+
         if retries < 0:
             raise ValueError("retries must not be negative")
+        if protocol not in ("tus", "draft"):
+            raise ValueError(f"protocol must be 'tus' or 'draft', not {protocol!r}")
+        if draft_version is not None and draft_version not in DRAFT_VERSIONS:
+            raise ValueError(
+                f"draft_version must be one of {', '.join(map(str, sorted(DRAFT_VERSIONS)))}"
+            )
+        self.protocol = protocol
+        #: the pinned interop version (``draft_version=``), or ``None``
+        self.pinned_draft_version = draft_version
+        #: the interop version in use, once the first draft creation found the server speaks it
+        #: (``None`` until then)
+        self.draft_version: int | None = None
+        self._draft = DraftUploader(self)
         self.url = url
         self.headers = dict(headers or {})
         if store is True:
@@ -519,6 +540,18 @@ class TusClient:
             raise ValueError("chunk_size must be positive")
         if checksum is not None and checksum not in (*_CHECKSUMS, "crc32"):
             raise ValueError(f"unsupported checksum algorithm {checksum!r}")
+        if self.protocol == "draft":
+            return await self._upload_draft(
+                source,
+                length,
+                metadata=metadata,
+                chunk_size=chunk_size,
+                parallel=parallel,
+                checksum=checksum,
+                on_progress=on_progress,
+                key=key,
+                resume=resume,
+            )
         header = _encode_metadata(metadata) if metadata else None
         caps = await self._get_capabilities()
         if checksum is not None:
@@ -554,6 +587,54 @@ class TusClient:
             caps=caps,
         )
 
+    async def _upload_draft(
+        self,
+        source: str | os.PathLike[str] | AsyncIterable[bytes],
+        length: int | None,
+        *,
+        metadata: Mapping[str, str | bytes] | None,
+        chunk_size: int | None,
+        parallel: int,
+        checksum: str | None,
+        on_progress: ProgressCallback | None,
+        key: str | None,
+        resume: bool,
+    ) -> str:
+        if parallel != 1:
+            raise ValueError("the resumable-upload draft has no concatenation: parallel=1 only")
+        if checksum is not None:
+            raise ValueError("the resumable-upload draft has no checksum extension")
+        # the draft has no metadata field: the media type goes as the creation's Content-Type
+        filetype = (metadata or {}).get("filetype", "application/octet-stream")
+        content_type = filetype.decode() if isinstance(filetype, bytes) else filetype
+        if isinstance(source, AsyncIterable):
+            return await self._draft.upload_stream(
+                source,
+                length,
+                content_type=content_type,
+                chunk_size=chunk_size or STREAM_CHUNK_SIZE,
+                progress=_Progress(on_progress, length, 1),
+                store_key=f"{self.url} draft {key}" if key is not None else None,
+                resume=resume,
+            )
+        path = Path(source)
+        file = await anyio.to_thread.run_sync(_open, path)
+        try:
+            size, fingerprint = await anyio.to_thread.run_sync(_fingerprint, file, path)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(file.close)
+        return await self._draft.upload_file(
+            path,
+            size,
+            fingerprint,
+            content_type=content_type,
+            chunk_size=chunk_size,
+            progress=_Progress(on_progress, size, 1),
+            key=key,
+            resume=resume,
+        )
+
     async def resume(
         self,
         url: str,
@@ -569,6 +650,12 @@ class TusClient:
         :raises ValueError: if the upload's length is not the file's size
         :raises ~anytus.ResponseError: if the server does not know the upload (404, 410...)
         """
+        if self.protocol == "draft":
+            if checksum is not None:
+                raise ValueError("the resumable-upload draft has no checksum extension")
+            return await self._draft.resume(
+                url, Path(path), chunk_size=chunk_size, progress=_Progress(on_progress, None, 1)
+            )
         if checksum is not None:
             caps = await self._get_capabilities()
             caps.require("checksum", f"checksum={checksum!r}")
@@ -601,6 +688,8 @@ class TusClient:
 
         :raises ~anytus.ResponseError: if the server does not know the upload (404, 410...)
         """
+        if self.protocol == "draft":
+            return (await self._draft.state(url))[1].offset
         return (await self._head(url, _Retry(self))).offset
 
     async def terminate(self, url: str) -> None:
@@ -609,6 +698,12 @@ class TusClient:
         :raises ~anytus.ExtensionUnsupported: if the server does not offer termination
         :raises ~anytus.ResponseError: if the server refuses (404 for an unknown upload...)
         """
+        if self.protocol == "draft":
+            await self._draft.delete(url)
+            if self.store is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.store.remove_url(url)
+            return
         caps = await self._get_capabilities()
         caps.require("termination", "terminate()")
         retry = _Retry(self)
