@@ -298,6 +298,11 @@ async def test_upload_limit_is_honoured(backend: str, tmp_path: Path, store: URL
             with pytest.raises(MaxSizeExceeded):
                 await client.upload(payload(tmp_path, 1001))
             assert await client.upload(payload(tmp_path, 1000, "ok.bin"))
+            # negotiated: the creation carries the content; the server's 413 comes while it is
+            # still being sent, and ends the request
+            with pytest.raises(MaxSizeExceeded):
+                await client.upload(payload(tmp_path, 2 * MIB, "big.bin"))
+            assert len(list(server.directory.glob("*.info"))) == 1  # ok.bin only
             with pytest.raises(MaxSizeExceeded):
                 await client.upload(pieces(b"x" * 1500, 100), chunk_size=100)
             with pytest.raises(MaxSizeExceeded):

@@ -393,17 +393,16 @@ class DraftUploader:
                         await stream.send(connection.send(h11.Data(data=piece)) or b"")
                 with anyio.fail_after(client.timeout):
                     await stream.send(connection.send(h11.EndOfMessage()) or b"")
-            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError):
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError):
                 # the connection broke: the reader sees it too, and whether a 104 came first
                 pass
             except h11.LocalProtocolError:
                 # the server answered early (its final response ended our side's message)
                 pass
-            except BaseException as exc:
+            except Exception as exc:  # noqa: BLE001 - raised again by the caller's task
                 # the source failed (a file that shrank...): end the exchange with its error
                 failure.append(exc)
                 scope.cancel()
-                raise
 
         async def receive_response() -> None:
             status = 0
@@ -453,9 +452,11 @@ class DraftUploader:
                     h11.ProtocolError,
                 ) as exc:
                     failure.append(httpx.ReadError(repr(exc), request=request))
+                except Exception as exc:  # noqa: BLE001 - raised below, outside the task group
+                    failure.append(exc)
                 tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:  # noqa: F821 - builtin from 3.11, anyio's backport
-            raise group.exceptions[0] from None
+        except OSError as exc:  # closing the socket
+            failure.append(httpx.ReadError(repr(exc), request=request))
         if failure:
             raise failure[0]
         return result[0]
@@ -483,8 +484,6 @@ class DraftUploader:
         while offset < size or (first and complete and offset == size):
             end = size if chunk_size is None else min(size, offset + chunk_size)
             last = complete and end == size
-            if not first and offset == size and not last:
-                break
             first = False
             headers = self._headers(
                 version,
@@ -633,7 +632,7 @@ class DraftUploader:
                 offset = maybe_offset
         assert client.draft_version is not None
         progress.set(0, offset)
-        if offset < size or size == 0:
+        if offset < size:
             await self.send_from(
                 url,
                 client.draft_version,
