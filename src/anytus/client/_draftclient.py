@@ -353,7 +353,8 @@ class DraftUploader:
         request = httpx.Request("POST", url)
         tls = url.scheme == "https"
         port = url.port or (443 if tls else 80)
-        host_header = url.host if url.port is None else f"{url.host}:{url.port}"
+        # (netloc keeps an IPv6 address's brackets and leaves out a default port)
+        host_header = url.netloc.decode("ascii")
         all_headers = [
             ("Host", host_header),
             *((k, v) for k, v in client.headers.items() if k.lower() != "host"),
