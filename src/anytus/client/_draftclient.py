@@ -380,6 +380,8 @@ class DraftUploader:
         failure: list[BaseException] = []
         result: list[httpx.Response] = []
 
+        body_sent = anyio.Event()
+
         async def send_request(scope: anyio.CancelScope) -> None:
             try:
                 with anyio.fail_after(client.timeout):
@@ -394,9 +396,13 @@ class DraftUploader:
                         await stream.send(connection.send(h11.Data(data=piece)) or b"")
                 with anyio.fail_after(client.timeout):
                     await stream.send(connection.send(h11.EndOfMessage()) or b"")
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError):
+                body_sent.set()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 # the connection broke: the reader sees it too, and whether a 104 came first
                 pass
+            except TimeoutError:
+                failure.append(httpx.WriteTimeout("the server stopped reading", request=request))
+                scope.cancel()
             except h11.LocalProtocolError:
                 # the server answered early (its final response ended our side's message)
                 pass
@@ -412,11 +418,18 @@ class DraftUploader:
             while True:
                 event = connection.next_event()
                 if event is h11.NEED_DATA:
-                    with anyio.fail_after(client.timeout):
+                    # the read timeout runs once the body is out: before, the server may rightly
+                    # say nothing (after its 104) for as long as the body takes
+                    data = None
+                    with anyio.move_on_after(client.timeout):
                         try:
                             data = await stream.receive(READ_SIZE)
                         except (anyio.EndOfStream, anyio.BrokenResourceError):
                             data = b""
+                    if data is None:
+                        if body_sent.is_set():
+                            raise TimeoutError("no response from the server")
+                        continue
                     connection.receive_data(data)
                 elif isinstance(event, h11.InformationalResponse):
                     if event.status_code == 104:
