@@ -17,11 +17,13 @@ import anyio
 import pytest
 
 from _client_helpers import Peer, PeerKind, Proxy, start_peer
-from _server import subprocess_env
-from anytus import ExtensionUnsupported, MaxSizeExceeded, ResponseError
+from _server import serve_app, subprocess_env, upload_id_of
+from anytus import ExtensionUnsupported, FileStore, MaxSizeExceeded, ResponseError
 from anytus._sfv import dict_ints, parse_dict
+from anytus.asgi import TusApp
 from anytus.client import StoredUpload, TusClient, URLStore
 from anytus.client._draftclient import DRAFT_VERSIONS
+from test_client import Faulty
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -384,3 +386,34 @@ def test_cli_upload_draft(servers: dict[PeerKind, Peer], tmp_path: Path) -> None
         assert result.returncode == 0, result.stderr
         url = result.stdout.split()[-1]
         assert server.stored(url) == path.read_bytes()
+
+
+# -- statuses on cue -------------------------------------------------------------------------------
+
+
+async def test_423_and_5xx_are_retried_after_asking_the_offset(
+    tmp_path: Path, store: URLStore
+) -> None:
+    faulty = Faulty(TusApp(FileStore(tmp_path / "uploads")), {})
+    path = payload(tmp_path, 100_000)
+    faulty.faults["PATCH"] = [(423, {}), (503, {"Retry-After": "0"}), (500, {})]
+    async with serve_app(faulty) as url, draft_client(url, store) as client:
+        first = await client.upload(path)
+        faulty.faults["POST"] = [(503, {}), (429, {})]
+        second = await client.upload(path, resume=False)
+    for upload in (first, second):
+        stored = tmp_path / "uploads" / f"{upload_id_of(upload)}.bin"
+        assert stored.read_bytes() == path.read_bytes()
+    assert faulty.log == [
+        ("POST", 201),  # negotiated at once: 10
+        ("PATCH", 423),
+        ("HEAD", 204),
+        ("PATCH", 503),
+        ("HEAD", 204),
+        ("PATCH", 500),
+        ("HEAD", 204),
+        ("PATCH", 200),
+        ("POST", 503),
+        ("POST", 429),
+        ("POST", 201),
+    ]

@@ -28,6 +28,7 @@ from .._exceptions import ExtensionUnsupported, MaxSizeExceeded, ResponseError
 from .._sfv import dict_ints, item_bool, item_int
 from ._client import (
     READ_SIZE,
+    RETRY_STATUSES,
     _ChunkSource,
     _FileSource,
     _gather,
@@ -257,7 +258,7 @@ class DraftUploader:
             except httpx.TransportError as exc:
                 await retry.after(exc, 0)
                 continue
-            if response.status_code < 500 and response.status_code not in (408, 423, 429):
+            if response.status_code not in RETRY_STATUSES:
                 return response
             await retry.after(response, 0)
 
@@ -309,7 +310,7 @@ class DraftUploader:
             if interim and response.status_code >= 500:
                 # the upload exists: go on from what the server kept
                 return interim[0], None
-            if response.status_code < 500 and not _is_draft_answer(response):
+            if response.status_code not in RETRY_STATUSES and not _is_draft_answer(response):
                 raise ExtensionUnsupported(
                     f"{self.client.url} no longer speaks the resumable-upload draft at interop "
                     f"version {version} (it answered {response.status_code})"
