@@ -349,8 +349,10 @@ async def test_cut_creation_resumes_from_the_104(
 
             async def cut_after_the_104() -> None:
                 await proxy.stalled.wait()
-                # the client kept the 104's URL while the body was still going out
-                await remembered.wait()
+                # the client kept the 104's URL while the body was still going out (a server
+                # without 104s would leave this waiting: fail instead)
+                with anyio.fail_after(10):
+                    await remembered.wait()
                 proxy.release()
 
             tg.start_soon(cut_after_the_104)
@@ -386,6 +388,19 @@ def test_cli_upload_draft(servers: dict[PeerKind, Peer], tmp_path: Path) -> None
         assert result.returncode == 0, result.stderr
         url = result.stdout.split()[-1]
         assert server.stored(url) == path.read_bytes()
+    refused = subprocess.run(
+        [
+            sys.executable, "-m", "anytus", "upload", str(path), "--endpoint", server.url,
+            "--draft", "--parallel", "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "no --parallel" in refused.stderr
 
 
 # -- statuses on cue -------------------------------------------------------------------------------
