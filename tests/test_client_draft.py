@@ -8,6 +8,7 @@ proxy of ``_client_helpers`` breaks or stalls connections.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -309,6 +310,19 @@ async def test_upload_limit_is_honoured(backend: str, tmp_path: Path, store: URL
                 await client.upload(pieces(b"x" * 1500, 100), chunk_size=100)
             with pytest.raises(MaxSizeExceeded):
                 await client.upload(pieces(b"x" * 1500, 100), length=1500)
+
+
+async def test_filetype_is_the_content_type(servers: dict[PeerKind, Peer], tmp_path: Path) -> None:
+    server = servers["anytus-trio"]
+    path = payload(tmp_path, 100)
+    async with draft_client(server.url, False) as client:
+        first = await client.upload(path, metadata={"filetype": "text/plain"})
+        second = await client.upload(path, metadata={"filetype": "image/png", "name": "x"})
+        with pytest.raises(ValueError, match="filetype"):
+            await client.upload(path, metadata={"filetype": "text/plain\n"})
+    for url, filetype in ((first, "text/plain"), (second, "image/png")):
+        info = json.loads(server.data_path(url).with_suffix(".info").read_text())
+        assert info["MetaData"]["filetype"] == filetype
 
 
 def test_upload_limit_parsing() -> None:

@@ -607,6 +607,8 @@ class TusClient:
         # the draft has no metadata field: the media type goes as the creation's Content-Type
         filetype = (metadata or {}).get("filetype", "application/octet-stream")
         content_type = filetype.decode() if isinstance(filetype, bytes) else filetype
+        if not (content_type.isascii() and content_type.isprintable()):
+            raise ValueError(f"filetype {content_type!r} cannot be a Content-Type")
         if isinstance(source, AsyncIterable):
             return await self._draft.upload_stream(
                 source,

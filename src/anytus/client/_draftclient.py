@@ -400,13 +400,17 @@ class DraftUploader:
                 body_sent.set()
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 # the connection broke: the reader sees it too, and whether a 104 came first
-                pass
+                # (from now on it waits no longer than the read timeout)
+                body_sent.set()
             except TimeoutError:
                 failure.append(httpx.WriteTimeout("the server stopped reading", request=request))
                 scope.cancel()
-            except h11.LocalProtocolError:
-                # the server answered early (its final response ended our side's message)
-                pass
+            except h11.LocalProtocolError as exc:
+                if connection.their_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    # no final answer yet: the request itself cannot be sent (a bad field value)
+                    failure.append(ValueError(f"cannot send the creation request: {exc}"))
+                    scope.cancel()
+                # else the server answered early (its final response ended our message)
             except Exception as exc:  # noqa: BLE001 - raised again by the caller's task
                 # the source failed (a file that shrank...): end the exchange with its error
                 failure.append(exc)
