@@ -522,6 +522,9 @@ class DraftUploader:
                 continue
             if response.is_success:
                 new_offset = item_int(response.headers.get("Upload-Offset"))
+                if new_offset is not None and new_offset <= offset < end:
+                    # the server stored nothing: count it as a failure, or this would loop
+                    await retry.after(response, offset)
                 offset = end if new_offset is None else new_offset
                 retry.progressed(offset)
                 progress.set(0, offset)
