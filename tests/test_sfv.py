@@ -10,7 +10,15 @@ from decimal import Decimal
 import http_sf
 import pytest
 
-from anytus._sfv import ParseError, Token, item_bool, item_int, parse_item, serialize_int_dict
+from anytus._sfv import (
+    ParseError,
+    Token,
+    item_bool,
+    item_int,
+    parse_dict,
+    parse_item,
+    serialize_int_dict,
+)
 
 CASES = [
     # integers
@@ -110,3 +118,27 @@ def test_dictionary_serialisation_round_trips() -> None:
 def test_dictionary_refuses_what_is_not_a_structured_field(members: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=r"Dictionary key|out of range"):
         serialize_int_dict(members)
+
+
+DICT_CASES = [
+    "a=1", "a=1, b=2", "a=1,b=2", "a", "a, b=?0", "a=1,", ",a=1", "a=1 , b=2", "a=1\t,\tb=2",
+    "a=1;x=2, b", "A=1", "a=1, a=2", "", " a=1 ", "a=1 b=2", "a=1,,b=2", "a=1.5", 'a="x"',
+    "max-size=1000, max-age=60", "min-size=0,max-size=5", "a=1;", "a=",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", DICT_CASES)
+def test_dictionaries_as_http_sf(text: str) -> None:
+    try:
+        theirs = http_sf.parse(text.encode(), tltype="dictionary")
+    except http_sf.StructuredFieldError:
+        theirs = None
+    try:
+        ours = parse_dict(text)
+    except ParseError:
+        ours = None
+    if theirs is None or ours is None:
+        assert theirs is ours is None, (theirs, ours)
+        return
+    assert isinstance(theirs, dict)
+    assert ours == {key: _normalise(value[0]) for key, value in theirs.items()}
