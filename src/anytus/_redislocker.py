@@ -37,6 +37,7 @@ import anyio.to_thread
 from ._datastore import DEFAULT_LOCK_TIMEOUT, Locker
 from ._exceptions import LockTimeout, ServiceUnavailable
 from ._ids import validate_upload_id
+from ._locks import _call_release_callback
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,15 +98,6 @@ def _import_redis() -> Any:
             "RedisLocker needs redis-py: install the extra, pip install 'anytus[redis]'"
         ) from None
     return redis
-
-
-def _call_release_callback(callback: Callable[[], object] | None, upload_id: str) -> None:
-    if callback is None:
-        return
-    try:
-        callback()
-    except Exception:
-        logger.exception("on_release callback for upload %s failed", upload_id)
 
 
 @dataclass(eq=False)
