@@ -276,6 +276,17 @@ async def test_a_tus_only_server_is_refused(tmp_path: Path, store: URLStore) -> 
         assert list(server.directory.glob("*.info")) == []
 
 
+async def test_tusd_pinned_at_6(servers: dict[PeerKind, Peer], tmp_path: Path) -> None:
+    tusd = servers["tusd"]
+    path = payload(tmp_path, 300_000)
+    async with draft_client(tusd.url, False, draft_version=6) as client:
+        first = await client.upload(path)  # one bodiless creation: no stepping down
+        second = await client.upload(path, chunk_size=100_000)
+        assert client.draft_version == 6
+    assert tusd.stored(first) == path.read_bytes()
+    assert tusd.stored(second) == path.read_bytes()
+
+
 def test_invalid_draft_arguments() -> None:
     with pytest.raises(ValueError, match="draft_version"):
         TusClient("http://127.0.0.1:1/files/", protocol="draft", draft_version=5)
@@ -338,10 +349,12 @@ def test_upload_limit_parsing() -> None:
 # -- the 104: a cut creation resumes at the URL it named ---------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["anytus-trio", "tusd"])
 async def test_cut_creation_resumes_from_the_104(
-    servers: dict[PeerKind, Peer], tmp_path: Path
+    kind: PeerKind, servers: dict[PeerKind, Peer], tmp_path: Path
 ) -> None:
-    server = servers["anytus-trio"]  # anytus's h11 server sends the 104
+    # anytus's h11 server (`anytus serve --backend trio`) sends the 104, and so does tusd
+    server = servers[kind]
     path = payload(tmp_path, 3 * MIB, text=True)
     remembered = anyio.Event()
 
