@@ -38,8 +38,10 @@ __all__ = ("ProgressCallback", "TusClient")
 
 TUS_VERSION: Final = "1.0.0"
 OFFSET_CONTENT_TYPE: Final = "application/offset+octet-stream"
-#: bytes per worker-thread read of a file, and per piece handed to httpx
-READ_SIZE: Final = 1 << 22
+#: bytes per worker-thread read of a file, and per piece handed to httpx. 1 MiB rather than 4:
+#: measured with bench_client.py (1 GiB, rounds interleaved with curl), 0.83-1.01x curl's
+#: throughput against 0.69-0.87x, with less memory; reading ahead while sending did not help
+READ_SIZE: Final = 1 << 20
 #: SO_SNDBUF of the client's connections
 SEND_BUFFER: Final = 4 << 20
 #: async sources are sent in chunks of this size unless told otherwise (each chunk is held in
