@@ -270,6 +270,40 @@ class _FileBody(httpx.AsyncByteStream):
         return data
 
 
+def stream_piece(
+    chunk: bytes,
+    last: bool,
+    position: int,
+    *,
+    skip: int,
+    length: int | None,
+    max_size: int | None,
+) -> tuple[int, tuple[memoryview, int] | None]:
+    """The next *chunk* of an async source that starts at *position*: the position after it, and
+    the part of it the server does not have yet (the first *skip* bytes it has) with its start,
+    or ``None`` when the server has all of it and it is not the *last*.
+
+    :raises ValueError: the source yields more than *length*, or ends before it or before *skip*
+    :raises ~anytus.MaxSizeExceeded: the source goes past the server's *max_size*
+    """
+    start = position
+    position += len(chunk)
+    if length is not None and position > length:
+        raise ValueError(f"the source yielded more than length={length} bytes")
+    if max_size is not None and position > max_size:
+        raise MaxSizeExceeded(f"the source went past the server's maximum of {max_size} bytes")
+    if last and length is not None and position < length:
+        raise ValueError(f"the source ended after {position} of {length} bytes")
+    if last and position < skip:
+        raise ValueError(f"the source ended after {position} bytes; the server has {skip}")
+    if position <= skip and not last:
+        return position, None
+    view = memoryview(chunk)
+    if start < skip:
+        view, start = view[skip - start :], skip
+    return position, (view, start)
+
+
 def _read_at(file: BinaryIO, offset: int, size: int) -> bytes:
     file.seek(offset)
     return file.read(size)
@@ -987,25 +1021,12 @@ class TusClient:
             position = 0
             async with receive_chunks:
                 async for chunk, last in receive_chunks:
-                    start = position
-                    position += len(chunk)
-                    if length is not None and position > length:
-                        raise ValueError(f"the source yielded more than length={length} bytes")
-                    if caps.max_size is not None and position > caps.max_size:
-                        raise MaxSizeExceeded(
-                            f"the source went past the server's maximum of {caps.max_size} bytes"
-                        )
-                    if last and length is not None and position < length:
-                        raise ValueError(f"the source ended after {position} of {length} bytes")
-                    if last and position < skip:
-                        raise ValueError(
-                            f"the source ended after {position} bytes; the server has {skip}"
-                        )
-                    if position <= skip and not last:
+                    position, piece = stream_piece(
+                        chunk, last, position, skip=skip, length=length, max_size=caps.max_size
+                    )
+                    if piece is None:
                         continue
-                    view = memoryview(chunk)
-                    if start < skip:
-                        view, start = view[skip - start :], skip
+                    view, start = piece
                     if last:
                         progress.total = position
                     await self._send_from(

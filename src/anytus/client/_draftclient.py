@@ -39,6 +39,7 @@ from ._client import (
     _reporter,
     _Retry,
     _Source,
+    stream_piece,
 )
 from ._urlstore import StoredUpload
 
@@ -708,25 +709,12 @@ class DraftUploader:
             position = 0
             async with receive_chunks:
                 async for chunk, last in receive_chunks:
-                    start = position
-                    position += len(chunk)
-                    if length is not None and position > length:
-                        raise ValueError(f"the source yielded more than length={length} bytes")
-                    if max_size is not None and position > max_size:
-                        raise MaxSizeExceeded(
-                            f"the source went past the server's maximum of {max_size} bytes"
-                        )
-                    if last and length is not None and position < length:
-                        raise ValueError(f"the source ended after {position} of {length} bytes")
-                    if last and position < skip:
-                        raise ValueError(
-                            f"the source ended after {position} bytes; the server has {skip}"
-                        )
-                    if position <= skip and not last:
+                    position, piece = stream_piece(
+                        chunk, last, position, skip=skip, length=length, max_size=max_size
+                    )
+                    if piece is None:
                         continue
-                    view = memoryview(chunk)
-                    if start < skip:
-                        view, start = view[skip - start :], skip
+                    view, start = piece
                     if last:
                         progress.total = position
                     await self.send_from(
