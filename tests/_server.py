@@ -478,6 +478,15 @@ async def read_raw_response(
     return RawResponse(status=status, headers=headers, body=rest[:length])
 
 
+def wait_for_sync(predicate: Callable[[], bool], *, timeout: float = 20.0) -> bool:
+    """Poll another process's state until *predicate* holds or *timeout* passes (there is
+    nothing to wait on across processes); return its last value."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return result
+
+
 async def wait_for(
     predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
     *,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from _children import command
@@ -153,7 +154,9 @@ class TestBothLockers:
             async with locker.lock(UPLOAD_ID, timeout=20):
                 active += 1
                 most = max(most, active)
-                await anyio.sleep(0.02)
+                # let every other task run (and try the lock) while this one holds it
+                for _ in range(10):
+                    await anyio.lowlevel.checkpoint()
                 assert active == 1
                 active -= 1
             finished += 1
@@ -431,7 +434,7 @@ class TestFileLockerFile:
 
                 async with file_locker.lock(UPLOAD_ID, on_release=on_release):
                     held.set()
-                    await anyio.sleep(20)
+                    await anyio.sleep_forever()  # until on_release cancels it
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(holder)

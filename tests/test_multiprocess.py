@@ -212,7 +212,7 @@ async def test_release_request_from_another_process(
                 other_backend(anyio_backend_name),
                 stderr_path=work_dir / "stderr",
             )
-            await anyio.sleep(20)
+            await anyio.sleep_forever()  # until the requester's release request cancels it
 
     assert scope.cancelled_caught, "the holder was not asked to let go"
     assert calls == [loop_thread]  # once, in the holder's event loop

@@ -28,11 +28,12 @@ from _server import (
     run_server_process,
     subprocess_env,
     wait_for,
+    wait_for_sync,
 )
 from anytus._serve import BACKLOG
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 
 pytestmark = pytest.mark.slow
@@ -176,10 +177,9 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
         client.start()
         try:
             # mid-upload: some bytes stored, far from all
-            deadline = time.monotonic() + 20
-            while not (stored.exists() and stored.stat().st_size > 0):
-                assert time.monotonic() < deadline, server.stderr_lines
-                time.sleep(0.01)
+            assert wait_for_sync(lambda: stored.exists() and stored.stat().st_size > 0), (
+                server.stderr_lines
+            )
             exit_code = server.stop(signal.SIGTERM, timeout=20)
         finally:
             client.join(30)
@@ -227,10 +227,12 @@ def test_shutdown_waits_for_a_running_upload_and_a_second_signal_does_not(
                 request = raw_request("PATCH", path, host, headers, content_length=len(data))
                 client.sendall(request + data[:100_000])
             locks = [directory / f"{path.rsplit('/', 1)[1]}.lock" for path in target]
-            assert poll(lambda: all(lock.exists() for lock in locks)), server.stderr_lines
+            assert wait_for_sync(lambda: all(lock.exists() for lock in locks)), server.stderr_lines
 
             server.process.send_signal(signal.SIGINT)
-            assert poll(lambda: any("shutting down" in line for line in server.stderr_lines))
+            assert wait_for_sync(
+                lambda: any("shutting down" in line for line in server.stderr_lines)
+            )
             # the running request goes on to its end and is answered
             finishing.sendall(data[100_000:])
             finishing.settimeout(20)
@@ -249,16 +251,6 @@ def test_shutdown_waits_for_a_running_upload_and_a_second_signal_does_not(
     assert first.read_bytes() == data
     kept = second.read_bytes()
     assert kept == data[: len(kept)]
-
-
-def poll(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    """Poll another process's state until *predicate* holds or *timeout* passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -280,15 +272,15 @@ def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backen
                 + data[:100_000]
             )
             # the worker streaming the body holds the lock: its PID is the record's first line
-            assert poll(lambda: lock.exists() and lock.read_bytes().count(b"\n") >= 1)
+            assert wait_for_sync(lambda: lock.exists() and lock.read_bytes().count(b"\n") >= 1)
             holder = int(lock.read_text().split()[0])
             stored = server.directory / f"{upload_id}.bin"
             assert holder in first_workers
             os.kill(holder, signal.SIGKILL)
 
             # reaped at once: no zombie left for lock judgements to trip on
-            assert poll(lambda: not os.path.exists(f"/proc/{holder}")), server.stderr_lines
-            assert poll(lambda: any("is ready" in line for line in server.stderr_lines))
+            assert wait_for_sync(lambda: not os.path.exists(f"/proc/{holder}")), server.stderr_lines
+            assert wait_for_sync(lambda: any("is ready" in line for line in server.stderr_lines))
         assert any(f"worker {holder} exited with status -9" in line for line in server.stderr_lines)
         assert server.process.poll() is None
 
@@ -313,10 +305,9 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path, backend: str
         workers = worker_pids(server)
         server.process.kill()
         server.process.wait()
-        deadline = time.monotonic() + 15
-        while any(running(pid) for pid in workers):
-            assert time.monotonic() < deadline, "workers kept running without their supervisor"
-            time.sleep(0.1)
+        assert wait_for_sync(lambda: not any(running(pid) for pid in workers), timeout=15), (
+            "workers kept running without their supervisor"
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -356,7 +347,7 @@ def test_logs_name_each_request_and_upload_event(tmp_path: Path, log_format: str
                 path = f"/files/{upload_id}"
                 client.sendall(raw_request("PATCH", path, host, headers, content_length=5000))
                 client.sendall(b"a" * 1000)
-            assert poll(lambda: any("interrupted" in line for line in server.stderr_lines))
+            assert wait_for_sync(lambda: any("interrupted" in line for line in server.stderr_lines))
             resumed = tus.patch(
                 url,
                 headers={"Upload-Offset": "1000", "Content-Type": OFFSET_CONTENT_TYPE},
@@ -364,7 +355,7 @@ def test_logs_name_each_request_and_upload_event(tmp_path: Path, log_format: str
             )
             assert resumed.status_code == 204
             assert tus.delete(url).status_code == 204
-            assert poll(lambda: any("DELETE" in line for line in server.stderr_lines))
+            assert wait_for_sync(lambda: any("DELETE" in line for line in server.stderr_lines))
     lines = server.stderr_lines
     if log_format == "json":
         records = [json.loads(line) for line in lines if line.startswith("{")]
@@ -471,7 +462,7 @@ def test_out_of_file_descriptors_answers_503(tmp_path: Path) -> None:
             assert b"ERR_TOO_MANY_OPEN_FILES" in head
             assert b"\r\nretry-after: " in head.lower()
         # the peak has passed: it serves again
-        assert poll(lambda: httpx.options(server.url).status_code == 200)
+        assert wait_for_sync(lambda: httpx.options(server.url).status_code == 200)
         created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
         assert created.status_code == 201
         assert server.process.poll() is None

@@ -42,10 +42,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _server import TUS, ServerProcess, run_server_process, subprocess_env
+from _server import TUS, ServerProcess, run_server_process, subprocess_env, wait_for_sync
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
 
 #: how many fuzzed examples (of one to three connections each) each backend gets
@@ -135,15 +135,6 @@ def problems_in_log(server: ServerProcess, start: int = 0) -> list[str]:
         for line in server.stderr_lines[start:]
         if "Traceback" in line or "[ERROR]" in line or "[CRITICAL]" in line
     ]
-
-
-def wait_for_sync(predicate: Callable[[], bool], *, timeout: float) -> bool:
-    """Poll *predicate* until it is true or *timeout* passes (the server logs in another
-    process: there is nothing to wait on); return its last value."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return result
 
 
 def alive(pid: int) -> bool:

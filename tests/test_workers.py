@@ -28,6 +28,7 @@ from _server import (
     read_raw_response,
     run_server_process,
     wait_for,
+    wait_for_sync,
 )
 
 if TYPE_CHECKING:
@@ -199,10 +200,8 @@ def test_signal_shuts_down_cleanly(tmp_path: Path, sig: int, worker_count: int) 
                 + data[:20_000]
             )
             # the PATCH holds the lock (its file is there): the server is reading the body
-            deadline = time.monotonic() + 10
-            while not (directory / f"{upload_id}.lock").exists():
-                assert time.monotonic() < deadline, server.stderr_lines[-20:]
-                time.sleep(0.01)
+            lock = directory / f"{upload_id}.lock"
+            assert wait_for_sync(lock.exists, timeout=10), server.stderr_lines[-20:]
 
             started = time.monotonic()
             exit_code = server.stop(sig, timeout=20)
