@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -12,7 +13,7 @@ import socket
 import time
 import urllib.parse
 import zlib
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, Literal, Protocol
@@ -656,12 +657,8 @@ class TusClient:
                 resume=resume,
             )
         path = Path(source)
-        file = await anyio.to_thread.run_sync(_open, path)
-        try:
+        async with _opened(path) as file:
             size, fingerprint = await anyio.to_thread.run_sync(_fingerprint, file, path)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(file.close)
         return await self._draft.upload_file(
             path,
             size,
@@ -698,8 +695,7 @@ class TusClient:
             caps = await self._get_capabilities()
             caps.require("checksum", f"checksum={checksum!r}")
         state = await self._head(url, _Retry(self))
-        file = await anyio.to_thread.run_sync(_open, Path(path))
-        try:
+        async with _opened(Path(path)) as file:
             size = await anyio.to_thread.run_sync(_size, file)
             if size is not None and state.length is not None and state.length != size:
                 raise ValueError(f"{path} has {size} bytes, the upload at {url} {state.length}")
@@ -716,9 +712,6 @@ class TusClient:
                 checksum=checksum,
                 declare_length=state.length is None,
             )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(file.close)
         return url
 
     async def offset(self, url: str) -> int:
@@ -804,8 +797,7 @@ class TusClient:
         resume: bool,
         caps: _Capabilities,
     ) -> str:
-        file = await anyio.to_thread.run_sync(_open, path)
-        try:
+        async with _opened(path) as file:
             size, fingerprint = await anyio.to_thread.run_sync(_fingerprint, file, path)
             if caps.max_size is not None and size > caps.max_size:
                 raise MaxSizeExceeded(
@@ -842,9 +834,6 @@ class TusClient:
                     stored=stored,
                     caps=caps,
                 )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(file.close)
         if self.store is not None:
             with anyio.CancelScope(shield=True):
                 await self.store.remove(store_key)
@@ -940,8 +929,7 @@ class TusClient:
 
         async def send_part(index: int) -> None:
             # each part has its own file object: reads of one do not move another's position
-            part_file = await anyio.to_thread.run_sync(_open, Path(file.name))
-            try:
+            async with _opened(Path(file.name)) as part_file:
                 base = bounds[index]
                 progress.set(index, offsets[index])
                 await self._send_from(
@@ -955,9 +943,6 @@ class TusClient:
                     chunk_size=chunk_size,
                     checksum=checksum,
                 )
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(part_file.close)
 
         await _gather([partial(send_part, index) for index in range(parts)])
 
@@ -1220,6 +1205,17 @@ def _file_chunk_size(chunk_size: int | None, checksum: str | None) -> int | None
 
 def _open(path: Path) -> BinaryIO:
     return path.open("rb")
+
+
+@contextlib.asynccontextmanager
+async def _opened(path: Path) -> AsyncIterator[BinaryIO]:
+    """*path* opened for reading in a worker thread, and closed there, cancelled or not."""
+    file = await anyio.to_thread.run_sync(_open, path)
+    try:
+        yield file
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(file.close)
 
 
 def _size(file: BinaryIO) -> int:

@@ -33,7 +33,7 @@ from ._client import (
     _FileSource,
     _gather,
     _NoBody,
-    _open,
+    _opened,
     _produce_chunks,
     _Progress,
     _reporter,
@@ -564,8 +564,7 @@ class DraftUploader:
     ) -> str:
         client = self.client
         store_key = f"{client.url} draft {key if key is not None else fingerprint}"
-        file = await anyio.to_thread.run_sync(_open, path)
-        try:
+        async with _opened(path) as file:
             source = _FileSource(file, client._limiter)
             url = await self._upload(
                 source,
@@ -576,9 +575,6 @@ class DraftUploader:
                 store_key=store_key,
                 resume=resume,
             )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(file.close)
         await self._forget(store_key)
         return url
 
@@ -738,8 +734,7 @@ class DraftUploader:
         """Continue the draft upload at *url* with the file at *path*."""
         client = self.client
         version, state = await self.state(url)
-        file = await anyio.to_thread.run_sync(_open, path)
-        try:
+        async with _opened(path) as file:
             size = await anyio.to_thread.run_sync(_fstat_size, file)
             if state.length is not None and state.length != size:
                 raise ValueError(f"{path} has {size} bytes, the upload at {url} {state.length}")
@@ -756,9 +751,6 @@ class DraftUploader:
                     chunk_size=chunk_size,
                     complete=True,
                 )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(file.close)
         return url
 
 
