@@ -429,58 +429,17 @@ def ceiling_upload(port: int, total: int, payload: Payload) -> None:
 # --- servers ----------------------------------------------------------------------------------------
 
 
-#: `anytus serve` with bench-only patches applied in the serving process (the CLI has no options
-#: for them): FileStore's default durability, hypercorn's read size. With --workers the workers
-#: (spawned interpreters) would not be patched, so the combination is refused.
-PATCHED_LAUNCHER = """
-import sys
-durability, recv_size = sys.argv[1], int(sys.argv[2])
-del sys.argv[1:3]
-if durability:
-    import anytus._filestore as filestore
-    original = filestore.FileStore.__init__
-    def init(self, *args, **kwargs):
-        kwargs.setdefault("durability", durability)
-        original(self, *args, **kwargs)
-    filestore.FileStore.__init__ = init
-if recv_size:
-    import hypercorn.asyncio.tcp_server, hypercorn.trio.tcp_server
-    hypercorn.asyncio.tcp_server.MAX_RECV = hypercorn.trio.tcp_server.MAX_RECV = recv_size
-    # on asyncio the socket is read by the transport (256 KiB recv calls) into a StreamReader that
-    # pauses reading beyond 2 x its limit (64 KiB): raise both as well
-    import asyncio, asyncio.selector_events, functools
-    asyncio.selector_events._SelectorSocketTransport.max_size = recv_size
-    asyncio.start_server = functools.partial(asyncio.start_server, limit=recv_size)
-from anytus._cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def anytus_command(
-    patch_durability: str, recv_size: int | None
-) -> tuple[list[str], dict[str, str]]:
-    """The command that runs ``anytus``, through :data:`PATCHED_LAUNCHER` if anything needs
-    patching (*patch_durability*: FileStore's default durability, "" to leave it)."""
+def anytus_command() -> tuple[list[str], dict[str, str]]:
+    """The command that runs ``anytus`` (this checkout's, if none is installed)."""
     env = dict(os.environ)
     if importlib.util.find_spec("anytus") is None:
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(REPO / "src"), env.get("PYTHONPATH")])
         )
-    if patch_durability or recv_size:
-        return [sys.executable, "-c", PATCHED_LAUNCHER, patch_durability, str(recv_size or 0)], env
     script = Path(sys.executable).parent / "anytus"
     if script.exists():
         return [str(script)], env
     return [sys.executable, "-m", "anytus"], env
-
-
-def serve_has_durability_option() -> bool:
-    """Whether this version of ``anytus serve`` takes ``--durability`` (else it is patched in)."""
-    command, env = anytus_command("", None)
-    result = subprocess.run(
-        [*command, "serve", "--help"], capture_output=True, text=True, env=env, check=False
-    )
-    return "--durability" in result.stdout
 
 
 @dataclass
@@ -500,10 +459,8 @@ class Server:
                 self.process.wait()
 
 
-def start_anytus(
-    directory: Path, log: Path, extra: list[str], patch_durability: str, recv_size: int | None
-) -> Server:
-    command, env = anytus_command(patch_durability, recv_size)
+def start_anytus(directory: Path, log: Path, extra: list[str]) -> Server:
+    command, env = anytus_command()
     command += ["serve", "--host", "127.0.0.1", "--port", "0", "--dir", str(directory), *extra]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
@@ -827,15 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("finish", "none"),
         default="finish",
         help="finish: anytus serve's default (FileStore fsyncs each completed upload); none: no "
-        "fsync, to see the HTTP path without the disk: passed as --durability none if anytus "
-        "serve has that option, else patched into the serving process (not with --workers) "
-        "(finish)",
-    )
-    parser.add_argument(
-        "--hypercorn-recv-size",
-        type=parse_size,
-        help="patch hypercorn's socket read size (MAX_RECV, 64K; on asyncio also the transport's "
-        "recv size and the StreamReader limit) in the server, to see its effect",
+        "fsync, to see the HTTP path without the disk (passed as --durability none) (finish)",
     )
     parser.add_argument(
         "--ceiling-fsync",
@@ -863,17 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.receiver is not None:
         receiver_main(args.receiver, args.receiver_fsync)
         return 0
-    patch_durability = ""
     if args.durability != "finish":
-        if serve_has_durability_option():
-            args.server_arg.append(f"--durability={args.durability}")
-        else:
-            patch_durability = args.durability
-    if (patch_durability or args.hypercorn_recv_size) and args.workers and args.workers > 1:
-        parser.error(
-            "--hypercorn-recv-size, and --durability with an anytus serve that has no such "
-            "option, patch the serving process: not with --workers"
-        )
+        args.server_arg.append(f"--durability={args.durability}")
     ceiling_fsync = args.ceiling_fsync == "yes" or (
         args.ceiling_fsync == "auto" and args.durability != "none"
     )
@@ -906,13 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         (root / "anytus").mkdir()
         (root / "ceiling").mkdir()
 
-        server = start_anytus(
-            root / "anytus", root / "anytus.log", extra, patch_durability, args.hypercorn_recv_size
-        )
+        server = start_anytus(root / "anytus", root / "anytus.log", extra)
         print(
             f"bench_e2e: anytus serve {' '.join(extra) or '(defaults)'} at {server.url}, "
-            f"durability {args.durability}, hypercorn read size "
-            f"{human(args.hypercorn_recv_size or 64 * KIB)}; ceiling fsync at end: {ceiling_fsync}; "
+            f"durability {args.durability}; ceiling fsync at end: {ceiling_fsync}; "
             f"data in {root}; client --send {args.send}; {os.cpu_count()} CPUs"
         )
         meter = CpuMeter(server.process.pid)

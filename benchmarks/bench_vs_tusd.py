@@ -133,7 +133,7 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
         return start_listening(command, dict(os.environ), target.log, port)
     if target.name == "uvicorn":
         port = free_port()
-        _, env = anytus_command("", None)
+        _, env = anytus_command()
         env["ANYTUS_BENCH_DIR"] = str(target.directory)
         env["ANYTUS_BENCH_DURABILITY"] = durability
         command = [sys.executable, "-m", "uvicorn", "_uvicorn_app:app", "--app-dir"]
@@ -146,7 +146,7 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
     target.command = shlex.join(
         ["anytus", "serve", "--port", "0", "--dir", str(target.directory), *extra]
     )
-    return start_anytus(target.directory, target.log, extra, "", None)
+    return start_anytus(target.directory, target.log, extra)
 
 
 def clear(directory: Path) -> None:
