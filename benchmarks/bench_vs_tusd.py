@@ -6,10 +6,13 @@ targets' order rotates from round to round, and what counts is the ratio of medi
 Targets, each one subprocess on 127.0.0.1 (a free port, its own upload directory), started once:
 
 - ``tusd``: the peer binary (``--tusd``, default ``../shared/peers/tusd``), ``-verbose=false``;
-- ``anytus``: ``anytus serve`` (hypercorn, asyncio); ``--anytus-args`` adds flags;
-- ``anytus-trio``: the same with ``--backend trio``;
+- ``anytus``: ``anytus serve`` (granian, asyncio); ``--anytus-args`` adds flags;
+- ``anytus-trio``: the same with ``--backend trio`` (anytus's own h11 server);
 - ``uvicorn``: ``TusApp(FileStore(dir), base_path="/files/")`` under uvicorn (``_uvicorn_app.py``),
-  with the durability given in ``--anytus-args`` (``pip install -e '.[bench]'``).
+  with the durability given in ``--anytus-args`` (``pip install -e '.[bench]'``);
+- on request, ``floor-granian`` and ``floor-threads`` (``_floor_servers.py``): not tus servers but
+  the least a Python server can do here (uploads in a dict, bytes to a file, nothing else), under
+  granian's ASGI and with no ASGI server at all: the ceiling of each stack, beside tusd's figures.
 
 Legs, with the client of ``bench_e2e.py`` (one thread per connection, bodies sent with sendfile):
 
@@ -69,6 +72,9 @@ if TYPE_CHECKING:
 
 BENCHMARKS = Path(__file__).resolve().parent
 TARGETS = ("tusd", "anytus", "anytus-trio", "uvicorn")
+#: floors (``_floor_servers.py``), on request: the most a Python server reaches here with granian's
+#: ASGI (``floor-granian``) and with no ASGI server at all (``floor-threads``)
+FLOORS = ("floor-granian", "floor-threads")
 REFERENCE = "tusd"
 #: at most this many HEADs per head leg, whatever the duration (one every 5 ms is ~200/s)
 MAX_PROBES = 100_000
@@ -129,6 +135,12 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
         command = [str(tusd), "-host", "127.0.0.1", "-port", str(port)]
         command += ["-upload-dir", str(target.directory), "-base-path", "/files/"]
         command += ["-verbose=false"]
+        target.command = shlex.join(command)
+        return start_listening(command, dict(os.environ), target.log, port)
+    if target.name in FLOORS:
+        port = free_port()
+        command = [sys.executable, str(BENCHMARKS / "_floor_servers.py")]
+        command += [target.name.removeprefix("floor-"), str(port), str(target.directory)]
         target.command = shlex.join(command)
         return start_listening(command, dict(os.environ), target.log, port)
     if target.name == "uvicorn":
@@ -421,7 +433,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], s
     parser.add_argument(
         "--targets",
         default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)}",
+        help=f"comma-separated, of {','.join(TARGETS + FLOORS)} (default: {','.join(TARGETS)})",
     )
     parser.add_argument(
         "--anytus-args",
@@ -449,9 +461,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], s
     args.head_stream_size = args.head_stream_size or (64 if quick else 256) * MIB
     args.head_seconds = args.head_seconds or (2.0 if quick else 5.0)
     names = [name.strip() for name in args.targets.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(TARGETS))
+    unknown = sorted(set(names) - set(TARGETS + FLOORS))
     if unknown or not names:
-        parser.error(f"--targets: unknown {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+        choices = ", ".join(TARGETS + FLOORS)
+        parser.error(f"--targets: unknown {', '.join(unknown)}; choose from {choices}")
     # what the anytus targets run with: the uvicorn target follows anytus serve's --durability
     durability_parser = argparse.ArgumentParser(add_help=False)
     durability_parser.add_argument("--durability", default="finish")
