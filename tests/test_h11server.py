@@ -4,7 +4,9 @@ malformed requests, disconnects, the lifespan and the graceful shutdown."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,13 @@ import pytest
 
 from _helpers import make_store
 from _server import TusClient, read_raw_response, wait_for
-from anytus._h11server import HEAD_TIMEOUT, KEEP_ALIVE_TIMEOUT, WRITE_TIMEOUT, serve
+from anytus._h11server import (
+    HEAD_TIMEOUT,
+    KEEP_ALIVE_TIMEOUT,
+    RAW_BODY,
+    WRITE_TIMEOUT,
+    serve,
+)
 from anytus.asgi import TusApp
 
 if TYPE_CHECKING:
@@ -35,6 +43,7 @@ async def running(
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
     head_timeout: float = HEAD_TIMEOUT,
     write_timeout: float = WRITE_TIMEOUT,
+    raw_bodies: bool = False,
 ) -> AsyncIterator[tuple[str, int]]:
     """Serve *app* on a free port of 127.0.0.1; yield (host, port); shut down at the end."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -60,6 +69,7 @@ async def running(
                 keep_alive_timeout=keep_alive_timeout,
                 head_timeout=head_timeout,
                 write_timeout=write_timeout,
+                raw_bodies=raw_bodies,
             )
         )
         await started.wait()
@@ -504,3 +514,172 @@ async def test_absolute_form_target() -> None:
             ((response, body),) = await read_responses(stream, 1)
             assert response.status_code == 200
             assert body == b"POST /abs/p q=1 0 1"
+
+
+# --- bodies straight from the socket (raw_bodies, as `anytus serve --backend trio` runs it) ------
+
+
+class RawBodyWatch:
+    """Wraps an app; counts the requests whose body went through the server's ``read_into``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.offered = 0
+        self.used = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        extension = scope.get("extensions", {}).get(RAW_BODY)
+        if extension is not None:
+            self.offered += 1
+            read_into = extension["read_into"]
+
+            async def counted(*args: Any) -> tuple[int, str]:
+                self.used += 1
+                result: tuple[int, str] = await read_into(*args)
+                return result
+
+            scope = {
+                **scope,
+                "extensions": {
+                    **scope["extensions"],
+                    RAW_BODY: {**extension, "read_into": counted},
+                },
+            }
+        await self.app(scope, receive, send)
+
+
+def patch_head(upload_id: str, offset: int, length: int, extra: str = "") -> bytes:
+    return (
+        f"PATCH /files/{upload_id} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+def raw_bodies_here(anyio_backend_name: str) -> bool:
+    # as anytus serve runs the server: raw bodies on trio only (anyio's asyncio streams read
+    # ahead into a buffer of their own, so a thread must not read the socket there)
+    return anyio_backend_name == "trio"
+
+
+async def test_a_large_body_goes_from_the_socket_to_the_file(
+    tmp_path: Path, anyio_backend_name: str
+) -> None:
+    """Byte-exact, the part that came with the head included; the connection goes on (a HEAD
+    pipelined right behind the body is answered), and on trio the body took the raw path."""
+    raw = raw_bodies_here(anyio_backend_name)
+    watch = RawBodyWatch(TusApp(await make_store(tmp_path), base_path="/files/"))
+    data = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: far past SMALL_BODY
+    async with running(watch, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+        upload_id = await TusClient(http, f"http://{address[0]}:{address[1]}/files/").new(len(data))
+        stream = await connect(address)
+        head_request = (
+            f"HEAD /files/{upload_id} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n\r\n"
+        ).encode()
+        await stream.send(patch_head(upload_id, 0, len(data)) + data[:1000])
+        await stream.send(data[1000:] + head_request)
+        patched, head = await read_responses(stream, 2, methods=[b"PATCH", b"HEAD"])
+        await stream.aclose()
+    assert patched[0].status_code == 204
+    assert dict(patched[0].headers)[b"upload-offset"] == str(len(data)).encode()
+    assert head[0].status_code == 200
+    assert dict(head[0].headers)[b"upload-offset"] == str(len(data)).encode()
+    assert (tmp_path / f"{upload_id}.bin").read_bytes() == data
+    assert (watch.offered, watch.used) == ((1, 1) if raw else (0, 0))
+
+
+async def test_a_raw_body_cut_short_keeps_what_came(
+    tmp_path: Path, anyio_backend_name: str
+) -> None:
+    """The client goes away mid-body: what arrived is stored, and the upload resumes from it."""
+    raw = raw_bodies_here(anyio_backend_name)
+    watch = RawBodyWatch(TusApp(await make_store(tmp_path), base_path="/files/"))
+    data = b"r" * (2 << 20)
+    async with running(watch, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+        tus = TusClient(http, f"http://{address[0]}:{address[1]}/files/")
+        upload_id = await tus.new(len(data))
+        stream = await connect(address)
+        await stream.send(patch_head(upload_id, 0, len(data)) + data[: 1 << 20])
+
+        async def arrived() -> bool:
+            return (tmp_path / f"{upload_id}.bin").stat().st_size == 1 << 20
+
+        assert await wait_for(arrived)
+        await stream.aclose()
+
+        async def kept() -> bool:
+            return (await tus.offset(upload_id)) == 1 << 20
+
+        assert await wait_for(kept)
+        resumed = await tus.patch(upload_id, 1 << 20, data[1 << 20 :])
+        assert resumed.status_code == 204
+    assert (tmp_path / f"{upload_id}.bin").read_bytes() == data
+    assert watch.used == (2 if raw else 0)  # the resuming PATCH too
+
+
+async def test_an_idle_raw_body_times_out_and_keeps_what_came(
+    tmp_path: Path, anyio_backend_name: str
+) -> None:
+    raw = raw_bodies_here(anyio_backend_name)
+    app = TusApp(await make_store(tmp_path), base_path="/files/", idle_timeout=0.3)
+    async with running(app, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+        tus = TusClient(http, f"http://{address[0]}:{address[1]}/files/")
+        upload_id = await tus.new(1 << 20)
+        stream = await connect(address)
+        await stream.send(patch_head(upload_id, 0, 1 << 20) + b"i" * 200_000)
+        response = await read_raw_response(stream)
+        await stream.aclose()
+        assert response.status == 500
+        assert response.body.startswith(b"ERR_READ_TIMEOUT: ")
+        assert await tus.offset(upload_id) == 200_000
+
+
+async def test_a_release_request_stops_a_raw_body(tmp_path: Path, anyio_backend_name: str) -> None:
+    """A HEAD from the resuming client makes the running PATCH let go (tusd v2's release
+    requests): it keeps what came and answers 400; the client resumes from the offset."""
+    raw = raw_bodies_here(anyio_backend_name)
+    watch = RawBodyWatch(TusApp(await make_store(tmp_path), base_path="/files/"))
+    sent = 3 << 19  # 1.5 MiB of 4
+    async with running(watch, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+        tus = TusClient(http, f"http://{address[0]}:{address[1]}/files/")
+        upload_id = await tus.new(4 << 20)
+        stream = await connect(address)
+        await stream.send(patch_head(upload_id, 0, 4 << 20) + b"s" * sent)
+        data_file = tmp_path / f"{upload_id}.bin"
+        assert await wait_for(lambda: data_file.stat().st_size > 0)
+        offset = await tus.offset(upload_id)
+        interrupted = await read_raw_response(stream)
+        await stream.aclose()
+        resumed = await tus.patch(upload_id, offset, b"t" * 1000)
+    assert interrupted.status == 400
+    assert interrupted.body.startswith(b"ERR_UPLOAD_INTERRUPTED: ")
+    assert 0 < offset <= sent
+    assert resumed.status_code == 204
+    assert data_file.read_bytes() == b"s" * offset + b"t" * 1000
+    assert watch.used == (1 if raw else 0)
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["matching", "mismatching"])
+async def test_a_raw_body_with_a_checksum(
+    tmp_path: Path, anyio_backend_name: str, good: bool
+) -> None:
+    raw = raw_bodies_here(anyio_backend_name)
+    watch = RawBodyWatch(TusApp(await make_store(tmp_path), base_path="/files/"))
+    data = b"c" * (1 << 20)
+    digest = hashlib.sha1(data if good else b"other").digest()
+    checksum = f"Upload-Checksum: sha1 {base64.b64encode(digest).decode()}\r\n"
+    async with running(watch, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+        tus = TusClient(http, f"http://{address[0]}:{address[1]}/files/")
+        upload_id = await tus.new(len(data))
+        stream = await connect(address)
+        await stream.send(patch_head(upload_id, 0, len(data), checksum) + data)
+        response = await read_raw_response(stream)
+        await stream.aclose()
+        offset = await tus.offset(upload_id)
+    if good:
+        assert response.status == 204
+        assert offset == len(data)
+    else:
+        assert response.status == 460
+        assert offset == 0
+    assert watch.used == (1 if raw else 0)

@@ -54,6 +54,8 @@ __all__ = (
     "LifespanStartupEvent",
     "LifespanStartupFailedEvent",
     "ASGIScope",
+    "BodySink",
+    "ReadBodyInto",
     "WebsocketScope",
 )
 
@@ -68,6 +70,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Any], Awaitable[None]]
 #: an ASGI 3 application, such as :class:`anytus.asgi.TusApp`
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: where anytus's own server hands a request body, piece by piece, in a worker thread: the view
+#: is valid during the call only (the ``anytus.body_into`` scope extension)
+BodySink = Callable[[memoryview], None]
+#: the extension's ``read_into(sink, limit, idle_timeout)``: returns the bytes passed to the
+#: sink and how the body ended ("complete", "limit", "disconnected", "idle")
+ReadBodyInto = Callable[[BodySink, "int | None", float], Awaitable[tuple[int, str]]]
 
 
 class ASGIVersions(TypedDict, total=False):

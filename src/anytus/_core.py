@@ -218,7 +218,7 @@ class AppendPlan:
 class Hasher(Protocol):
     """What the checksum extension needs of a hash object (hashlib's interface)."""
 
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
 
     def digest(self) -> bytes: ...
 
@@ -231,7 +231,7 @@ class _Crc32:
     def __init__(self) -> None:
         self._value = 0
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: bytes | memoryview, /) -> None:
         self._value = zlib.crc32(data, self._value)
 
     def digest(self) -> bytes:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Sequence
+    from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 
     from anyio.abc import ByteReceiveStream
 
+    from ._asgi_types import BodySink
     from ._info import UploadInfo
 
 __all__ = (
@@ -32,6 +33,7 @@ __all__ = (
     "Locker",
     "StoreComposer",
     "TerminatableStore",
+    "ThreadFedUpload",
     "TruncatableStore",
 )
 
@@ -143,6 +145,23 @@ class Upload(ABC):
     async def concat(self, partials: Sequence[Upload]) -> None:
         """Fill this empty final upload with the bytes of complete *partials*, in order."""
         raise NotImplementedError
+
+
+class ThreadFedUpload(Upload):
+    """An upload that can also take its bytes from a worker thread, one piece at a time: how a
+    body that anytus's own server receives straight from the socket is stored without an event
+    loop hop per piece (see :meth:`write_through`)."""
+
+    @abstractmethod
+    async def write_through(self, transfer: Callable[[BodySink], Awaitable[T]]) -> T:
+        """Run ``transfer(sink)`` and append, at :attr:`info`'s offset, every piece that it
+        passes to *sink*, which a worker thread calls (and which writes at once); return what
+        *transfer* returns.
+
+        Every piece passed before *transfer* returns, raises or is cancelled is stored and
+        counted in :attr:`info`. *sink* raises :class:`~anytus.SizeExceeded` for a piece that
+        goes past a known size (what fits is stored), and :class:`OSError` if the storage fails.
+        """
 
 
 class SyncUpload(ABC):

@@ -27,6 +27,7 @@ import anyio.to_thread
 from ._datastore import (
     Locker,
     SyncUpload,
+    ThreadFedUpload,
     Upload,
 )
 from ._exceptions import (
@@ -45,10 +46,11 @@ from ._storebase import StoreBase
 from ._streams import UploadReadStream
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Sequence
+    from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
+    from ._asgi_types import BodySink
     from ._datastore import InlineHold
 
 __all__ = ("Durability", "FileStore", "FileUpload", "check_directory", "storage_error")
@@ -451,7 +453,7 @@ class _Loaded:
         return self._info
 
 
-class FileUpload(_Loaded, Upload):
+class FileUpload(_Loaded, ThreadFedUpload):
     """One upload of a :class:`FileStore`, loaded once (see :meth:`FileStore.get_upload`)."""
 
     def __repr__(self) -> str:
@@ -532,6 +534,57 @@ class FileUpload(_Loaded, Upload):
                 f"bytes that fit and refused the rest"
             )
         return appender.written
+
+    async def write_through(self, transfer: Callable[[BodySink], Awaitable[T]]) -> T:
+        """Append what *transfer* passes to its sink, written by the calling worker thread at
+        once (see :meth:`~anytus.ThreadFedUpload.write_through`); writeback starts every
+        ``buffer_size`` bytes, and the file is fsynced at the end as the durability setting
+        says."""
+        store = self._store
+        info = self._info
+        remaining = None if info.size is None else info.size - info.offset
+        fd = await store._run(_open_append, self._data_path)
+        written = 0
+        flushed = 0  # what writeback was started for
+        writeback = store.durability != "none"
+
+        def sink(view: memoryview) -> None:
+            nonlocal written, flushed
+            if remaining is not None and len(view) > remaining - written:
+                if remaining > written:
+                    _write_all(fd, view[: remaining - written])
+                    written = remaining
+                raise SizeExceeded(
+                    f"upload {info.id} is {info.size} bytes long: stored the "
+                    f"{remaining} bytes that fit and refused the rest"
+                )
+            _write_all(fd, view)
+            written += len(view)
+            if writeback and written - flushed >= store.buffer_size:
+                _start_writeback(fd, info.offset + flushed, written - flushed)
+                flushed = written
+
+        failure: OSError | None = None
+        try:
+            try:
+                return await transfer(sink)
+            except OSError as exc:
+                failure = exc
+                raise storage_error(exc, path=self._data_path) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                if failure is not None:
+                    # a write that failed half way (the disk filled up) left the bytes that
+                    # fitted: they are stored, so they count
+                    written = await store._run(_size_after_failure, self._data_path, info.offset)
+                complete = info.size is not None and info.offset + written == info.size
+                sync = store.durability == "always" or (store.durability == "finish" and complete)
+                try:
+                    await store._run(_write_sync_close, fd, [], sync)
+                finally:
+                    self._info = dataclasses.replace(
+                        info, offset=info.offset + written, modified_at=time.time()
+                    )
 
     def get_reader(
         self, *, start: int = 0, end: int | None = None
@@ -854,7 +907,7 @@ def _open_read(path: str) -> int:
         raise UploadNotFound(f"the data file {os.path.basename(path)} is gone") from None
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -36,7 +36,9 @@ import email.utils
 import http
 import logging
 import math
+import select
 import ssl
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -50,6 +52,8 @@ from anyio.streams.tls import TLSStream
 if TYPE_CHECKING:
     import socket
     from collections.abc import Awaitable, Callable
+
+    from ._asgi_types import BodySink
 
 __all__ = (
     "DRAIN_SIZE",
@@ -88,6 +92,16 @@ WRITE_TIMEOUT = 60.0
 #: connection; past either it is closed
 DRAIN_TIME = 2.0
 DRAIN_SIZE = 16 * 1024 * 1024
+#: the ASGI scope extension through which TusApp has a request body passed to a function in a
+#: worker thread, straight from the socket (see :meth:`_Connection.read_body_into`)
+RAW_BODY = "anytus.body_into"
+#: the buffer a raw body transfer receives into (one per transfer, reused for each read)
+RAW_BUFFER_SIZE = 256 * 1024
+#: how soon a raw body transfer that waits for the client notices that it should stop
+_STOP_CHECK = 0.05
+#: raw body transfers at once (each holds a worker thread while its body arrives); past that,
+#: bodies go through ``receive()``
+MAX_RAW_TRANSFERS = 64
 #: how long interrupted requests may take to answer at shutdown before they are cancelled
 INTERRUPT_GRACE = 2.0
 #: how long lifespan startup and shutdown may take
@@ -165,6 +179,14 @@ class _Connection:
         self.response_done_event = anyio.Event()
         self.pending_start: dict[str, Any] | None = None
         self.expect_100 = False
+        #: the request body's Content-Length (None: chunked, or no body)
+        self.content_length: int | None = None
+        #: read_body_into took (or is taking) the body
+        self.body_taken = False
+        #: ... and read the socket itself: h11 did not see all of the body
+        self.raw_used = False
+        #: ... and all of it arrived: the connection may serve a next request
+        self.raw_complete = False
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -249,8 +271,9 @@ class _Connection:
         except (h11.LocalProtocolError, _Disconnected):
             pass
 
-    async def receive(self) -> dict[str, Any]:
-        """ASGI ``receive``: the body as it arrives, then ``http.disconnect``."""
+    async def _before_body(self) -> bool:
+        """What goes out before the body is read: a started response's head, ``100 Continue``.
+        False if there is no body to read any more (the client or the response is done)."""
         if self.pending_start is not None and not self.disconnected:
             # the app waits for the body with its response started: the head goes out now (an
             # early answer must reach a client that waits for it before it sends the rest)
@@ -259,7 +282,7 @@ class _Connection:
             except _Disconnected:
                 pass
         if self.disconnected or self.eof or self.response_complete:
-            return {"type": "http.disconnect"}
+            return False
         conn = self.conn
         if self.expect_100:
             self.expect_100 = False
@@ -269,7 +292,15 @@ class _Connection:
                         conn.send(h11.InformationalResponse(status_code=100, headers=[]))
                     )
                 except _Disconnected:
-                    return {"type": "http.disconnect"}
+                    return False
+        return True
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``: the body as it arrives, then ``http.disconnect``."""
+        if self.raw_used or not await self._before_body():
+            # after read_body_into, h11 cannot tell a next request from the rest of this body
+            return {"type": "http.disconnect"}
+        conn = self.conn
         if self.body_done:
             await self._wait_for_end()
             return {"type": "http.disconnect"}
@@ -323,6 +354,105 @@ class _Connection:
 
             nursery.start_soon(watch_socket)
             nursery.start_soon(watch_response)
+
+    def can_read_body_into(self) -> bool:
+        """Whether :meth:`read_body_into` may take the body now: a Content-Length body that
+        nobody read yet, and a worker thread for it."""
+        return (
+            self.content_length is not None
+            and not self.body_taken
+            and not self.body_done
+            and self.server.raw_limiter is not None
+            and self.server.raw_limiter.available_tokens >= 1
+        )
+
+    async def read_body_into(
+        self, sink: BodySink, limit: int | None, idle_timeout: float
+    ) -> tuple[int, str]:
+        """Pass the request body to *sink*, piece by piece, in a worker thread that receives it
+        from the socket into one reused buffer (no ASGI message, no copy per piece): the way a
+        large upload goes at the speed of the disk. For the scope extension :data:`RAW_BODY`.
+
+        *sink* gets a view that is valid only during the call, and must not keep it. At most
+        *limit* bytes are read. Returns the bytes passed to *sink* and how the transfer ended:
+        ``"complete"`` (the whole body), ``"limit"`` (the body goes on past *limit*),
+        ``"disconnected"`` (the client closed or reset the connection) or ``"idle"`` (nothing
+        arrived for *idle_timeout* seconds). If *sink* raises, the transfer stops and the
+        exception propagates. If the caller is cancelled, the transfer stops, the thread is
+        waited for (what it passed on stays passed on), and the cancellation goes on. Unless the
+        whole body arrived, the connection closes after the response.
+        """
+        if not self.can_read_body_into():
+            raise RuntimeError("read_body_into: no body to read, or already read")
+        limiter = self.server.raw_limiter
+        assert limiter is not None
+        assert self.content_length is not None
+        self.body_taken = True
+        if not await self._before_body():
+            return 0, "disconnected"
+        # what h11 holds already (it came with the head) goes first
+        first: list[bytes] = []
+        buffered = 0
+        ended = False
+        with contextlib.suppress(h11.RemoteProtocolError):
+            while isinstance(event := self.conn.next_event(), h11.Data):
+                first.append(bytes(event.data))
+                buffered += len(event.data)
+            ended = isinstance(event, h11.EndOfMessage)
+        if ended:
+            # all of it was there: h11 saw the whole body, and the connection goes on as usual
+            self.body_done = True
+            left = 0
+        else:
+            self.raw_used = True
+            left = self.content_length - buffered
+        if limit is not None and buffered + left > limit:
+            left = max(0, limit - buffered)
+            kept: list[bytes] = []
+            room = limit
+            for piece in first:
+                if room <= 0:
+                    break
+                kept.append(piece[:room])
+                room -= len(kept[-1])
+            first = kept
+        wanted = sum(map(len, first)) + left
+        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        stop = threading.Event()
+        result: tuple[int, str] = (0, "disconnected")
+        failure: BaseException | None = None
+        finished = anyio.Event()
+
+        async def transfer() -> None:
+            nonlocal result, failure
+            # shielded: a cancelled caller stops the thread (below), never abandons it
+            with anyio.CancelScope(shield=True):
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        _pump, sock, stop, first, left, sink, idle_timeout, limiter=limiter
+                    )
+                except Exception as exc:  # noqa: BLE001 - the sink's: raised below, unwrapped
+                    failure = exc
+                finally:
+                    finished.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(transfer)
+            try:
+                await finished.wait()
+            finally:
+                stop.set()  # the thread sees it within _STOP_CHECK
+        if failure is not None:
+            raise failure
+        passed, outcome = result
+        if outcome == "complete":
+            if wanted < self.content_length:
+                outcome = "limit"
+            elif self.raw_used:
+                self.raw_complete = self.body_done = True
+        elif outcome == "disconnected":
+            self.eof = True
+        return passed, outcome
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -459,6 +589,18 @@ class _Connection:
             slash = target.find(b"/", target.index(b"://") + 3)
             target = target[slash:] if slash >= 0 else b"/"
         raw_path, _, query = target.partition(b"?")
+        extensions: dict[str, Any] = {"http.response.informational": {}}
+        for name, value in request.headers:
+            if name == b"transfer-encoding":
+                self.content_length = None
+                break
+            if name == b"content-length":
+                self.content_length = int(value)  # h11 checked it
+        if self.server.raw_limiter is not None and self.content_length:
+            extensions[RAW_BODY] = {
+                "available": self.can_read_body_into,
+                "read_into": self.read_body_into,
+            }
         return {
             "type": "http",
             "asgi": _ASGI,
@@ -473,7 +615,7 @@ class _Connection:
             "client": self.client,
             "server": self.local,
             "state": dict(self.server.state),
-            "extensions": {"http.response.informational": {}},
+            "extensions": extensions,
         }
 
     async def run(self) -> None:
@@ -496,6 +638,15 @@ class _Connection:
                 return
             if conn.our_state is not h11.DONE:
                 return
+            if self.raw_used:
+                if not self.raw_complete:
+                    return  # the rest of the body is still coming: close
+                # h11 waits for a body that went around it: the next request starts afresh
+                # (nothing of it was read: the transfer read exactly the body)
+                self.conn = conn = h11.Connection(
+                    h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE
+                )
+                continue
             if conn.their_state is h11.SEND_BODY and not await self._drain():
                 return
             if conn.their_state is not h11.DONE:
@@ -608,6 +759,51 @@ class _Connection:
             await stream.aclose()
 
 
+def _pump(
+    sock: socket.socket,
+    stop: threading.Event,
+    first: list[bytes],
+    left: int,
+    sink: BodySink,
+    idle_timeout: float,
+) -> tuple[int, str]:
+    """The worker thread of :meth:`_Connection.read_body_into`: *first*, then *left* bytes
+    from the (non-blocking) socket, each piece to *sink*. Stops within :data:`_STOP_CHECK` of
+    *stop* being set."""
+    passed = 0
+    for piece in first:
+        sink(memoryview(piece))
+        passed += len(piece)
+    if not left:
+        return passed, "complete"
+    view = memoryview(bytearray(min(left, RAW_BUFFER_SIZE)))
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    idle_since = time.monotonic()
+    while left:
+        if stop.is_set():
+            return passed, "stopped"
+        try:
+            n = sock.recv_into(view, min(left, len(view)))
+        except (BlockingIOError, InterruptedError):
+            idle = time.monotonic() - idle_since
+            if idle >= idle_timeout:
+                return passed, "idle"
+            # wake up now and then to see whether the caller wants us to stop
+            wait = min(_STOP_CHECK, idle_timeout - idle)
+            poller.poll(max(1, math.ceil(wait * 1000)))
+            continue
+        except OSError:  # reset
+            return passed, "disconnected"
+        if not n:
+            return passed, "disconnected"
+        sink(view[:n])
+        passed += n
+        left -= n
+        idle_since = time.monotonic()
+    return passed, "complete"
+
+
 def _address(address: Any) -> tuple[str, int] | None:
     if isinstance(address, tuple) and len(address) >= 2:
         return str(address[0]), int(address[1])
@@ -623,8 +819,13 @@ class _Server:
         keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
         head_timeout: float = HEAD_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
+        raw_bodies: bool = False,
     ) -> None:
         self.app: Callable[..., Awaitable[None]] = app
+        #: worker threads for raw body transfers; None: not offered
+        self.raw_limiter = (
+            anyio.CapacityLimiter(MAX_RAW_TRANSFERS) if raw_bodies and ssl_context is None else None
+        )
         self.ssl_context = ssl_context
         self.scheme = "http" if ssl_context is None else "https"
         self.keep_alive_timeout = keep_alive_timeout
@@ -784,6 +985,7 @@ async def serve(
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
     head_timeout: float = HEAD_TIMEOUT,
     write_timeout: float = WRITE_TIMEOUT,
+    raw_bodies: bool = False,
 ) -> None:
     """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
     *shutdown_trigger* returns.
@@ -808,6 +1010,10 @@ async def serve(
         the connection is closed): a client that trickles its head in (slowloris) is cut off
     :param write_timeout: how long one write of a response may wait for the client to read
         (then the connection is closed, and the app's further sends are dropped)
+    :param raw_bodies: offer the :data:`RAW_BODY` scope extension (not over TLS): a worker
+        thread receives a body from the socket itself. Only where nothing else reads the socket
+        between two ``receive`` calls of the stream: anyio on trio (on asyncio, anyio's stream
+        reads ahead into a buffer of its own)
     :raises LifespanFailedError: the app's lifespan startup failed
     """
     server = _Server(
@@ -816,6 +1022,7 @@ async def serve(
         keep_alive_timeout=keep_alive_timeout,
         head_timeout=head_timeout,
         write_timeout=write_timeout,
+        raw_bodies=raw_bodies,
     )
     listener = await anyio.abc.SocketListener.from_socket(sock)
     lifespan = _Lifespan(server.app, server.state)

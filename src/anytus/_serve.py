@@ -356,6 +356,9 @@ async def _serve_h11(
             keep_alive_timeout=min(_KEEP_ALIVE_TIMEOUT, options.network_timeout),
             head_timeout=min(_HEAD_TIMEOUT, options.network_timeout),
             write_timeout=options.network_timeout,
+            # this server runs on trio only (granian serves asyncio): a large body goes from the
+            # socket to the file in a worker thread, without an ASGI message per piece
+            raw_bodies=True,
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
@@ -383,7 +386,8 @@ async def _serve_granian(
         # hyper's header read timeout runs from the connection's start or the end of the previous
         # response: it bounds a silent connection, an idle keep-alive one and a trickled head
         http1_settings=HTTP1Settings(
-            header_read_timeout=max(1, round(min(_HEAD_TIMEOUT, options.network_timeout) * 1000))
+            header_read_timeout=max(1, round(min(_HEAD_TIMEOUT, options.network_timeout) * 1000)),
+            max_buffer_size=int(os.environ.get("MB", "417792")),
         ),
         websockets=False,
         backlog=BACKLOG,

@@ -50,7 +50,7 @@ from . import _core as core
 from . import _draft, _draft_asgi
 from . import _protocol as proto
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
-from ._datastore import OneHopStore, StoreComposer
+from ._datastore import OneHopStore, StoreComposer, ThreadFedUpload
 from ._exceptions import (
     BasePathMismatch,
     CorruptUploadInfo,
@@ -75,8 +75,10 @@ if TYPE_CHECKING:
         ASGIReceiveCallable,
         ASGIReceiveEvent,
         ASGISendCallable,
+        BodySink,
         HTTPResponseBodyEvent,
         HTTPScope,
+        ReadBodyInto,
     )
     from ._datastore import DataStore, Locker, SyncUpload, TerminatableStore, Upload
 
@@ -178,6 +180,35 @@ class _Exchange:
     @property
     def scheme(self) -> str:
         return self.scope.get("scheme") or "http"
+
+    def body_reader_into(self) -> ReadBodyInto | None:
+        """The server's ``read_into`` (anytus's own server, see ``_h11server.RAW_BODY``) if it
+        can take this request's body now, else None."""
+        extensions = cast("dict[str, Any]", self.scope.get("extensions") or {})
+        extension = extensions.get(_RAW_BODY)
+        if not extension or self.body is not _Body.UNREAD or not extension["available"]():
+            return None
+        read_into: ReadBodyInto = extension["read_into"]
+        return read_into
+
+    def after_body_into(
+        self, outcome: str, exceeded: TusError, idle_timeout: float
+    ) -> tuple[TusError | None, bool]:
+        """The body's state after ``read_into`` ended with *outcome*: the error to answer with,
+        if any, and whether the whole body arrived."""
+        if outcome == "complete":
+            self.body = _Body.DONE
+            return None, True
+        if outcome == "disconnected":
+            self.body = _Body.DISCONNECTED
+            return None, False
+        # the rest of the body was not read, and cannot be any more
+        self.body = _Body.ABANDONED
+        if outcome == "idle":
+            return RequestBodyTimeout(f"no data received for {idle_timeout:g} seconds"), False
+        if outcome == "limit":
+            return exceeded, False
+        return None, False  # the store failed, or a release request stopped the transfer
 
     @property
     def body_pending(self) -> bool:
@@ -318,6 +349,22 @@ class _BodyReader:
                 body_scope.cancel()
                 return
             await anyio.sleep(timeout - idle)
+
+
+#: the scope extension of anytus's own server (``_h11server.RAW_BODY``)
+_RAW_BODY = "anytus.body_into"
+
+
+def _hashing(sink: BodySink, hasher: core.Hasher | None) -> BodySink:
+    """*sink*, feeding *hasher* first (in the worker thread)."""
+    if hasher is None:
+        return sink
+
+    def hash_and_store(view: memoryview) -> None:
+        hasher.update(view)
+        sink(view)
+
+    return hash_and_store
 
 
 #: where TusApp leaves the error it answered with, in the request's scope (read by error_of)
@@ -896,19 +943,41 @@ class TusApp:
                 return _Appended(upload.info, not plan.was_complete, None)
 
             hasher = core.new_hasher(checksum.algorithm) if checksum is not None else None
-            reader = _BodyReader(exchange, limit=plan.limit, exceeded=plan.exceeded, hasher=hasher)
             failure: Exception | None = None
-            with self._interruptible(body_scope):
-                async with anyio.create_task_group() as tg:
-                    if math.isfinite(self.idle_timeout):
-                        tg.start_soon(reader.watch_idle, self.idle_timeout, body_scope)
-                    # kept out of the task group's exception group, so that the one place that
-                    # maps TusError to a response sees the store's errors as they are
+            read_into = exchange.body_reader_into()
+            if read_into is not None and isinstance(upload, ThreadFedUpload):
+                # anytus's own server: a worker thread takes the body from the socket to the file
+                # a release request or a shutdown stops the transfer: it cancels body_scope
+                outcome = "stopped"
+                with self._interruptible(body_scope):
                     try:
-                        await upload.write_chunk(reader)
-                    except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped
+                        _, outcome = await upload.write_through(
+                            lambda sink: read_into(
+                                _hashing(sink, hasher), plan.limit, self.idle_timeout
+                            )
+                        )
+                    except Exception as exc:  # noqa: BLE001 - re-raised below
                         failure = exc
-                    tg.cancel_scope.cancel()
+                        outcome = "failed"
+                body_error, complete = exchange.after_body_into(
+                    outcome, plan.exceeded, self.idle_timeout
+                )
+            else:
+                reader = _BodyReader(
+                    exchange, limit=plan.limit, exceeded=plan.exceeded, hasher=hasher
+                )
+                with self._interruptible(body_scope):
+                    async with anyio.create_task_group() as tg:
+                        if math.isfinite(self.idle_timeout):
+                            tg.start_soon(reader.watch_idle, self.idle_timeout, body_scope)
+                        # kept out of the task group's exception group, so that the one place
+                        # that maps TusError to a response sees the store's errors as they are
+                        try:
+                            await upload.write_chunk(reader)
+                        except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped
+                            failure = exc
+                        tg.cancel_scope.cancel()
+                body_error, complete = reader.error, reader.complete
             if failure is not None:
                 if checksum is not None and upload.info.offset != plan.offset:
                     # the bytes that did fit (the disk filled up) were never verified against
@@ -916,10 +985,10 @@ class TusApp:
                     with contextlib.suppress(TusError):
                         await upload.truncate(plan.offset)
                 raise failure
-            error = reader.error
+            error = body_error
             # a body read to its end was stored whole: a release request that came after that
             # (while the store closed the file) interrupted nothing
-            if error is None and body_scope.cancelled_caught and not reader.complete:
+            if error is None and body_scope.cancelled_caught and not complete:
                 exchange.body = _Body.ABANDONED
                 error = ServerShuttingDown() if self._interrupting else UploadInterrupted()
 
