@@ -1,6 +1,6 @@
 """The resumable-upload draft over real HTTP: ``TusApp`` in process (hypercorn, on both
-backends) for every supported interop version, and ``anytus serve`` as users run it (granian on
-asyncio, the h11 server on trio) over raw sockets, where the ``104`` must be seen.
+backends) for every supported interop version, and ``anytus serve`` as users run it (its own server,
+on asyncio and on trio) over raw sockets, where the ``104`` must be seen.
 
 The rules themselves are tables in ``tests/test_draft_core.py``; here are the walks through them,
 and everything about I/O: bodies cut short, release requests, hooks, the store shared with tus.
@@ -486,33 +486,26 @@ async def raw_creation(
 
 @pytest.mark.parametrize("version", ALL)
 async def test_interim_response(served: tuple[ServerProcess, str], version: int) -> None:
-    process, backend = served
+    process, _ = served
     headers = {**interop(version), **done(version, False), "Content-Length": "5"}
     answers = await raw_creation(process, headers, b"hello")
     *interims, (status, final, _) = answers
     assert status == 201
-    if backend == "trio":
-        # the h11 server offers http.response.informational: the 104 goes out first
-        ((code, interim, _),) = interims
-        assert code == 104
-        assert interim["location"] == final["location"]
-        assert interim["upload-draft-interop-version"] == str(version)
-        assert interim.get("upload-limit") == ("max-size=1000" if version >= 6 else None)
-    else:
-        # granian has no way to send a 1xx: the Location comes with the final response
-        assert interims == []
+    # anytus's server offers http.response.informational (on both backends): the 104 goes first
+    ((code, interim, _),) = interims
+    assert code == 104
+    assert interim["location"] == final["location"]
+    assert interim["upload-draft-interop-version"] == str(version)
+    assert interim.get("upload-limit") == ("max-size=1000" if version >= 6 else None)
 
 
 async def test_interim_response_after_100_continue(served: tuple[ServerProcess, str]) -> None:
-    process, backend = served
+    process, _ = served
     headers = {**interop(NEWEST), **done(NEWEST, True), "Content-Length": "5",
                "Expect": "100-continue"}  # fmt: skip
     answers = await raw_creation(process, headers, b"hello")
     statuses = [status for status, _, _ in answers]
-    if backend == "trio":
-        assert statuses == [100, 104, 201]
-    else:
-        assert statuses == [100, 201]
+    assert statuses == [100, 104, 201]
 
 
 def test_serve_no_draft(tmp_path: Path) -> None:

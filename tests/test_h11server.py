@@ -557,9 +557,7 @@ def patch_head(upload_id: str, offset: int, length: int, extra: str = "") -> byt
 
 
 def raw_bodies_here(anyio_backend_name: str) -> bool:
-    # as anytus serve runs the server: raw bodies on trio only (anyio's asyncio streams read
-    # ahead into a buffer of their own, so a thread must not read the socket there)
-    return anyio_backend_name == "trio"
+    return True
 
 
 async def test_a_large_body_goes_from_the_socket_to_the_file(

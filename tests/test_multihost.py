@@ -2,7 +2,7 @@
 server) and one Redis, and nothing else. A resume through the other host, competing PATCHes
 through both, a host killed while it holds a lock, a half-open client, and Redis going away.
 
-Host A runs on asyncio (granian), host B on trio (the h11 server); the test client runs on asyncio
+Host A runs on asyncio, host B on trio; the test client runs on asyncio
 only. Leases are 2 s here (10 s by default) to keep the tests short.
 """
 

@@ -1,4 +1,4 @@
-"""``anytus serve`` per backend: which server runs (granian on asyncio, anytus._h11server on trio), the
+"""``anytus serve`` per backend: which server runs (anytus._h11server, on asyncio and trio), the
 options, the lifespan, the access log, and the supervisor's handling of dead processes."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 #: the server each backend runs, as it names itself in the ``Server`` response header
-SERVERS = {"asyncio": "granian", "trio": "anytus"}
+SERVERS = {"asyncio": "anytus", "trio": "anytus"}
 BACKENDS = [pytest.param(backend, id=f"{backend}-{server}") for backend, server in SERVERS.items()]
 
 # "[2026-01-01 10:00:00,000] [1234] [INFO] 127.0.0.1:5678 PATCH /files/abc 204 0.001s"
@@ -312,7 +312,7 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path, backend: str
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_port_in_use_is_refused(tmp_path: Path, backend: str) -> None:
-    """Even against granian's SO_REUSEPORT listeners, a second server does not join the port."""
+    """A second server on the same port is refused with a clear message; the first goes on."""
     with run_server_process(tmp_path / "first") as server:
         command = [sys.executable, "-m", "anytus", "serve", "--dir", str(tmp_path / "second")]
         command += ["--backend", backend, "--port", str(server.port)]

@@ -14,9 +14,8 @@ server is another process; these tests need no event loop of their own):
   stays up, logs no traceback and still serves an upload byte-exact, and that every upload's
   offset is the size of its data file, whose bytes are the ones sent there;
 - idle connections and heads trickled in a byte at a time (slowloris) are closed after the
-  ``--network-timeout``, and so (on trio) is a download nobody reads;
-- granian's two limits, as expected failures: no answer to a client that half-closes after a
-  whole request, no write timeout.
+  ``--network-timeout``, and so is a download nobody reads;
+- a client that half-closes after a whole request still gets its answer.
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ NETWORK_TIMEOUT = 1.0
 CLOSE_BOUND = 15.0
 
 BACKENDS = [
-    pytest.param("asyncio", id="asyncio-granian"),
+    pytest.param("asyncio", id="asyncio-anytus"),
     pytest.param("trio", id="trio-anytus"),
 ]
 
@@ -282,18 +281,7 @@ def test_issue_7_half_close_with_an_early_answer_keeps_the_server_up(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "backend",
-    [
-        pytest.param(
-            "asyncio",
-            id="asyncio-granian",
-            marks=pytest.mark.xfail(
-                reason="granian 2.8 closes a connection at the client's FIN, dropping the "
-                "answer (hyper's http1 half_close is off, and granian has no option for it)",
-                strict=True,
-            ),
-        ),
-        pytest.param("trio", id="trio-anytus"),
-    ],
+    BACKENDS,
 )
 def test_half_closed_client_gets_its_answer(tmp_path: Path, backend: str) -> None:
     """A whole request, then ``shutdown(SHUT_WR)`` (``nc -N``, ``curl`` with a request from a
@@ -311,18 +299,7 @@ def test_half_closed_client_gets_its_answer(tmp_path: Path, backend: str) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "backend",
-    [
-        pytest.param(
-            "asyncio",
-            id="asyncio-granian",
-            marks=pytest.mark.xfail(
-                reason="granian 2.8 has no write timeout: a client that stops reading keeps its "
-                "connection (and, past granian's buffers, its request) for as long as it likes",
-                strict=True,
-            ),
-        ),
-        pytest.param("trio", id="trio-anytus"),
-    ],
+    BACKENDS,
 )
 def test_a_download_nobody_reads_is_dropped(tmp_path: Path, backend: str) -> None:
     """A GET whose client stops reading: after the network timeout the request ends (the access
@@ -794,11 +771,8 @@ def check_outcome(outcome: Outcome, backend: str) -> None:
     # the server closes every connection the client leaves open, within the bound (a reset is
     # a close too: the server may close with our bytes unread)
     assert received.end in ("eof", "reset"), f"connection still open after {CLOSE_BOUND}s"
-    # a whole request is answered (if only with a 400), also when the client half-closed after
-    # it; granian drops the answer then (see test_half_closed_client_gets_its_answer)
-    answer_due = plan.ending == "close-request" or (
-        plan.ending == "half-close" and backend == "trio"
-    )
+    # a whole request is answered (if only with a 400), also when the client half-closed after it
+    answer_due = plan.ending in ("close-request", "half-close")
     if answer_due and received.end == "eof" and plan.complete and outcome.sent_all:
         assert received.statuses(), received
     for response in received.server_errors():

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-SERVERS = {"asyncio": "granian", "trio": "anytus"}
+SERVERS = {"asyncio": "anytus", "trio": "anytus"}
 BACKENDS = [pytest.param(b, id=f"{b}-{s}") for b, s in SERVERS.items()]
 
 

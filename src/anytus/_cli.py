@@ -1,10 +1,9 @@
 """The ``anytus`` command: ``anytus serve``, ``anytus cleanup`` and ``anytus upload``.
 
-``serve`` runs :class:`~anytus.asgi.TusApp` under granian on asyncio and under anytus's h11 server
-on trio (:mod:`anytus._serve`). The port is chosen here, before any server starts, so that ``--port 0`` can
-report the real one; ``--workers N`` runs N processes on it (on trio they share one listening socket,
-granian's each listen with ``SO_REUSEPORT``; the kernel spreads the connections). The banner is
-printed once every worker accepts connections. Every worker opens the same directory: the file
+``serve`` runs :class:`~anytus.asgi.TusApp` under anytus's own HTTP/1.1 server, on asyncio or trio
+(:mod:`anytus._serve`). The socket is bound and listening here, before any server starts, so that
+``--port 0`` can report the real port; ``--workers N`` runs N processes that share it (the kernel
+spreads the connections). The banner is printed once every worker accepts connections. Every worker opens the same directory: the file
 locks make that safe.
 """
 
@@ -40,7 +39,6 @@ from ._serve import (
     configure_logging,
     logger,
     raise_open_files_limit,
-    reserve_port,
     run_worker,
     tls_context,
 )
@@ -50,7 +48,6 @@ from ._servestores import describe as describe_store
 from ._servestores import probe as probe_store
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable, Sequence
     from multiprocessing.process import BaseProcess
     from types import FrameType
@@ -79,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve a directory over HTTP as a tus 1.0.0 server",
-        description="Serve a directory over HTTP as a tus 1.0.0 server (granian on asyncio, "
-        "its own h11 server on trio).",
+        description="Serve a directory over HTTP as a tus 1.0.0 server (anytus's own HTTP/1.1 "
+        "server, on asyncio or trio).",
     )
     serve.add_argument(
         "--dir",
@@ -114,8 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "--backend",
         choices=("asyncio", "trio"),
         default="asyncio",
-        help="the event loop: asyncio (served by granian) or trio (needs anytus[trio]); "
-        "default: asyncio",
+        help="the event loop: asyncio or trio (needs anytus[trio]); default: asyncio",
     )
     serve.add_argument(
         "--workers",
@@ -337,12 +333,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
     if (problem := probe_store(options)) is not None:
         print(f"anytus: {problem}", file=sys.stderr)
         return 1
-    reservation: socket.socket | None = None
     try:
-        if options.backend == "trio":
-            endpoint = bind_listening(args.host, args.port)
-        else:
-            endpoint, reservation = reserve_port(args.host, args.port)
+        endpoint = bind_listening(args.host, args.port)
     except OSError as exc:
         print(f"anytus: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -361,8 +353,6 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
             return run_worker(endpoint, options, None, announce)
         return _Supervisor(endpoint, options, args.workers, announce).run()
     finally:
-        if reservation is not None:
-            reservation.close()
         if endpoint.sock is not None:
             endpoint.sock.close()
 

@@ -1,4 +1,5 @@
-"""A lean ASGI 3 HTTP/1.1 server on anyio, built on h11, for ``anytus serve --backend trio``.
+"""A lean ASGI 3 HTTP/1.1 server on anyio, built on h11: what ``anytus serve`` runs, on asyncio
+and on trio.
 
 Why not hypercorn: its trio server reads the socket 64 KiB at a time and passes every piece through
 its protocol layers and an app queue; on a large upload the event loop spends its time there. This
@@ -6,6 +7,13 @@ server is *pull-based*: the socket is read only inside the app's ``receive()`` (
 requests), in large pieces (:data:`READ_SIZE`, 256 KiB), and everything h11 parsed out of one read
 goes to the app as one ``http.request`` message. That also gives backpressure for free: nothing is read
 while the app has not asked for more, so a connection holds at most one read of body in memory.
+
+Faster still, for a body with a ``Content-Length`` (not over TLS): the :data:`RAW_BODY` scope
+extension lets the app have the body passed to a function in a worker thread that receives it
+from the socket into one reused buffer (:meth:`_Connection.read_body_into`); TusApp writes each
+piece to the file right there. Sockets are read with non-blocking calls and
+:func:`anyio.wait_readable` (:class:`_TCPStream`), never by a transport that reads ahead, so on
+either backend nothing but that thread reads the socket meanwhile.
 
 What it does, per connection (one task each, in one task group):
 
@@ -33,10 +41,12 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import http
 import logging
 import math
 import select
+import socket
 import ssl
 import threading
 import time
@@ -50,8 +60,7 @@ import h11
 from anyio.streams.tls import TLSStream
 
 if TYPE_CHECKING:
-    import socket
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping
 
     from ._asgi_types import BodySink
 
@@ -459,10 +468,18 @@ class _Connection:
     async def _send_bytes(self, data: bytes | None) -> None:
         if not data:
             return
+        stream = self.stream
         try:
+            if isinstance(stream, _TCPStream):
+                # most writes fit in the socket's buffer at once: no timeout to arm for them
+                await anyio.lowlevel.checkpoint()
+                sent = stream.send_nowait(data)
+                if sent == len(data):
+                    return
+                data = data[sent:]
             # a client that stops reading must not hold the connection (and the app) forever
             with anyio.fail_after(self.server.write_timeout):
-                await self.stream.send(data)
+                await stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 logger.debug(
@@ -804,6 +821,121 @@ def _pump(
     return passed, "complete"
 
 
+class _TCPStream(anyio.abc.ByteStream):
+    """A connected TCP socket as an anyio byte stream: non-blocking calls, and
+    :func:`anyio.wait_readable` / :func:`anyio.wait_writable` when the socket is not ready.
+
+    Why not anyio's own socket stream: on asyncio it reads ahead (its transport fills a buffer
+    of its own whenever it reads), so bytes could be there that the socket no longer has. Here
+    nothing reads the socket between two :meth:`receive` calls, on either backend, and a worker
+    thread may take a request body straight from it (:meth:`_Connection.read_body_into`).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._closed = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        # the checkpoint comes before the read, never after it: a cancellation never loses data
+        await anyio.lowlevel.checkpoint()
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = self._sock.recv(max_bytes)
+            except (BlockingIOError, InterruptedError):
+                await anyio.wait_readable(self._sock)
+                continue
+            except OSError as exc:  # reset, and the like
+                raise anyio.BrokenResourceError from exc
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def send(self, item: bytes) -> None:
+        await anyio.lowlevel.checkpoint()
+        view = memoryview(item)
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                sent = self._sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                await anyio.wait_writable(self._sock)
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            view = view[sent:]
+
+    def send_nowait(self, data: bytes) -> int:
+        """Send what the socket takes now (no wait, no checkpoint); return how much that was."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        try:
+            return self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def send_eof(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            # tasks waiting on the socket get ClosedResourceError, not a wait on a dead descriptor
+            anyio.notify_closing(self._sock)
+            self._sock.close()
+        await anyio.lowlevel.checkpoint()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        sock = self._sock
+        return {
+            anyio.abc.SocketAttribute.raw_socket: lambda: sock,
+            anyio.abc.SocketAttribute.family: lambda: sock.family,
+            anyio.abc.SocketAttribute.local_address: sock.getsockname,
+            anyio.abc.SocketAttribute.remote_address: sock.getpeername,
+        }
+
+
+#: accept() errors that mean "not now" (descriptors or memory ran out): wait a little, go on
+_ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: how long accepting pauses after one of those (as trio's serve_listeners)
+_ACCEPT_RETRY_DELAY = 0.1
+
+
+async def _accept(
+    listener: socket.socket,
+    handle: Callable[[_TCPStream], Coroutine[Any, Any, None]],
+    tg: anyio.abc.TaskGroup,
+) -> None:
+    """Accept connections on *listener* forever, each handled in a task of *tg*."""
+    listener.setblocking(False)
+    while True:
+        await anyio.lowlevel.checkpoint()
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_readable(listener)
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ECONNABORTED:
+                continue  # the client gave up before we got to it
+            if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                logger.warning("cannot accept a connection (%s): retrying", exc.strerror)
+                await anyio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            raise
+        tg.start_soon(handle, _TCPStream(sock))
+
+
 def _address(address: Any) -> tuple[str, int] | None:
     if isinstance(address, tuple) and len(address) >= 2:
         return str(address[0]), int(address[1])
@@ -840,7 +972,7 @@ class _Server:
         #: the lifespan state (ASGI ``state``): each request gets a shallow copy
         self.state: dict[str, Any] = {}
 
-    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+    async def handle(self, stream: _TCPStream) -> None:
         """One connection, start to end; never raises (except for cancellation)."""
         if self.ssl_context is not None:
             tls = await self._handshake(stream, self.ssl_context)
@@ -864,9 +996,7 @@ class _Server:
                 logger.debug("error closing the connection", exc_info=True)
 
     @staticmethod
-    async def _handshake(
-        stream: anyio.abc.SocketStream, context: ssl.SSLContext
-    ) -> TLSStream | None:
+    async def _handshake(stream: _TCPStream, context: ssl.SSLContext) -> TLSStream | None:
         """The TLS handshake, within :data:`HEAD_TIMEOUT`; ``None`` (and the connection closed)
         if it fails: a client that does not speak TLS costs its connection only."""
         try:
@@ -1011,9 +1141,7 @@ async def serve(
     :param write_timeout: how long one write of a response may wait for the client to read
         (then the connection is closed, and the app's further sends are dropped)
     :param raw_bodies: offer the :data:`RAW_BODY` scope extension (not over TLS): a worker
-        thread receives a body from the socket itself. Only where nothing else reads the socket
-        between two ``receive`` calls of the stream: anyio on trio (on asyncio, anyio's stream
-        reads ahead into a buffer of its own)
+        thread receives a large body from the socket itself
     :raises LifespanFailedError: the app's lifespan startup failed
     """
     server = _Server(
@@ -1024,7 +1152,6 @@ async def serve(
         write_timeout=write_timeout,
         raw_bodies=raw_bodies,
     )
-    listener = await anyio.abc.SocketListener.from_socket(sock)
     lifespan = _Lifespan(server.app, server.state)
     # the channel to the app is closed however serving ends (memory streams warn if dropped open)
     with contextlib.closing(lifespan):
@@ -1033,16 +1160,15 @@ async def serve(
             try:
                 await lifespan.startup()
             except BaseException:
-                await listener.aclose()
+                sock.close()
                 outer.cancel_scope.cancel()
                 raise
             async with anyio.create_task_group() as connections:
                 accepting = anyio.CancelScope()
 
                 async def accept() -> None:
-                    # closing the listener at shutdown ends a pending accept with ClosedResourceError
-                    with accepting, contextlib.suppress(anyio.ClosedResourceError):
-                        await listener.serve(server.handle, task_group=connections)
+                    with accepting:
+                        await _accept(sock, server.handle, connections)
 
                 connections.start_soon(accept)
                 if ready is not None:
@@ -1050,7 +1176,9 @@ async def serve(
                 await shutdown_trigger()
                 server.stopping = True
                 accepting.cancel()
-                await listener.aclose()
+                # other workers may hold the same listening socket and go on accepting
+                anyio.notify_closing(sock)
+                sock.close()
                 server.stop_idle()
                 async with anyio.create_task_group() as draining:
                     if force_trigger is not None:

@@ -1,21 +1,14 @@
-"""One ``anytus serve`` worker: :class:`~anytus.asgi.TusApp` under granian (asyncio) or anytus's
-own HTTP/1.1 server (:mod:`anytus._h11server`, trio), in this process, until a shutdown signal.
+"""One ``anytus serve`` worker: :class:`~anytus.asgi.TusApp` under anytus's own HTTP/1.1 server
+(:mod:`anytus._h11server`), on asyncio or trio, in this process, until a shutdown signal.
 
-granian runs on asyncio only (its HTTP layer is Rust; see the README's "Serving uploads") and is
-configured through its public options only. On trio, hypercorn read sockets 64 KiB at a time and
-passed every piece through its protocol layers and a queue, 3-6x slower than tusd; the h11 server
-reads 256 KiB at a time and hands each read to the app as one message.
-
-The two differ in who owns the listening socket:
-
-- the trio server serves a socket bound and listening before it starts, so clients that
-  connect early wait in the backlog, and ``--workers N`` share that one socket;
-- granian binds its own listener from an address and a port, with ``SO_REUSEPORT`` (on Linux each of
-  its workers does). ``anytus serve`` therefore resolves the port first (``--port 0``) and keeps it
-  reserved by a bound, non-listening ``SO_REUSEPORT`` socket (:func:`reserve_port`); every worker's
-  granian binds the same port and the kernel spreads the connections across their listeners. A
-  worker reports itself ready once its lifespan startup is complete (granian binds right after
-  it) and a connection to the port succeeds.
+Why our own server, measured with ``benchmarks/bench_vs_tusd.py`` (see the README's "Serving
+uploads"): it hands a large request body to a worker thread that receives it from the socket into
+one reused buffer and writes it to the file, with no ASGI message and no event-loop hop per piece,
+which is how one upload reached tusd's speed here (granian, whose HTTP layer is Rust, did 0.6x:
+its pieces cross into Python one message at a time, and writing them off the event loop costs a
+thread hop each); small requests went as fast as under granian. The server serves a socket that
+is bound and listening before it starts, so clients that connect early wait in the backlog, and
+``--workers N`` share that one socket.
 """
 
 from __future__ import annotations
@@ -30,7 +23,7 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
@@ -56,7 +49,6 @@ __all__ = (
     "bind_listening",
     "configure_logging",
     "raise_open_files_limit",
-    "reserve_port",
     "run_worker",
     "tls_context",
 )
@@ -70,30 +62,14 @@ GRACEFUL_TIMEOUT = 10.0
 INTERRUPT_GRACE = 2.0
 #: the listen backlog
 BACKLOG = 2048
-#: how long granian may take to stop once its requests are cancelled
-_STOP_TIMEOUT = 5.0
 #: how long a connection may send nothing, by default (tusd's ``-network-timeout``): an idle
 #: request body ends its request (TusApp's ``idle_timeout``); request heads and idle keep-alive
 #: connections get the servers' own shorter limits, capped at this
 NETWORK_TIMEOUT = 60.0
-#: the longest a request head may take on either server (granian's own default is 30 s), and how
-#: long the h11 server keeps an idle connection open; both capped at the network timeout
+#: the longest a request head may take, and how long an idle connection is kept open; both
+#: capped at the network timeout
 _HEAD_TIMEOUT = 10.0
 _KEEP_ALIVE_TIMEOUT = 5.0
-#: how long a granian worker may take from its lifespan startup to accepting connections
-_READY_TIMEOUT = 10.0
-
-#: granian's own messages go to the root logger (ours, on stderr) instead of its stdout handlers
-_GRANIAN_LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {},
-    "handlers": {},
-    "loggers": {
-        "_granian": {"propagate": True},
-        "granian.access": {"propagate": True},
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -140,8 +116,7 @@ class ServeOptions:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where workers serve: a numeric address and a port; for the trio server also the socket,
-    bound and listening (granian binds its own)."""
+    """Where workers serve: a numeric address, a port and the socket, bound and listening."""
 
     address: str
     port: int
@@ -222,35 +197,8 @@ def tls_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
     return context
 
 
-def reserve_port(host: str, port: int) -> tuple[Endpoint, socket.socket]:
-    """Resolve *host*, pick the port (*port*, or a free one for 0) and hold it for granian.
-
-    Returns the endpoint and the reserving socket: bound, not listening, with ``SO_REUSEPORT`` so that
-    granian's listeners can bind the same port. It receives no connections (only listening sockets
-    do); keep it open while serving so that the port stays ours, close it at the end.
-    """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    # first without SO_REUSEPORT: this fails if anything listens on the port, even another
-    # SO_REUSEPORT listener (a second `anytus serve` on the same port must not join the first)
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
-        numeric, chosen = probe.getsockname()[:2]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((numeric, chosen, *address[2:]))
-    except BaseException:
-        sock.close()
-        raise
-    return Endpoint(numeric, chosen), sock
-
-
 def bind_listening(host: str, port: int) -> Endpoint:
-    """Bind and listen on *host*:*port* (0: a free port), for the trio server."""
+    """Bind and listen on *host*:*port* (0: a free port)."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -317,8 +265,7 @@ async def _serve(
     shutdown = _Shutdown(supervised=parent_pid is not None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(shutdown.watch, parent_pid)
-        serve = _serve_h11 if options.backend == "trio" else _serve_granian
-        await serve(app, tus, endpoint, shutdown, ready, options)
+        await _serve_h11(app, tus, endpoint, shutdown, ready, options)
         tg.cancel_scope.cancel()
     logger.info("stopped")
 
@@ -356,134 +303,18 @@ async def _serve_h11(
             keep_alive_timeout=min(_KEEP_ALIVE_TIMEOUT, options.network_timeout),
             head_timeout=min(_HEAD_TIMEOUT, options.network_timeout),
             write_timeout=options.network_timeout,
-            # this server runs on trio only (granian serves asyncio): a large body goes from the
-            # socket to the file in a worker thread, without an ASGI message per piece
+            # a large body goes from the socket to the file in a worker thread, without an ASGI
+            # message per piece
             raw_bodies=True,
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
 
 
-async def _serve_granian(
-    app: _AccessLog,
-    tus: TusApp,
-    endpoint: Endpoint,
-    shutdown: _Shutdown,
-    ready: Callable[[], None],
-    options: ServeOptions,
-) -> None:
-    from granian.constants import HTTPModes, Interfaces, SSLProtocols, TaskImpl
-    from granian.http import HTTP1Settings
-    from granian.log import LogLevels
-    from granian.server.embed import Server
-
-    server = Server(
-        app,
-        address=endpoint.address,
-        port=endpoint.port,
-        interface=Interfaces.ASGI,  # with the lifespan: TusApp runs its periodic cleanup there
-        http=HTTPModes.http1,  # tus clients speak HTTP/1.1; no HTTP/2 sniffing per connection
-        # hyper's header read timeout runs from the connection's start or the end of the previous
-        # response: it bounds a silent connection, an idle keep-alive one and a trickled head
-        http1_settings=HTTP1Settings(
-            header_read_timeout=max(1, round(min(_HEAD_TIMEOUT, options.network_timeout) * 1000)),
-            max_buffer_size=int(os.environ.get("MB", "417792")),
-        ),
-        websockets=False,
-        backlog=BACKLOG,
-        task_impl=TaskImpl.asyncio,  # real asyncio tasks: anyio's cancel scopes work in them
-        runtime_threads=1,
-        # its one warning is "Embedded server is experimental!", at every start: noise to operators
-        log_level=LogLevels.error,
-        log_dictconfig=_GRANIAN_LOGGING,
-        log_access=False,  # _AccessLog writes it, with our logger and format
-        ssl_cert=options.certfile,
-        ssl_key=options.keyfile,
-        # as Python's ssl (the trio server) and Go (tusd): TLS 1.2 and up
-        ssl_protocol_min=SSLProtocols.tls12,
-    )
-    # granian applied its logging configuration (a dictConfig) in the constructor: put ours back
-    configure_logging(options.logging)
-
-    stopping = False
-    stopped = anyio.Event()
-
-    async with anyio.create_task_group() as tg:
-
-        async def run() -> None:
-            try:
-                await server.serve()
-            finally:
-                stopped.set()
-            if not stopping:
-                raise WorkerFailedError("granian stopped unexpectedly")
-
-        async def announce() -> None:
-            await app.started.wait()
-            # granian binds its listener right after the lifespan startup: wait until it accepts
-            await _wait_until_accepting(endpoint)
-            ready()
-
-        tg.start_soon(run)
-        tg.start_soon(announce)
-        await shutdown.requested.wait()
-        stopping = True
-        server.stop()  # type: ignore[no-untyped-call]
-        async with anyio.create_task_group() as draining:
-
-            async def on_force() -> None:
-                await shutdown.forced.wait()
-                draining.cancel_scope.cancel()
-
-            draining.start_soon(on_force)
-            with anyio.move_on_after(options.shutdown_timeout):
-                await stopped.wait()
-            if not stopped.is_set():
-                # a client that went quiet mid-upload: make it answer, keeping what it sent
-                logger.warning(
-                    "requests still running after %gs: interrupting them", options.shutdown_timeout
-                )
-                tus.interrupt_uploads()
-                with anyio.move_on_after(INTERRUPT_GRACE):
-                    await stopped.wait()
-            draining.cancel_scope.cancel()
-        if not stopped.is_set():
-            # Cancel the requests, not granian's serve(): its worker awaits a future that its
-            # shutdown resolves, and cancelling that makes the resolution fail with a traceback.
-            # Cancelled requests keep what they received.
-            logger.warning("requests still running: cancelling them")
-            app.cancel_requests()
-            with anyio.move_on_after(_STOP_TIMEOUT):
-                await stopped.wait()
-        tg.cancel_scope.cancel()
-
-
-async def _wait_until_accepting(endpoint: Endpoint) -> None:
-    """Return once a TCP connection to *endpoint* succeeds (refused: not listening yet)."""
-    host = endpoint.address
-    if host in ("0.0.0.0", "::"):  # the wildcard address is reached through the loopback
-        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-    deadline = time.monotonic() + _READY_TIMEOUT
-    while True:
-        try:
-            with anyio.fail_after(1.0):
-                stream = await anyio.connect_tcp(host, endpoint.port)
-        except (OSError, TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                raise WorkerFailedError(
-                    f"granian did not accept connections on {endpoint.url_host}:{endpoint.port}"
-                    f" within {_READY_TIMEOUT:g}s: {exc}"
-                ) from exc
-            await anyio.sleep(0.01)
-        else:
-            await stream.aclose()
-            return
-
-
 class _AccessLog:
     """ASGI middleware: one ``anytus.access`` line per request, ``CLIENT METHOD PATH STATUS 0.001s``
     and, for an error, its code and message (``404 0.001s ERR_UPLOAD_NOT_FOUND: upload not
-    found``), on either server; and :attr:`started`, set once the app's lifespan startup is complete."""
+    found``); and :attr:`started`, set once the app's lifespan startup is complete."""
 
     def __init__(
         self, app: Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
@@ -493,13 +324,6 @@ class _AccessLog:
         #: set at shutdown when running requests are about to be cancelled: their cancellation is
         #: then the expected end, not an error for the server to report
         self.cancelling = False
-        self._running: set[anyio.CancelScope] = set()
-
-    def cancel_requests(self) -> None:
-        """Cancel every running request (at the end of a shutdown)."""
-        self.cancelling = True
-        for scope in self._running:
-            scope.cancel()
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -519,19 +343,13 @@ class _AccessLog:
             await send(message)
 
         started = time.perf_counter()
-        request_scope = anyio.CancelScope()
-        self._running.add(request_scope)
         try:
-            with request_scope:
-                await self.app(scope, receive, send_with_status)
-            if request_scope.cancelled_caught:
-                status = "cancelled"
+            await self.app(scope, receive, send_with_status)
         except anyio.get_cancelled_exc_class():
             if not self.cancelling:
                 raise
             status = "cancelled"
         finally:
-            self._running.discard(request_scope)
             error = error_of(scope)
             reason = f" {error.error_code}: {error.message}" if error is not None else ""
             client = scope.get("client")
