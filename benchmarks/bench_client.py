@@ -1,7 +1,7 @@
 """Upload clients side by side: ``anytus.client.TusClient`` against curl, tuspy and tus-js-client.
 
 Each client uploads the same file (``--size``, 1 GiB; ``--quick``: 128 MiB) to the same
-``anytus serve --durability none`` (granian on asyncio, a subprocess) over loopback, in its own
+``anytus serve --durability none`` (asyncio, a subprocess) over loopback, in its own
 subprocess, in interleaved rounds (``--rounds``, 3; the order rotates every round). For each:
 throughput (MiB/s, from the client's own timing of the upload, process start-up left out), client
 CPU seconds per GiB while uploading (measured by each client process around its upload; curl's is its
