@@ -184,7 +184,9 @@ def run_server_process(
 ) -> Iterator[ServerProcess]:
     """Run ``python -m anytus serve --port 0 --dir DIRECTORY *ARGS`` and yield it once it listens.
 
-    *prefix* goes before the command (``prlimit ...``, ``setpriv ...``).
+    *prefix* goes before the command (``prlimit ...``, ``setpriv ...``). One worker unless *args*
+    say ``--workers``: the tests look into one process (its descriptors, its log); the default,
+    ``--workers auto``, has tests of its own.
 
     The announced ``anytus: serving DIR on http://HOST:PORT/files/`` line gives the URL. stderr is
     drained by a thread for the whole lifetime (the server logs every request there). Teardown sends
@@ -203,6 +205,7 @@ def run_server_process(
         "0",
         "--dir",
         str(directory),
+        *([] if any(arg.startswith("--workers") for arg in args) else ["--workers", "1"]),
         *args,
     ]
     process = subprocess.Popen(

@@ -7,12 +7,13 @@ any server starts.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import pytest
 
 import anytus
-from anytus._cli import _parser, main, parse_duration, parse_size
+from anytus._cli import _parser, auto_workers, main, parse_duration, parse_size
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,3 +109,22 @@ def test_trio_backend_without_trio_names_the_extra(
     assert err == [
         "anytus: --backend trio needs trio, which is not installed: pip install 'anytus[trio]'"
     ]
+
+
+def test_workers_auto_is_one_per_usable_cpu() -> None:
+    """``--workers`` defaults to ``auto``: one process per CPU this process may run on, as tusd
+    uses every core; a bucket without Redis gets one (its locks hold within one process)."""
+    parser = _subcommands(_parser())["serve"]
+    assert parser.parse_args([]).workers is None
+    assert parser.parse_args(["--workers", "auto"]).workers is None
+    assert parser.parse_args(["--workers", "3"]).workers == 3
+    assert auto_workers(parser.parse_args([])) == len(os.sched_getaffinity(0))
+    assert auto_workers(parser.parse_args(["--s3-bucket", "b"])) == 1
+    redis = ["--s3-bucket", "b", "--redis", "redis://127.0.0.1:1"]
+    assert auto_workers(parser.parse_args(redis)) == len(os.sched_getaffinity(0))
+
+
+def test_workers_must_be_a_number_or_auto(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--workers", "many"])
+    assert "not a number of processes, nor auto: 'many'" in capsys.readouterr().err

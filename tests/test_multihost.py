@@ -134,6 +134,8 @@ def host(s3: S3Service, prefix: str, redis_url: str, backend: str) -> Iterator[H
         "0",
         "--backend",
         backend,
+        "--workers",
+        "1",  # a host is one process here: killing it kills the host
         "--s3-bucket",
         s3.bucket,
         "--s3-endpoint",

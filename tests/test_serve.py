@@ -466,3 +466,17 @@ def test_out_of_file_descriptors_answers_503(tmp_path: Path) -> None:
         created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
         assert created.status_code == 201
         assert server.process.poll() is None
+
+
+def test_workers_auto_runs_one_per_usable_cpu(tmp_path: Path) -> None:
+    """``--workers auto`` (the default) runs one process per CPU this process may run on, and
+    they serve together."""
+    cpus = len(os.sched_getaffinity(0))
+    with run_server_process(tmp_path, "--workers", "auto") as server:
+        if cpus > 1:
+            assert len(worker_pids(server)) == cpus
+        else:
+            assert not any(_WORKERS.search(line) for line in server.stderr_lines)
+        assert httpx.options(server.url).status_code == 200
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
+        assert created.status_code == 201

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from types import FrameType
 
-__all__ = ("main", "parse_duration", "parse_size")
+__all__ = ("auto_workers", "main", "parse_duration", "parse_size", "parse_workers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,10 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
-        default=1,
+        type=parse_workers,
+        default=None,
         metavar="N",
-        help="server processes sharing the port; a worker that dies is replaced (default: 1)",
+        help="server processes sharing the port, or auto: one per CPU this process may run on "
+        "(1 for a bucket without --redis); a worker that dies is replaced (default: auto)",
     )
     serve.add_argument(
         "--durability",
@@ -245,12 +246,36 @@ def parse_duration(text: str) -> float:
     return float(number) * _DURATION_UNITS[unit.lower()]
 
 
+def parse_workers(text: str) -> int | None:
+    """``--workers``: a number of processes, or ``auto`` (``None``: see :func:`auto_workers`)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of processes, nor auto: {text!r}") from None
+
+
+def auto_workers(args: argparse.Namespace) -> int:
+    """``--workers auto``: one process per CPU this process may run on, as tusd uses every core
+    (one Python process uses about one: the GIL), but one for a bucket without Redis, whose
+    locks hold within one process only."""
+    if args.s3_bucket is not None and args.redis is None:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 # -- serve ----------------------------------------------------------------------------------------
 
 
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
+    if args.workers is None:
+        args.workers = auto_workers(args)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.max_size is not None and args.max_size < 0:
