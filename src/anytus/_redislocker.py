@@ -159,6 +159,9 @@ class RedisLocker(Locker):
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
         self._redis_errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
+        # and ValueError: redis-py's buffer of a connection that close() shut while the watcher
+        # thread was using it
+        self._watch_errors: tuple[type[BaseException], ...] = (*self._redis_errors, ValueError)
         self.client: redis.Redis = client
         self.prefix = prefix
         self.lease = lease
@@ -395,7 +398,7 @@ class RedisLocker(Locker):
                         client=pipe,
                     )
                 results: list[Any] = pipe.execute(raise_on_error=False)
-            except self._redis_errors as exc:
+            except self._watch_errors as exc:
                 results = [exc] * len(holders)
             for holder, result in zip(holders, results, strict=True):
                 if isinstance(result, BaseException):
