@@ -480,3 +480,41 @@ def test_workers_auto_runs_one_per_usable_cpu(tmp_path: Path) -> None:
         assert httpx.options(server.url).status_code == 200
         created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
         assert created.status_code == 201
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigterm_to_every_process_still_waits_for_a_running_upload(
+    tmp_path: Path, backend: str
+) -> None:
+    """A service manager sends SIGTERM to every process of the service (systemd's default), and
+    the supervisor forwards its own: a worker gets two SIGTERMs at once, which must not skip the
+    graceful wait. A second signal to the supervisor still stops everything at once."""
+    directory = tmp_path / "uploads"
+    data = os.urandom(300_000)
+    options = ("--backend", backend, "--workers", "2", "--shutdown-timeout", "60")
+    with run_server_process(directory, *options) as server:
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+        path = "/files/" + created.headers["Location"].rsplit("/", 1)[1]
+        host = f"127.0.0.1:{server.port}"
+        headers = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE}
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(
+                raw_request("PATCH", path, host, headers, content_length=len(data)) + data[:100_000]
+            )
+            lock = directory / f"{path.rsplit('/', 1)[1]}.lock"
+            assert wait_for_sync(lock.exists), server.stderr_lines
+            for pid in [server.process.pid, *worker_pids(server)]:
+                os.kill(pid, signal.SIGTERM)
+            assert wait_for_sync(
+                lambda: sum("shutting down" in line for line in server.stderr_lines) >= 2
+            )
+            client.sendall(data[100_000:])
+            client.settimeout(20)
+            assert client.recv(4096).startswith(b"HTTP/1.1 204"), server.stderr_lines
+            assert not any("stopping now" in line for line in server.stderr_lines)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            exit_code = server.process.wait(20)
+    assert exit_code == 0, server.stderr_lines[-20:]
+    assert time.monotonic() - started < 10  # not the 60 s shutdown timeout
+    assert (directory / f"{path.rsplit('/', 1)[1]}.bin").read_bytes() == data

@@ -29,6 +29,7 @@ import anyio
 from . import __version__
 from ._cli_upload import add_upload_parser, run_upload
 from ._serve import (
+    FORCE_SIGNAL,
     GRACEFUL_TIMEOUT,
     INTERRUPT_GRACE,
     NETWORK_TIMEOUT,
@@ -408,8 +409,8 @@ class _Supervisor:
     A worker that exits is reaped at once (so that its lock files are judged dead at once: a
     zombie's /proc entry outlives it) and replaced at once; a replacement that dies before it
     is ready is retried after a growing delay. The service stays up while any worker runs. On
-    SIGINT/SIGTERM every worker is asked to stop (SIGTERM), and again on a second signal, which
-    makes them stop at once.
+    SIGINT/SIGTERM every worker is asked to stop (SIGTERM); a second signal makes them stop at once
+    (:data:`~anytus._serve.FORCE_SIGNAL`).
     """
 
     def __init__(
@@ -545,11 +546,12 @@ class _Supervisor:
         forwarded = 0
         deadline = time.monotonic() + self.options.shutdown_timeout + INTERRUPT_GRACE + _EXIT_GRACE
         while True:
-            # one SIGTERM per signal received: the second one forces them
-            for _ in range(forwarded, max(len(self.signals), 1)):
+            # SIGTERM for the first signal received, FORCE_SIGNAL for the second
+            for _ in range(forwarded, min(max(len(self.signals), 1), 2)):
+                stop = signal.SIGTERM if forwarded == 0 else FORCE_SIGNAL
                 for process in processes:
                     if process.is_alive() and process.pid is not None:
-                        os.kill(process.pid, signal.SIGTERM)
+                        os.kill(process.pid, stop)
                 forwarded += 1
             alive = [process for process in processes if process.is_alive()]
             if not alive:

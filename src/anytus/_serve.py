@@ -38,6 +38,7 @@ from .asgi import error_of
 
 __all__ = (
     "BACKLOG",
+    "FORCE_SIGNAL",
     "GRACEFUL_TIMEOUT",
     "INTERRUPT_GRACE",
     "NETWORK_TIMEOUT",
@@ -62,6 +63,8 @@ GRACEFUL_TIMEOUT = 10.0
 INTERRUPT_GRACE = 2.0
 #: the listen backlog
 BACKLOG = 2048
+#: what the supervisor sends its workers when it gets a second shutdown signal: stop at once
+FORCE_SIGNAL = signal.SIGUSR1
 #: how long a connection may send nothing, by default (tusd's ``-network-timeout``): an idle
 #: request body ends its request (TusApp's ``idle_timeout``); request heads and idle keep-alive
 #: connections get the servers' own shorter limits, capped at this
@@ -385,14 +388,20 @@ class _Shutdown:
     has gone away), :attr:`forced` on a second signal, when running requests are not waited for.
 
     A supervised worker ignores SIGINT: Ctrl-C reaches every process of the terminal's process
-    group, and the supervisor, which gets it too, tells its workers with SIGTERM (once per signal
-    it receives, so a second Ctrl-C forces them as well).
+    group, and the supervisor, which gets it too, tells its workers. Every SIGTERM only asks a
+    supervised worker to shut down: a service manager sends it to every process of the service
+    (systemd's default), and the supervisor forwards its own, so a worker gets two at once, which
+    must not skip the graceful wait. A supervisor that gets a second signal forces its workers
+    with :data:`FORCE_SIGNAL`.
     """
 
     def __init__(self, *, supervised: bool) -> None:
         self.requested = anyio.Event()
         self.forced = anyio.Event()
-        self.signals = (signal.SIGTERM,) if supervised else (signal.SIGINT, signal.SIGTERM)
+        self.supervised = supervised
+        self.signals = (
+            (signal.SIGTERM, FORCE_SIGNAL) if supervised else (signal.SIGINT, signal.SIGTERM)
+        )
         if supervised:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -403,12 +412,15 @@ class _Shutdown:
             with anyio.open_signal_receiver(*self.signals) as signals:
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    if not self.requested.is_set():
+                    again = self.requested.is_set() and not self.supervised
+                    if signum == FORCE_SIGNAL or again:
+                        if not self.forced.is_set():
+                            logger.info("%s: stopping now", name)
+                            self.requested.set()
+                            self.forced.set()
+                    elif not self.requested.is_set():
                         logger.info("%s: shutting down", name)
                         self.requested.set()
-                    elif not self.forced.is_set():
-                        logger.info("%s again: stopping now", name)
-                        self.forced.set()
 
     async def _watch_parent(self, parent_pid: int) -> None:
         # a worker whose parent was killed (SIGKILL leaves no chance to tell us) must not
