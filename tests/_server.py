@@ -481,6 +481,22 @@ async def read_raw_response(
     return RawResponse(status=status, headers=headers, body=rest[:length])
 
 
+def wait_until_answering(
+    origin: str, process: subprocess.Popen[bytes], *, timeout: float = 30.0, log: Path | None = None
+) -> None:
+    """Return once ``GET ORIGIN/`` answers 200 (a server in another process started); fail if
+    *process* exits first or *timeout* passes (with *log*'s text, if given)."""
+
+    def answering() -> bool:
+        assert process.poll() is None, log.read_text() if log else "the server exited"
+        try:
+            return httpx.get(f"{origin}/", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    assert wait_for_sync(answering, timeout=timeout), log.read_text() if log else origin
+
+
 def wait_for_sync(predicate: Callable[[], bool], *, timeout: float = 20.0) -> bool:
     """Poll another process's state until *predicate* holds or *timeout* passes (there is
     nothing to wait on across processes); return its last value."""

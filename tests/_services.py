@@ -21,12 +21,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from _server import wait_for_sync
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -57,14 +58,15 @@ def free_port() -> int:
 
 
 def _wait_connectable(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with status {process.returncode}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}")
+            return True
+        return False
+
+    if not wait_for_sync(listening, timeout=30):
+        raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,14 @@ import httpx
 import pytest
 from tusclient import client as tus_client
 
-from _server import OFFSET_CONTENT_TYPE, TUS, serve_app, subprocess_env, upload_id_of
+from _server import (
+    OFFSET_CONTENT_TYPE,
+    TUS,
+    serve_app,
+    subprocess_env,
+    upload_id_of,
+    wait_until_answering,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -178,16 +184,7 @@ def run_example(framework: str, directory: Path, log: Path) -> Iterator[str]:
             cwd=log.parent,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{origin}/", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_until_answering(origin, process, timeout=60, log=log)
         yield origin
     finally:
         process.terminate()

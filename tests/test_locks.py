@@ -20,6 +20,7 @@ import anyio.lowlevel
 import pytest
 
 from _children import command
+from _server import wait_for
 from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker, RedisLocker
 
 if TYPE_CHECKING:
@@ -454,9 +455,7 @@ class TestFileLockerFile:
             old = time.time() - 3600
             await anyio.to_thread.run_sync(os.utime, path, (old, old))
             # the next heartbeat (0.2 s) makes it fresh; the file has no event to wait on
-            with anyio.fail_after(5):
-                while time.time() - path.stat().st_mtime >= 5:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+            assert await wait_for(lambda: time.time() - path.stat().st_mtime < 5, timeout=5)
 
     async def test_stale_stop_file_does_not_interrupt_new_holder(
         self, file_locker: FileLocker, lock_dir: Path
@@ -640,9 +639,7 @@ class TestFileLockerStale:
         if fmt == "anytus":
             argv = command("holder", lock_dir, work, UPLOAD_ID, "asyncio")
             child = await anyio.to_thread.run_sync(subprocess.Popen, argv)
-            with anyio.fail_after(20):
-                while not (work / "locked").exists():  # noqa: ASYNC110 - another process
-                    await anyio.sleep(0.01)
+            assert await wait_for((work / "locked").exists, timeout=20)  # another process
         else:
             child = await anyio.to_thread.run_sync(subprocess.Popen, ["sleep", "30"])
             path.write_bytes(f"{child.pid}\n".encode())

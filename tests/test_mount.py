@@ -20,7 +20,6 @@ import logging
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +28,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from _server import TUS, TusClient, serve_app, subprocess_env, upload_id_of
+from _server import TUS, TusClient, serve_app, subprocess_env, upload_id_of, wait_until_answering
 from anytus import FileStore
 from anytus._protocol import split_mount
 from anytus.asgi import TusApp
@@ -247,16 +246,7 @@ def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
     )
     origin = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                if httpx.get(f"{origin}/", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until_answering(origin, process)
         # as a proxy that removed /api passes the request on
         created = httpx.post(f"{origin}/uploads/", headers={**TUS, "Upload-Length": "2"})
         assert created.status_code == 201, created.text

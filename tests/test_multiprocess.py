@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import anyio
 import pytest
@@ -25,6 +25,7 @@ import pytest
 import anytus
 from _children import BLOCK, block, command
 from _helpers import Chunks, file_sha256
+from _server import wait_for, wait_for_sync
 from anytus import FileLocker, FileStore, UploadInfo
 
 if TYPE_CHECKING:
@@ -82,15 +83,6 @@ async def spawn(child: str, *args: object, stderr_path: Path) -> Process:
         stderr.close()
 
 
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    with anyio.move_on_after(timeout):
-        # the file system has no event to wait on: poll it
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture
 def dirs(tmp_path: Path) -> tuple[Path, Path]:
     locks = tmp_path / "locks"
@@ -118,11 +110,12 @@ def test_competing_processes_exclude_each_other(dirs: tuple[Path, Path]) -> None
             env=_ENV,
         )
     try:
-        deadline = time.monotonic() + 30
-        while not all((work_dir / f"ready-{name}").exists() for name in backends):
-            assert time.monotonic() < deadline, "children did not start"
+
+        def started() -> bool:
             assert all(child.poll() is None for child in children.values())
-            time.sleep(0.01)
+            return all((work_dir / f"ready-{name}").exists() for name in backends)
+
+        assert wait_for_sync(started, timeout=30), "children did not start"
         (work_dir / "go").write_bytes(b"")
         for name, child in children.items():
             code = child.wait(timeout=90)
@@ -168,11 +161,9 @@ async def test_release_request_reaches_another_process(
         stderr_path=work_dir / "stderr",
     )
     async with process:
-        await wait_for(
-            lambda: (work_dir / "locked").exists() or process.returncode is not None,
-            20,
-            "child to lock",
-        )
+        assert await wait_for(
+            lambda: (work_dir / "locked").exists() or process.returncode is not None, timeout=20
+        ), "child to lock"
         assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
 
         start = time.monotonic()
@@ -242,11 +233,10 @@ async def test_writer_killed_mid_upload(tmp_path: Path, anyio_backend_name: str)
         stderr_path=work_dir / "stderr",
     )
     async with process:
-        await wait_for(
+        assert await wait_for(
             lambda: data_file.stat().st_size >= 2 * 1024 * 1024 or process.returncode is not None,
-            30,
-            "the child to write 2 MiB",
-        )
+            timeout=30,
+        ), "the child to write 2 MiB"
         assert process.returncode is None, (work_dir / "stderr").read_text()
         process.send_signal(signal.SIGKILL)
         with anyio.fail_after(10):
