@@ -6,13 +6,11 @@ import base64
 import contextlib
 import dataclasses
 import email.utils
-import hashlib
 import os
 import random
 import socket
 import time
 import urllib.parse
-import zlib
 from collections.abc import AsyncIterable, AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -21,12 +19,14 @@ from typing import TYPE_CHECKING, BinaryIO, Final, Literal, Protocol
 import anyio
 import httpx
 
+from .._core import new_hasher
 from .._exceptions import (
     ConnectionFailed,
     ExtensionUnsupported,
     MaxSizeExceeded,
     ResponseError,
 )
+from .._protocol import CHECKSUM_ALGORITHMS
 from ._urlstore import StoredUpload, URLStore
 
 if TYPE_CHECKING:
@@ -59,40 +59,11 @@ RETRY_STATUSES: Final = frozenset({408, 423, 429, 500, 502, 503, 504, 507, 509})
 #: holds other bytes than we thought (409), or the chunk arrived damaged (460)
 RESYNC_STATUSES: Final = frozenset({409, 460})
 
-_CHECKSUMS: Final[Mapping[str, Callable[[], _Hash]]] = {
-    "sha1": hashlib.sha1,
-    "md5": hashlib.md5,
-    "sha256": hashlib.sha256,
-    "sha512": hashlib.sha512,
-}
-
 
 class ProgressCallback(Protocol):
     """``on_progress(sent, total)``: bytes sent so far, and the total (``None`` while unknown)."""
 
     def __call__(self, sent: int, total: int | None, /) -> object: ...
-
-
-class _Hash(Protocol):
-    def update(self, data: bytes | memoryview, /) -> None: ...
-    def digest(self) -> bytes: ...
-
-
-class _Crc32:
-    def __init__(self) -> None:
-        self._value = 0
-
-    def update(self, data: bytes | memoryview, /) -> None:
-        self._value = zlib.crc32(data, self._value)
-
-    def digest(self) -> bytes:
-        return self._value.to_bytes(4, "big")
-
-
-def _new_hash(algorithm: str) -> _Hash:
-    if algorithm == "crc32":
-        return _Crc32()
-    return _CHECKSUMS[algorithm]()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -311,7 +282,7 @@ def _read_at(file: BinaryIO, offset: int, size: int) -> bytes:
 
 
 def _digest_file(file: BinaryIO, start: int, end: int, algorithm: str) -> bytes:
-    digest = _new_hash(algorithm)
+    digest = new_hasher(algorithm)
     file.seek(start)
     remaining = end - start
     while remaining:
@@ -324,7 +295,7 @@ def _digest_file(file: BinaryIO, start: int, end: int, algorithm: str) -> bytes:
 
 
 def _digest(data: memoryview, algorithm: str) -> bytes:
-    digest = _new_hash(algorithm)
+    digest = new_hasher(algorithm)
     digest.update(data)
     return digest.digest()
 
@@ -575,7 +546,7 @@ class TusClient:
             raise ValueError("parallel must be at least 1")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError("chunk_size must be positive")
-        if checksum is not None and checksum not in (*_CHECKSUMS, "crc32"):
+        if checksum is not None and checksum not in CHECKSUM_ALGORITHMS:
             raise ValueError(f"unsupported checksum algorithm {checksum!r}")
         if self.protocol == "draft":
             return await self._upload_draft(
