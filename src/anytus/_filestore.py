@@ -408,12 +408,16 @@ class FileStore(StoreBase):
         finally:
             os.close(fd)
 
+    def _sync_after(self, info: UploadInfo, appended: int) -> bool:
+        """Whether appending *appended* bytes to *info* ends with an fsync (the durability
+        setting: always, or when the upload completes)."""
+        complete = info.size is not None and info.offset + appended == info.size
+        return self.durability == "always" or (self.durability == "finish" and complete)
+
     def _append_sync(self, info: UploadInfo, data_path: str, data: bytes) -> None:
         """Append *data* in one go: open, write, fsync as the durability setting says, close."""
         fd = os.open(data_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        complete = info.size is not None and info.offset + len(data) == info.size
-        sync = self.durability == "always" or (self.durability == "finish" and complete)
-        _write_sync_close(fd, [data] if data else [], sync)
+        _write_sync_close(fd, [data] if data else [], self._sync_after(info, len(data)))
 
     def _list_sync(self) -> list[str]:
         try:
@@ -503,8 +507,7 @@ class FileUpload(_Loaded, ThreadFedUpload):
         finally:
             # what was received is stored (also when the source failed or we were cancelled),
             # the file is closed, and fsynced if the durability setting asks for it now
-            complete = info.size is not None and info.offset + taken == info.size
-            sync = store.durability == "always" or (store.durability == "finish" and complete)
+            sync = store._sync_after(info, taken)
             written = appender.written
             try:
                 await appender.finish(sync)
@@ -577,8 +580,7 @@ class FileUpload(_Loaded, ThreadFedUpload):
                     # a write that failed half way (the disk filled up) left the bytes that
                     # fitted: they are stored, so they count
                     written = await store._run(_size_after_failure, self._data_path, info.offset)
-                complete = info.size is not None and info.offset + written == info.size
-                sync = store.durability == "always" or (store.durability == "finish" and complete)
+                sync = store._sync_after(info, written)
                 try:
                     await store._run(_write_sync_close, fd, [], sync)
                 finally:
