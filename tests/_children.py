@@ -83,7 +83,8 @@ def holder(lock_dir: str, work_dir: str, upload_id: str, backend: str) -> None:
 
             async with locker.lock(upload_id, timeout=10, on_release=on_release):
                 touch(os.path.join(work_dir, "locked"))
-                await anyio.sleep(60)
+                # until a release request cancels it (or the parent kills this process)
+                await anyio.sleep_forever()
         touch(os.path.join(work_dir, "released"), f"{scope.cancelled_caught} {len(calls)}")
 
     anyio.run(main, backend=backend)
