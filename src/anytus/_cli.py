@@ -36,6 +36,7 @@ from ._serve import (
     Endpoint,
     LoggingOptions,
     ServeOptions,
+    WorkerLoads,
     bind_listening,
     configure_logging,
     logger,
@@ -49,7 +50,7 @@ from ._servestores import describe as describe_store
 from ._servestores import probe as probe_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, MutableSequence, Sequence
     from multiprocessing.process import BaseProcess
     from types import FrameType
 
@@ -384,7 +385,12 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
 
 
 def _worker_process(
-    endpoint: Endpoint, options: ServeOptions, parent_pid: int, ready: Connection
+    endpoint: Endpoint,
+    options: ServeOptions,
+    parent_pid: int,
+    ready: Connection,
+    counts: MutableSequence[int],
+    slot: int,
 ) -> None:
     configure_logging(options.logging)
 
@@ -392,7 +398,7 @@ def _worker_process(
         ready.send(os.getpid())
         ready.close()
 
-    sys.exit(run_worker(endpoint, options, parent_pid, report_ready))
+    sys.exit(run_worker(endpoint, options, parent_pid, report_ready, WorkerLoads(counts, slot)))
 
 
 #: a worker that dies before it is ready is replaced after this long, doubled for each failure
@@ -428,6 +434,10 @@ class _Supervisor:
         # server's socket is passed by multiprocessing's descriptor sharing, as hypercorn does)
         self.context = multiprocessing.get_context("spawn")
         self.running: dict[int, BaseProcess] = {}  # by sentinel
+        # each worker's open connections, by slot (a replacement takes the slot of the worker it
+        # replaces); -1: no worker accepting there
+        self.loads = self.context.RawArray("i", [-1] * workers)
+        self.slots: dict[BaseProcess, int] = {}
         self.starting: dict[Connection, BaseProcess] = {}  # ready pipe -> worker not ready yet
         self.ever_ready = False
         self.ready_pids: set[int | None] = set()
@@ -436,13 +446,15 @@ class _Supervisor:
         self.signals: list[int] = []
 
     def start_worker(self) -> None:
+        slot = min(set(range(self.workers)) - set(self.slots.values()))
         receiver, sender = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker_process,
-            args=(self.endpoint, self.options, os.getpid(), sender),
+            args=(self.endpoint, self.options, os.getpid(), sender, self.loads, slot),
             name="anytus-worker",
         )
         process.start()
+        self.slots[process] = slot
         sender.close()  # the worker holds its end: EOF here means it died
         self.running[process.sentinel] = process
         self.starting[receiver] = process
@@ -519,6 +531,8 @@ class _Supervisor:
         """Reap a worker that exited and plan its replacement; return an exit status when the
         whole server has to stop."""
         process.join()  # reaps it
+        # a dead worker accepts nothing: the others must not wait for it to
+        self.loads[self.slots.pop(process)] = -1
         was_ready = process.pid in self.ready_pids
         self.ready_pids.discard(process.pid)
         for receiver, starting in list(self.starting.items()):

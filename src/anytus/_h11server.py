@@ -50,7 +50,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 import anyio
@@ -60,11 +60,12 @@ import h11
 from anyio.streams.tls import TLSStream
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from ._asgi_types import BodySink
 
 __all__ = (
+    "ACCEPT_YIELD_DELAY",
     "DRAIN_SIZE",
     "DRAIN_TIME",
     "HEAD_TIMEOUT",
@@ -73,6 +74,7 @@ __all__ = (
     "MAX_HEAD_SIZE",
     "READ_SIZE",
     "WRITE_TIMEOUT",
+    "AcceptBalance",
     "LifespanFailedError",
     "serve",
 )
@@ -924,15 +926,37 @@ _ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, err
 _ACCEPT_RETRY_DELAY = 0.1
 
 
-async def _accept(
-    listener: socket.socket,
-    handle: Callable[[_TCPStream], Coroutine[Any, Any, None]],
-    tg: anyio.abc.TaskGroup,
-) -> None:
-    """Accept connections on *listener* forever, each handled in a task of *tg*."""
+class AcceptBalance(Protocol):
+    """How processes that accept on one shared listening socket even out their connections.
+
+    Left to the kernel, every process waiting on the socket is woken for a new connection and
+    the first to call ``accept()`` gets it; on asyncio that was the same process 97 times in 100
+    (the one that registered last is woken first), so one worker of several served nearly
+    everything. With a balance, a process that holds more connections than another waits
+    :data:`ACCEPT_YIELD_DELAY` before it accepts, and a less busy one takes the connection.
+    """
+
+    def connections(self, count: int) -> None:
+        """This process now has *count* connections open (-1: it no longer accepts)."""
+
+    def busier_than_others(self) -> bool:
+        """Whether another process that accepts has fewer connections open than this one."""
+
+
+#: how long a process busier than another lets it take a new connection first; if it does not
+#: (it may be stalled), the busier one takes it
+ACCEPT_YIELD_DELAY = 0.005
+
+
+async def _accept(listener: socket.socket, server: _Server, tg: anyio.abc.TaskGroup) -> None:
+    """Accept connections on *listener* forever, each handled by *server* in a task of *tg*."""
     listener.setblocking(False)
     while True:
         await anyio.lowlevel.checkpoint()
+        if server.balance is not None and server.balance.busier_than_others():
+            # a less busy process may take what comes (or what waits) first
+            await anyio.wait_readable(listener)
+            await anyio.sleep(ACCEPT_YIELD_DELAY)
         try:
             sock, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -946,7 +970,9 @@ async def _accept(
                 await anyio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
             raise
-        tg.start_soon(handle, _TCPStream(sock))
+        # counted at once, so that a backlog of connections is shared out as it is accepted
+        server.count_open(+1)
+        tg.start_soon(server.handle, _TCPStream(sock))
 
 
 def _address(address: Any) -> tuple[str, int] | None:
@@ -965,8 +991,12 @@ class _Server:
         head_timeout: float = HEAD_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         raw_bodies: bool = False,
+        balance: AcceptBalance | None = None,
     ) -> None:
         self.app: Callable[..., Awaitable[None]] = app
+        self.balance = balance
+        #: connections accepted and not yet closed (including those still in their handshake)
+        self.open = 0
         #: worker threads for raw body transfers; None: not offered
         self.raw_limiter = (
             anyio.CapacityLimiter(MAX_RAW_TRANSFERS) if raw_bodies and ssl_context is None else None
@@ -986,7 +1016,20 @@ class _Server:
         self.state: dict[str, Any] = {}
 
     async def handle(self, stream: _TCPStream) -> None:
-        """One connection, start to end; never raises (except for cancellation)."""
+        """One connection (counted by :meth:`count_open` when it was accepted), start to end;
+        never raises (except for cancellation)."""
+        try:
+            await self._handle(stream)
+        finally:
+            self.count_open(-1)
+
+    def count_open(self, change: int) -> None:
+        """One more (+1) or one fewer (-1) connection open."""
+        self.open += change
+        if self.balance is not None and not self.stopping:
+            self.balance.connections(self.open)
+
+    async def _handle(self, stream: _TCPStream) -> None:
         if self.ssl_context is not None:
             tls = await self._handshake(stream, self.ssl_context)
             if tls is None:
@@ -1129,6 +1172,7 @@ async def serve(
     head_timeout: float = HEAD_TIMEOUT,
     write_timeout: float = WRITE_TIMEOUT,
     raw_bodies: bool = False,
+    balance: AcceptBalance | None = None,
 ) -> None:
     """Serve the ASGI 3 *app* over HTTP/1.1 on *sock* (bound and listening) until
     *shutdown_trigger* returns.
@@ -1155,6 +1199,7 @@ async def serve(
         (then the connection is closed, and the app's further sends are dropped)
     :param raw_bodies: offer the :data:`RAW_BODY` scope extension (not over TLS): a worker
         thread receives a large body from the socket itself
+    :param balance: how this process shares *sock* with others that accept on it too
     :raises LifespanFailedError: the app's lifespan startup failed
     """
     server = _Server(
@@ -1164,6 +1209,7 @@ async def serve(
         head_timeout=head_timeout,
         write_timeout=write_timeout,
         raw_bodies=raw_bodies,
+        balance=balance,
     )
     lifespan = _Lifespan(server.app, server.state)
     # the channel to the app is closed however serving ends (memory streams warn if dropped open)
@@ -1181,13 +1227,17 @@ async def serve(
 
                 async def accept() -> None:
                     with accepting:
-                        await _accept(sock, server.handle, connections)
+                        await _accept(sock, server, connections)
 
+                if balance is not None:
+                    balance.connections(server.open)
                 connections.start_soon(accept)
                 if ready is not None:
                     ready()
                 await shutdown_trigger()
                 server.stopping = True
+                if balance is not None:
+                    balance.connections(-1)
                 accepting.cancel()
                 # other workers may hold the same listening socket and go on accepting
                 anyio.notify_closing(sock)

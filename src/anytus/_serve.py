@@ -8,7 +8,7 @@ which is how one upload reached tusd's speed here (granian, whose HTTP layer is 
 its pieces cross into Python one message at a time, and writing them off the event loop costs a
 thread hop each); small requests went as fast as under granian. The server serves a socket that
 is bound and listening before it starts, so clients that connect early wait in the backlog, and
-``--workers N`` share that one socket.
+``--workers N`` share that one socket, evening out their connections through :class:`WorkerLoads`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, MutableSequence
     from pathlib import Path
 
     from ._asgi_types import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
@@ -47,6 +47,7 @@ __all__ = (
     "LoggingOptions",
     "ServeOptions",
     "WorkerFailedError",
+    "WorkerLoads",
     "bind_listening",
     "configure_logging",
     "raise_open_files_limit",
@@ -222,6 +223,27 @@ def bind_listening(host: str, port: int) -> Endpoint:
     return Endpoint(numeric, chosen, sock)
 
 
+class WorkerLoads:
+    """The connections each worker of a supervisor has open, in memory the workers share
+    (a ``multiprocessing`` ``RawArray`` of ints, one slot per worker, -1 for a worker that does
+    not accept): the :class:`~anytus._h11server.AcceptBalance` of the worker in *slot*.
+
+    Reads and writes of one aligned int need no lock; a stale figure costs at most one
+    connection taken by the busier worker.
+    """
+
+    def __init__(self, counts: MutableSequence[int], slot: int) -> None:
+        self.counts = counts
+        self.slot = slot
+
+    def connections(self, count: int) -> None:
+        self.counts[self.slot] = count
+
+    def busier_than_others(self) -> bool:
+        mine = self.counts[self.slot]
+        return any(0 <= count < mine for slot, count in enumerate(self.counts) if slot != self.slot)
+
+
 class WorkerFailedError(Exception):
     """The server stopped on its own (not on a shutdown signal), or never became ready."""
 
@@ -231,11 +253,13 @@ def run_worker(
     options: ServeOptions,
     parent_pid: int | None,
     ready: Callable[[], None],
+    loads: WorkerLoads | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or, in a worker process, until the parent dies); return the exit
-    status. *ready* is called once connections are accepted (or queue in a listening socket)."""
+    status. *ready* is called once connections are accepted (or queue in a listening socket);
+    *loads*: this worker's share of the socket with the supervisor's other workers."""
     try:
-        anyio.run(_serve, endpoint, options, parent_pid, ready, backend=options.backend)
+        anyio.run(_serve, endpoint, options, parent_pid, ready, loads, backend=options.backend)
     except WorkerFailedError as exc:
         logger.error("%s", exc)
         return 1
@@ -243,7 +267,11 @@ def run_worker(
 
 
 async def _serve(
-    endpoint: Endpoint, options: ServeOptions, parent_pid: int | None, ready: Callable[[], None]
+    endpoint: Endpoint,
+    options: ServeOptions,
+    parent_pid: int | None,
+    ready: Callable[[], None],
+    loads: WorkerLoads | None,
 ) -> None:
     # imported here: `anytus cleanup` and `--help` need neither the servers nor the app
     from ._servestores import build_store
@@ -268,7 +296,7 @@ async def _serve(
     shutdown = _Shutdown(supervised=parent_pid is not None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(shutdown.watch, parent_pid)
-        await _serve_h11(app, tus, endpoint, shutdown, ready, options)
+        await _serve_h11(app, tus, endpoint, shutdown, ready, options, loads)
         tg.cancel_scope.cancel()
     logger.info("stopped")
 
@@ -280,6 +308,7 @@ async def _serve_h11(
     shutdown: _Shutdown,
     ready: Callable[[], None],
     options: ServeOptions,
+    loads: WorkerLoads | None,
 ) -> None:
     from ._h11server import LifespanFailedError, serve
 
@@ -309,6 +338,7 @@ async def _serve_h11(
             # a large body goes from the socket to the file in a worker thread, without an ASGI
             # message per piece
             raw_bodies=True,
+            balance=loads,
         )
     except LifespanFailedError as exc:
         raise WorkerFailedError(str(exc)) from exc
