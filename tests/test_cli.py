@@ -14,6 +14,7 @@ import pytest
 
 import anytus
 from anytus._cli import _parser, auto_workers, main, parse_duration, parse_size
+from anytus._serve import WorkerLoads
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,3 +129,18 @@ def test_workers_must_be_a_number_or_auto(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", "--workers", "many"])
     assert "not a number of processes, nor auto: 'many'" in capsys.readouterr().err
+
+
+def test_a_worker_with_more_connections_than_another_lets_it_accept_first() -> None:
+    counts = [-1, -1, -1]  # as the supervisor starts: no worker accepts yet
+    first, second = WorkerLoads(counts, 0), WorkerLoads(counts, 1)
+    first.connections(2)
+    assert not first.busier_than_others()  # nobody else accepts
+    second.connections(1)
+    assert first.busier_than_others()
+    assert not second.busier_than_others()
+    second.connections(2)
+    assert not first.busier_than_others()  # a tie: both accept
+    second.connections(-1)  # shutting down (or dead): no longer counts
+    assert not first.busier_than_others()
+    assert counts == [2, -1, -1]
