@@ -7,10 +7,12 @@ Targets, each one subprocess on 127.0.0.1 (a free port; one upload directory tha
 uses in turn, unless ``--separate-dirs``), started once:
 
 - ``tusd``: the peer binary (``--tusd``, default ``../shared/peers/tusd``), ``-verbose=false``;
-- ``anytus``: ``anytus serve`` (granian, asyncio); ``--anytus-args`` adds flags;
-- ``anytus-trio``: the same with ``--backend trio`` (anytus's own h11 server);
-- ``uvicorn``: ``TusApp(FileStore(dir), base_path="/files/")`` under uvicorn (``_uvicorn_app.py``),
-  with the durability given in ``--anytus-args`` (``pip install -e '.[bench]'``);
+- ``anytus``: ``anytus serve`` with its defaults (its own HTTP server, asyncio, ``--workers
+  auto``); ``--anytus-args`` adds flags;
+- ``anytus-trio``: the same with ``--backend trio``;
+- ``uvicorn``: ``TusApp(FileStore(dir), base_path="/files/")`` under uvicorn (``_uvicorn_app.py``)
+  with httptools and uvloop (``uvicorn[standard]``, in ``pip install -e '.[bench]'``), one
+  process, with the durability given in ``--anytus-args``;
 - on request, ``floor-granian`` and ``floor-threads`` (``_floor_servers.py``): not tus servers but
   the least a Python server can do here (uploads in a dict, bytes to a file, nothing else), under
   granian's ASGI and with no ASGI server at all: the ceiling of each stack, beside tusd's figures.
@@ -151,6 +153,9 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
         env["ANYTUS_BENCH_DURABILITY"] = durability
         command = [sys.executable, "-m", "uvicorn", "_uvicorn_app:app", "--app-dir"]
         command += [str(BENCHMARKS), "--host", "127.0.0.1", "--port", str(port)]
+        # httptools and uvloop (uvicorn[standard]) named, so that a missing one fails instead of
+        # falling back to h11, whose receive buffer copying halved the single upload here
+        command += ["--http", "httptools", "--loop", "uvloop"]
         command += ["--no-access-log", "--log-level", "warning"]
         target.command = f"ANYTUS_BENCH_DURABILITY={durability} {shlex.join(command)}"
         return start_listening(command, env, target.log, port)
