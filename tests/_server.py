@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -495,6 +496,33 @@ def wait_until_answering(
             return False
 
     assert wait_for_sync(answering, timeout=timeout), log.read_text() if log else origin
+
+
+def connection_spread(server: ServerProcess, count: int = 8) -> list[int]:
+    """Open *count* connections to *server* at once (as a client's pool does), send an OPTIONS on
+    each, and return how many of them each worker process took, fewest first (from the access
+    log, which names the client's port)."""
+    connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(count)]
+    try:
+        ports = []
+        for connection in connections:
+            connection.sendall(raw_request("OPTIONS", "/files/", f"127.0.0.1:{server.port}"))
+            ports.append(connection.getsockname()[1])
+        for connection in connections:
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+        def pids() -> list[int]:
+            found = {}
+            for line in server.stderr_lines:
+                if match := re.search(r"\[(\d+)\] \[INFO\] 127\.0\.0\.1:(\d+) OPTIONS ", line):
+                    found[int(match.group(2))] = int(match.group(1))
+            return [found[port] for port in ports if port in found]
+
+        assert wait_for_sync(lambda: len(pids()) == count), server.stderr_lines[-10:]
+        return sorted(Counter(pids()).values())
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 def wait_for_sync(predicate: Callable[[], bool], *, timeout: float = 20.0) -> bool:

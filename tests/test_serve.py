@@ -24,6 +24,7 @@ from _server import (
     TUS,
     ServerProcess,
     TusClient,
+    connection_spread,
     raw_request,
     run_server_process,
     subprocess_env,
@@ -283,6 +284,10 @@ def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backen
             assert wait_for_sync(lambda: any("is ready" in line for line in server.stderr_lines))
         assert any(f"worker {holder} exited with status -9" in line for line in server.stderr_lines)
         assert server.process.poll() is None
+        # the replacement took the dead worker's place in sharing out connections
+        spread = connection_spread(server)
+        assert len(spread) == 2, spread
+        assert spread[0] >= 2, spread
 
         # the lock it held is free at once: no 423, no waiting for a poll interval
         url = f"{server.url}{upload_id}"

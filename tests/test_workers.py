@@ -12,11 +12,9 @@ import re
 import signal
 import socket
 import time
-from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.abc
 import httpx
 import pytest
 
@@ -25,6 +23,7 @@ from _server import (
     TUS,
     ServerProcess,
     TusClient,
+    connection_spread,
     race_to_completion,
     raw_request,
     read_raw_response,
@@ -114,34 +113,14 @@ async def test_full_upload_through_workers(workers: ServerProcess) -> None:
     assert info["MetaData"] == {"filename": "big.bin"}
 
 
-async def test_connections_opened_at_once_are_shared_out(workers: ServerProcess) -> None:
+def test_connections_opened_at_once_are_shared_out(workers: ServerProcess) -> None:
     """A client that opens its pool of eight connections at once gets them spread over both
     workers, not all on one (which the kernel alone did one time in five on asyncio)."""
     for _ in range(3):
-        streams = [await anyio.connect_tcp("127.0.0.1", workers.port) for _ in range(8)]
-        try:
-            ports = []
-            for stream in streams:
-                await stream.send(raw_request("OPTIONS", "/files/", f"127.0.0.1:{workers.port}"))
-                ports.append(stream.extra(anyio.abc.SocketAttribute.local_port))
-            for stream in streams:
-                assert (await read_raw_response(stream)).status == 200
-
-            def pids(ports: list[int] = ports) -> list[int]:
-                found = {}
-                for line in workers.stderr_lines:
-                    if m := re.search(r"\[(\d+)\] \[INFO\] 127\.0\.0\.1:(\d+) OPTIONS ", line):
-                        found[int(m.group(2))] = int(m.group(1))
-                return [found[port] for port in ports if port in found]
-
-            assert await wait_for(lambda: len(pids()) == 8)
-            spread = sorted(Counter(pids()).values())
-            # 4 and 4 nearly always; a worker stalled for a few milliseconds can take one more
-            assert len(spread) == 2, spread
-            assert spread[0] >= 2, spread
-        finally:
-            for stream in streams:
-                await stream.aclose()
+        spread = connection_spread(workers)
+        # 4 and 4 nearly always; a worker stalled for a few milliseconds can take one more
+        assert len(spread) == 2, spread
+        assert spread[0] >= 2, spread
 
 
 async def test_release_request_across_workers(workers: ServerProcess) -> None:
