@@ -26,6 +26,10 @@ Legs, with the client of ``bench_e2e.py`` (one thread per connection, bodies sen
 - ``head``: HEAD latency on an idle upload (every 5 ms) while 4 uploads stream (each 256 MiB in
   64 MiB PATCHes, then DELETE, again and again) for ``--head-seconds`` (5); p99 in ms.
 
+Each round also measures the disk: the parallel leg's bytes written to one file, handed to the
+disk as they are written, and fsynced, by a program that does nothing else. With ``durability="finish"`` (anytus's default) uploads are fsynced when they
+complete, so that, not tusd's page-cache figure, is the ceiling of the single and parallel legs.
+
 Run: ``.venv/bin/python benchmarks/bench_vs_tusd.py [--quick] [--targets tusd,anytus]
 [--anytus-args "--durability none"] [--json PATH]``.
 """
@@ -50,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from _common import KIB, MIB, OtherLoad, human
+from anytus._filestore import _start_writeback
 from bench_e2e import (
     REPO,
     CpuMeter,
@@ -165,6 +170,29 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
         ["anytus", "serve", "--port", "0", "--dir", str(target.directory), *extra]
     )
     return start_anytus(target.directory, target.log, extra)
+
+
+def disk_write_rate(directory: Path, data: memoryview, total: int) -> float:
+    """This disk's durable write rate, MiB/s: *total* bytes written to one new file in
+    *directory*, each 8 MiB handed to the disk as it is written (``sync_file_range``, as anytus
+    does), and fsynced: what ``durability="finish"`` asks of the parallel leg's uploads, by a
+    program that does nothing else. Then the file is removed."""
+    path = directory / "disk-ceiling.bin"
+    piece = min(len(data), 8 * MIB)
+    started = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        written = 0
+        while written < total:
+            n = os.write(fd, data[: min(total - written, piece)])
+            _start_writeback(fd, written, n)
+            written += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - started
+    path.unlink()
+    return total / MIB / elapsed
 
 
 def clear(directory: Path) -> None:
@@ -424,6 +452,27 @@ def print_report(table: dict[str, dict[str, Summary]], legs: list[Leg], names: l
         print(f"{leg.key:<10} {tusd:>14}{cells}")
 
 
+def print_disk(table: dict[str, dict[str, Summary]], rates: list[float], total: int) -> None:
+    """The disk's durable write rate beside the throughput legs: with ``finish`` the single and
+    parallel uploads are fsynced, so this (not tusd, which never fsyncs) is their ceiling."""
+    if not rates:
+        return
+    median = statistics.median(rates)
+    print(
+        f"\n== disk: {human(total)} written to one file and fsynced, by the simplest program: "
+        f"{median:.0f} MiB/s (min-max {min(rates):.0f}-{max(rates):.0f})"
+    )
+    for key in ("single", "parallel"):
+        row = table.get(key, {})
+        cells = ", ".join(
+            f"{name} {summary.median / median:.2f}x"
+            for name, summary in row.items()
+            if name != REFERENCE
+        )
+        if cells:
+            print(f"   {key}, target/disk: {cells}")
+
+
 # --- main -------------------------------------------------------------------------------------------
 
 
@@ -526,7 +575,14 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(stop_server, target)
             print(f"   {target.name}: {target.command} -> {target.server.url}")
         running = [target for target in targets if target.server is not None]
+        disk_rates: list[float] = []
         for round_ in range(args.rounds):
+            disk_rates.append(
+                disk_write_rate(
+                    targets[0].directory, payload.data, args.parallel * args.parallel_size
+                )
+            )
+            print(f"   round {round_ + 1} disk     write + fsync   {disk_rates[-1]:8.0f} MiB/s")
             # rotate the order, so that each target runs early and late in the legs' sequence
             shift = round_ % max(len(running), 1)
             order = running[shift:] + running[:shift]
@@ -540,13 +596,14 @@ def main(argv: list[str] | None = None) -> int:
         # the servers stop here (ExitStack), before the load line counts their CPU
     table = summarize(records, legs)
     print_report(table, legs, [target.name for target in targets])
+    print_disk(table, disk_rates, args.parallel * args.parallel_size)
     print(f"\nanytus targets' durability: {durability} (tusd never fsyncs)")
     for target in targets:
         if target.error:
             print(f"{target.name} did not start: {target.error.splitlines()[0]}")
     print(load.describe())
     if args.json is not None:
-        write_json(args, durability, targets, records, table)
+        write_json(args, durability, targets, records, table, disk_rates)
     return 0
 
 
@@ -578,6 +635,7 @@ def write_json(
     targets: list[Target],
     records: list[Record],
     table: dict[str, dict[str, Summary]],
+    disk_rates: list[float],
 ) -> None:
     settings = {
         key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
@@ -587,6 +645,7 @@ def write_json(
         "targets": {t.name: {"command": t.command, "error": t.error} for t in targets},
         "durability": durability,
         "records": [asdict(record) for record in records],
+        "disk_write_mib_s": disk_rates,
         "summary": {
             leg: {name: asdict(summary) for name, summary in row.items()}
             for leg, row in table.items()
