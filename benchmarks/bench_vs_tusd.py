@@ -26,8 +26,9 @@ Legs, with the client of ``bench_e2e.py`` (one thread per connection, bodies sen
 - ``head``: HEAD latency on an idle upload (every 5 ms) while 4 uploads stream (each 256 MiB in
   64 MiB PATCHes, then DELETE, again and again) for ``--head-seconds`` (5); p99 in ms.
 
-Each round also measures the disk: the parallel leg's bytes written to one file, handed to the
-disk as they are written, and fsynced, by a program that does nothing else. With ``durability="finish"`` (anytus's default) uploads are fsynced when they
+Each round also measures the disk: the single and parallel legs' bytes, in the same shape (one
+file; 8 at once), written, handed to the disk as they go, and fsynced, by a program that does
+nothing else. With ``durability="finish"`` (anytus's default) uploads are fsynced when they
 complete, so that, not tusd's page-cache figure, is the ceiling of the single and parallel legs.
 
 Run: ``.venv/bin/python benchmarks/bench_vs_tusd.py [--quick] [--targets tusd,anytus]
@@ -172,27 +173,33 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
     return start_anytus(target.directory, target.log, extra)
 
 
-def disk_write_rate(directory: Path, data: memoryview, total: int) -> float:
-    """This disk's durable write rate, MiB/s: *total* bytes written to one new file in
-    *directory*, each 8 MiB handed to the disk as it is written (``sync_file_range``, as anytus
-    does), and fsynced: what ``durability="finish"`` asks of the parallel leg's uploads, by a
-    program that does nothing else. Then the file is removed."""
-    path = directory / "disk-ceiling.bin"
+def disk_write_rate(directory: Path, data: memoryview, files: int, each: int) -> float:
+    """This disk's durable write rate, MiB/s, in a leg's shape: *files* files of *each* bytes
+    written at once (a thread each) in *directory*, every 8 MiB handed to the disk as it is
+    written (``sync_file_range``, as anytus does) and each file fsynced at its end, by a program
+    that does nothing else: what ``durability="finish"`` asks of the uploads. The files are
+    removed afterwards."""
     piece = min(len(data), 8 * MIB)
-    started = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def write(index: int) -> None:
+        path = directory / f"disk-ceiling-{index}.bin"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            written = 0
+            while written < each:
+                n = os.write(fd, data[: min(each - written, piece)])
+                _start_writeback(fd, written, n)
+                written += n
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     try:
-        written = 0
-        while written < total:
-            n = os.write(fd, data[: min(total - written, piece)])
-            _start_writeback(fd, written, n)
-            written += n
-        os.fsync(fd)
+        elapsed = run_threads(files, write)
     finally:
-        os.close(fd)
-    elapsed = time.perf_counter() - started
-    path.unlink()
-    return total / MIB / elapsed
+        for index in range(files):
+            (directory / f"disk-ceiling-{index}.bin").unlink(missing_ok=True)
+    return files * each / MIB / elapsed
 
 
 def clear(directory: Path) -> None:
@@ -452,25 +459,21 @@ def print_report(table: dict[str, dict[str, Summary]], legs: list[Leg], names: l
         print(f"{leg.key:<10} {tusd:>14}{cells}")
 
 
-def print_disk(table: dict[str, dict[str, Summary]], rates: list[float], total: int) -> None:
-    """The disk's durable write rate beside the throughput legs: with ``finish`` the single and
-    parallel uploads are fsynced, so this (not tusd, which never fsyncs) is their ceiling."""
-    if not rates:
-        return
-    median = statistics.median(rates)
-    print(
-        f"\n== disk: {human(total)} written to one file and fsynced, by the simplest program: "
-        f"{median:.0f} MiB/s (min-max {min(rates):.0f}-{max(rates):.0f})"
-    )
-    for key in ("single", "parallel"):
-        row = table.get(key, {})
+def print_disk(table: dict[str, dict[str, Summary]], rates: dict[str, list[float]]) -> None:
+    """The disk's durable write rate beside the single and parallel legs: with ``finish`` those
+    uploads are fsynced, so this (not tusd, which never fsyncs) is their ceiling."""
+    print("\n== disk: the same bytes in the same shape, written and fsynced by a program that does")
+    print("   nothing else (MiB/s, medians); target/disk")
+    for key, values in rates.items():
+        if not values:
+            continue
+        median = statistics.median(values)
         cells = ", ".join(
             f"{name} {summary.median / median:.2f}x"
-            for name, summary in row.items()
+            for name, summary in table.get(key, {}).items()
             if name != REFERENCE
         )
-        if cells:
-            print(f"   {key}, target/disk: {cells}")
+        print(f"{key:<10} {median:>6.0f} ({min(values):.0f}-{max(values):.0f})  {cells}")
 
 
 # --- main -------------------------------------------------------------------------------------------
@@ -575,14 +578,13 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(stop_server, target)
             print(f"   {target.name}: {target.command} -> {target.server.url}")
         running = [target for target in targets if target.server is not None]
-        disk_rates: list[float] = []
+        disk_rates: dict[str, list[float]] = {"single": [], "parallel": []}
+        shapes = {"single": (1, args.single_size), "parallel": (args.parallel, args.parallel_size)}
         for round_ in range(args.rounds):
-            disk_rates.append(
-                disk_write_rate(
-                    targets[0].directory, payload.data, args.parallel * args.parallel_size
-                )
-            )
-            print(f"   round {round_ + 1} disk     write + fsync   {disk_rates[-1]:8.0f} MiB/s")
+            for key, (files, each) in shapes.items():
+                rate = disk_write_rate(targets[0].directory, payload.data, files, each)
+                disk_rates[key].append(rate)
+                print(f"   round {round_ + 1} {key:<8} disk         {rate:8.0f} MiB/s")
             # rotate the order, so that each target runs early and late in the legs' sequence
             shift = round_ % max(len(running), 1)
             order = running[shift:] + running[:shift]
@@ -596,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         # the servers stop here (ExitStack), before the load line counts their CPU
     table = summarize(records, legs)
     print_report(table, legs, [target.name for target in targets])
-    print_disk(table, disk_rates, args.parallel * args.parallel_size)
+    print_disk(table, disk_rates)
     print(f"\nanytus targets' durability: {durability} (tusd never fsyncs)")
     for target in targets:
         if target.error:
@@ -635,7 +637,7 @@ def write_json(
     targets: list[Target],
     records: list[Record],
     table: dict[str, dict[str, Summary]],
-    disk_rates: list[float],
+    disk_rates: dict[str, list[float]],
 ) -> None:
     settings = {
         key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
