@@ -29,7 +29,8 @@ Legs, with the client of ``bench_e2e.py`` (one thread per connection, bodies sen
 Each round also measures the disk: the single and parallel legs' bytes, in the same shape (one
 file; 8 at once), written, handed to the disk as they go, and fsynced, by a program that does
 nothing else. With ``durability="finish"`` (anytus's default) uploads are fsynced when they
-complete, so that, not tusd's page-cache figure, is the ceiling of the single and parallel legs.
+complete, so that, not tusd's page-cache figure, is the reference for the single and parallel
+legs.
 
 Run: ``.venv/bin/python benchmarks/bench_vs_tusd.py [--quick] [--targets tusd,anytus]
 [--anytus-args "--durability none"] [--json PATH]``.
@@ -182,7 +183,7 @@ def disk_write_rate(directory: Path, data: memoryview, files: int, each: int) ->
     piece = min(len(data), 8 * MIB)
 
     def write(index: int) -> None:
-        path = directory / f"disk-ceiling-{index}.bin"
+        path = directory / f"disk-reference-{index}.bin"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             written = 0
@@ -198,7 +199,7 @@ def disk_write_rate(directory: Path, data: memoryview, files: int, each: int) ->
         elapsed = run_threads(files, write)
     finally:
         for index in range(files):
-            (directory / f"disk-ceiling-{index}.bin").unlink(missing_ok=True)
+            (directory / f"disk-reference-{index}.bin").unlink(missing_ok=True)
     return files * each / MIB / elapsed
 
 
@@ -461,7 +462,8 @@ def print_report(table: dict[str, dict[str, Summary]], legs: list[Leg], names: l
 
 def print_disk(table: dict[str, dict[str, Summary]], rates: dict[str, list[float]]) -> None:
     """The disk's durable write rate beside the single and parallel legs: with ``finish`` those
-    uploads are fsynced, so this (not tusd, which never fsyncs) is their ceiling."""
+    uploads are fsynced, so this, not tusd's page-cache figure, is what to hold them against (a
+    reference, not a hard ceiling: this disk's rate swings from one write to the next)."""
     print("\n== disk: the same bytes in the same shape, written and fsynced by a program that does")
     print("   nothing else (MiB/s, medians); target/disk")
     for key, values in rates.items():
