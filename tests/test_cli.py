@@ -112,6 +112,25 @@ def test_trio_backend_without_trio_names_the_extra(
     ]
 
 
+def test_uvloop_without_uvloop_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    status = main(["serve", "--loop", "uvloop", "--dir", str(tmp_path), "--port", "0"])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "anytus: --loop uvloop needs uvloop, which is not installed: pip install 'anytus[uvloop]'"
+    ]
+
+
+def test_uvloop_is_for_asyncio(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--loop", "uvloop", "--backend", "trio", "--dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--loop uvloop is for --backend asyncio" in capsys.readouterr().err
+
+
 def test_workers_auto_is_one_per_usable_cpu() -> None:
     """``--workers`` defaults to ``auto``: one process per CPU this process may run on, as tusd
     uses every core; a bucket without Redis gets one (its locks hold within one process)."""

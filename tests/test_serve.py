@@ -110,6 +110,36 @@ async def test_backend_runs_its_server_and_serves_a_full_upload(
         assert access_lines(server) == expected, server.stderr_lines
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_asyncio_serves_on_the_event_loop_it_is_given(tmp_path: Path, loop: str) -> None:
+    """``--loop``: a full upload (1 MiB PATCHes, which take the raw body path, and a small last
+    one, in one hop), a download and a HEAD on each event loop."""
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    with run_server_process(tmp_path / "uploads", "--loop", loop) as server:
+        with httpx.Client(headers=TUS, timeout=30) as http:
+            created = http.post(server.url, headers={"Upload-Length": str(len(data))})
+            url = f"{server.url}{created.headers['Location'].rsplit('/', 1)[1]}"
+            for offset in range(0, len(data), 1024 * 1024):
+                patched = http.patch(
+                    url,
+                    headers={"Upload-Offset": str(offset), "Content-Type": OFFSET_CONTENT_TYPE},
+                    content=data[offset : offset + 1024 * 1024],
+                )
+                assert patched.status_code == 204, patched.text
+            assert http.head(url).headers["Upload-Offset"] == str(len(data))
+            assert http.get(url).content == data
+        assert any(f"event loop {loop}," in line for line in server.stderr_lines)
+
+
+def test_asyncio_runs_on_uvloop_when_it_is_installed(tmp_path: Path) -> None:
+    # uvloop is in the test extra, as in anytus[uvloop]
+    with run_server_process(tmp_path / "uploads") as server:
+        assert httpx.options(server.url).status_code == 200
+        assert any("backend asyncio, event loop uvloop," in line for line in server.stderr_lines)
+    with run_server_process(tmp_path / "uploads", "--backend", "trio") as server:
+        assert any("backend trio, event loop trio," in line for line in server.stderr_lines)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_options_and_lifespan_cleanup(tmp_path: Path, backend: str) -> None:
     """--base-path, --max-size, --durability and --expire-after reach the app; the expired upload

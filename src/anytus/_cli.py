@@ -43,6 +43,8 @@ from ._serve import (
     raise_open_files_limit,
     run_worker,
     tls_context,
+    uses_uvloop,
+    uvloop_installed,
 )
 from ._servestores import add_arguments as add_store_arguments
 from ._servestores import check_arguments as check_store_arguments
@@ -114,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("asyncio", "trio"),
         default="asyncio",
         help="the event loop: asyncio or trio (needs anytus[trio]); default: asyncio",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="asyncio's event loop: uvloop (needs anytus[uvloop]) or the standard library's; "
+        "default: auto, uvloop when installed",
     )
     serve.add_argument(
         "--workers",
@@ -317,6 +326,15 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
             file=sys.stderr,
         )
         return 2
+    if args.loop == "uvloop" and args.backend == "trio":
+        parser.error("--loop uvloop is for --backend asyncio")
+    if args.loop == "uvloop" and not uvloop_installed():
+        print(
+            "anytus: --loop uvloop needs uvloop, which is not installed: "
+            "pip install 'anytus[uvloop]'",
+            file=sys.stderr,
+        )
+        return 2
     logging_options = LoggingOptions(level=args.log_level, format=args.log_format)
     configure_logging(logging_options)
     raise_open_files_limit()
@@ -327,6 +345,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
         max_size=args.max_size,
         expire_after=args.expire_after,
         backend=args.backend,
+        loop=args.loop,
         durability=args.durability,
         shutdown_timeout=args.shutdown_timeout,
         network_timeout=args.network_timeout,
@@ -375,6 +394,12 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
     def announce() -> None:
         print(banner, file=sys.stderr, flush=True)
 
+    logger.info(
+        "backend %s, event loop %s, %d worker process(es)",
+        options.backend,
+        "uvloop" if uses_uvloop(options) else options.backend,
+        args.workers,
+    )
     try:
         if args.workers == 1:
             return run_worker(endpoint, options, None, announce)
