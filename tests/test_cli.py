@@ -99,29 +99,23 @@ def test_help_mentions_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         assert option in text
 
 
-def test_trio_backend_without_trio_names_the_extra(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+@pytest.mark.parametrize(
+    ("module", "option"), [("trio", ["--backend", "trio"]), ("uvloop", ["--loop", "uvloop"])]
+)
+def test_an_option_without_its_extra_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: object,
+    module: str,
+    option: list[str],
 ) -> None:
     # None in sys.modules is how the import system spells "not importable"
-    monkeypatch.setitem(sys.modules, "trio", None)
-    status = main(["serve", "--backend", "trio", "--dir", str(tmp_path), "--port", "0"])
+    monkeypatch.setitem(sys.modules, module, None)
+    status = main(["serve", *option, "--dir", str(tmp_path), "--port", "0"])
     assert status == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "anytus: --backend trio needs trio, which is not installed: pip install 'anytus[trio]'"
-    ]
-
-
-def test_uvloop_without_uvloop_names_the_extra(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
-) -> None:
-    monkeypatch.setitem(sys.modules, "uvloop", None)
-    status = main(["serve", "--loop", "uvloop", "--dir", str(tmp_path), "--port", "0"])
-    assert status == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "anytus: --loop uvloop needs uvloop, which is not installed: pip install 'anytus[uvloop]'"
-    ]
+    expected = f"anytus: {' '.join(option)} needs {module}, which is not installed: "
+    assert err == [expected + f"pip install 'anytus[{module}]'"]
 
 
 def test_uvloop_is_for_asyncio(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
