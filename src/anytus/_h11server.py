@@ -50,7 +50,8 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote
 
 import anyio
@@ -117,6 +118,8 @@ MAX_RAW_TRANSFERS = 64
 INTERRUPT_GRACE = 2.0
 #: how long lifespan startup and shutdown may take
 LIFESPAN_TIMEOUT = 60.0
+
+_T = TypeVar("_T")
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _SERVER_HEADER = (b"server", b"anytus")
@@ -851,36 +854,33 @@ class _TCPStream(anyio.abc.ByteStream):
         self._sock = sock
         self._closed = False
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        # the checkpoint comes before the read, never after it: a cancellation never loses data
-        await anyio.lowlevel.checkpoint()
+    async def _retry(
+        self, call: Callable[[], _T], wait: Callable[[socket.socket], Awaitable[None]]
+    ) -> _T:
+        """*call* (a non-blocking socket call) until it does not block, waiting with *wait*."""
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
             try:
-                data = self._sock.recv(max_bytes)
+                return call()
             except (BlockingIOError, InterruptedError):
-                await anyio.wait_readable(self._sock)
-                continue
+                await wait(self._sock)
             except OSError as exc:  # reset, and the like
                 raise anyio.BrokenResourceError from exc
-            if not data:
-                raise anyio.EndOfStream
-            return data
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        # the checkpoint comes before the read, never after it: a cancellation never loses data
+        await anyio.lowlevel.checkpoint()
+        data = await self._retry(partial(self._sock.recv, max_bytes), anyio.wait_readable)
+        if not data:
+            raise anyio.EndOfStream
+        return data
 
     async def send(self, item: bytes) -> None:
         await anyio.lowlevel.checkpoint()
         view = memoryview(item)
         while view:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            try:
-                sent = self._sock.send(view)
-            except (BlockingIOError, InterruptedError):
-                await anyio.wait_writable(self._sock)
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
+            sent = await self._retry(partial(self._sock.send, view), anyio.wait_writable)
             view = view[sent:]
 
     def send_nowait(self, data: bytes) -> int:
