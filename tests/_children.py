@@ -50,14 +50,15 @@ def append_line(path: str, line: str) -> None:
 
 
 def competitor(lock_dir: str, work_dir: str, name: str, rounds: str, backend: str) -> None:
-    """Take the lock ``shared`` *rounds* times, once ``go`` exists; log each hold's start and end."""
+    """Take the lock ``shared`` *rounds* times, once the parent says go on stdin; log each hold's
+    start and end."""
 
     async def main() -> None:
         locker = FileLocker(lock_dir)
-        touch(os.path.join(work_dir, "ready-" + name))
-        # the parent's signal is a file: there is no event to wait on across processes
-        while not os.path.exists(os.path.join(work_dir, "go")):  # noqa: ASYNC110
-            await anyio.sleep(0.01)
+        # ready: say so on stdout; go: the parent writes a line to our stdin
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        await anyio.wait_readable(sys.stdin.fileno())
         log = os.path.join(work_dir, "log")
         for i in range(int(rounds)):
             async with locker.lock("shared", timeout=60):

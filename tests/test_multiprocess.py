@@ -25,7 +25,7 @@ import pytest
 import anytus
 from _children import BLOCK, block, command
 from _helpers import Chunks, file_sha256
-from _server import wait_for, wait_for_sync
+from _server import wait_for
 from anytus import FileLocker, FileStore, UploadInfo
 
 if TYPE_CHECKING:
@@ -105,18 +105,21 @@ def test_competing_processes_exclude_each_other(dirs: tuple[Path, Path]) -> None
         logs[name] = (work_dir / f"stderr-{name}").open("wb")
         children[name] = subprocess.Popen(
             command("competitor", lock_dir, work_dir, name, rounds, backend),
-            stdout=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=logs[name],
             env=_ENV,
         )
     try:
-
-        def started() -> bool:
-            assert all(child.poll() is None for child in children.values())
-            return all((work_dir / f"ready-{name}").exists() for name in backends)
-
-        assert wait_for_sync(started, timeout=30), "children did not start"
-        (work_dir / "go").write_bytes(b"")
+        # each child says "ready" once it can take locks; then all of them are told to go at once
+        for name, child in children.items():
+            assert child.stdout is not None
+            ready = child.stdout.readline()
+            assert ready == b"ready\n", (work_dir / f"stderr-{name}").read_text()
+        for child in children.values():
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.close()
         for name, child in children.items():
             code = child.wait(timeout=90)
             assert code == 0, (work_dir / f"stderr-{name}").read_text()
@@ -125,6 +128,9 @@ def test_competing_processes_exclude_each_other(dirs: tuple[Path, Path]) -> None
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            for stream in (child.stdin, child.stdout):
+                if stream is not None:
+                    stream.close()
             logs[name].close()
 
     lines = [line.split() for line in (work_dir / "log").read_text().splitlines()]
