@@ -22,6 +22,7 @@ import pytest
 from _children import command
 from _server import wait_for
 from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker, RedisLocker
+from anytus._locks import _wait_for_polls
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -468,8 +469,10 @@ class TestFileLockerFile:
             nonlocal calls
             calls += 1
 
+        lock_path = str(lock_dir / f"{UPLOAD_ID}.lock")
         async with file_locker.lock(UPLOAD_ID, timeout=2, on_release=on_release):
-            await anyio.sleep(1.2)  # longer than two holder polls
+            # two polls of the lock watcher, which would have seen a stop file left in place
+            assert await anyio.to_thread.run_sync(_wait_for_polls, lock_path, 2, 10)
         assert calls == 0
         assert names(lock_dir) == []
 

@@ -169,6 +169,8 @@ class _FileHolder:
     released: anyio.Event = field(default_factory=anyio.Event)
     next_poll: float = 0.0
     next_heartbeat: float = 0.0
+    #: how many times the watcher has looked for a release request for this lock
+    polls: int = 0
     _asks: itertools.count[int] = field(default_factory=itertools.count)
 
     def claim_release(self) -> bool:
@@ -180,6 +182,8 @@ class _FileHolder:
 #: operations are atomic, so neither side needs a threading lock (which would block the loop).
 _held_locks: dict[str, _FileHolder] = {}
 _watcher: threading.Thread | None = None
+#: notified after each of the watcher's polls (see :func:`_wait_for_polls`)
+_polled = threading.Condition()
 _WATCH_TICK = 0.05
 _WATCHER_IDLE_EXIT = 2.0
 
@@ -216,11 +220,27 @@ def _watch() -> None:
                 if os.path.exists(holder.stop_path) and holder.claim_release():
                     # don't let a busy event loop stall the watcher: hand over from a thread
                     threading.Thread(target=_deliver_release, args=(holder,), daemon=True).start()
+                with _polled:
+                    holder.polls += 1
+                    _polled.notify_all()
             if holder.heartbeat_interval and now >= holder.next_heartbeat:
                 holder.next_heartbeat = now + holder.heartbeat_interval
                 with contextlib.suppress(OSError):
                     os.utime(holder.fd)
         time.sleep(_WATCH_TICK)
+
+
+def _wait_for_polls(lock_path: str, count: int, timeout: float) -> bool:
+    """Block until the watcher has looked *count* times for a release request for the lock
+    held at *lock_path* (a test's way to know it has looked, without sleeping); False on
+    timeout."""
+
+    def polled() -> bool:
+        holder = _held_locks.get(lock_path)
+        return holder is not None and holder.polls >= count
+
+    with _polled:
+        return _polled.wait_for(polled, timeout)
 
 
 def _deliver_release(holder: _FileHolder) -> None:
