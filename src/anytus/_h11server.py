@@ -431,6 +431,7 @@ class _Connection:
                 room -= len(kept[-1])
             first = kept
         wanted = sum(map(len, first)) + left
+        content_length = self.content_length
         sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
         stop = threading.Event()
         result: tuple[int, str] = (0, "disconnected")
@@ -447,8 +448,22 @@ class _Connection:
                     )
                 except Exception as exc:  # noqa: BLE001 - the sink's: raised below, unwrapped
                     failure = exc
+                else:
+                    # here, not after the wait: a caller cancelled just as the body ended still
+                    # leaves the connection able to serve its next request
+                    result = ended_as(*result)
                 finally:
                     finished.set()
+
+        def ended_as(passed: int, outcome: str) -> tuple[int, str]:
+            if outcome == "complete":
+                if wanted < content_length:
+                    outcome = "limit"
+                elif self.raw_used:
+                    self.raw_complete = self.body_done = True
+            elif outcome == "disconnected":
+                self.eof = True
+            return passed, outcome
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(transfer)
@@ -458,15 +473,7 @@ class _Connection:
                 stop.set()  # the thread sees it within _STOP_CHECK
         if failure is not None:
             raise failure
-        passed, outcome = result
-        if outcome == "complete":
-            if wanted < self.content_length:
-                outcome = "limit"
-            elif self.raw_used:
-                self.raw_complete = self.body_done = True
-        elif outcome == "disconnected":
-            self.eof = True
-        return passed, outcome
+        return result
 
     # -- sending --------------------------------------------------------------------------------
 

@@ -949,16 +949,28 @@ class TusApp:
                 # anytus's own server: a worker thread takes the body from the socket to the file
                 # a release request or a shutdown stops the transfer: it cancels body_scope
                 outcome = "stopped"
+                passed = 0  # bytes the transfer handed to the store
+
+                def transfer(sink: BodySink) -> Awaitable[tuple[int, str]]:
+                    hashed = _hashing(sink, hasher)
+
+                    def counting(view: memoryview) -> None:
+                        nonlocal passed
+                        hashed(view)
+                        passed += len(view)
+
+                    return read_into(counting, plan.limit, self.idle_timeout)
+
                 with self._interruptible(body_scope):
                     try:
-                        _, outcome = await upload.write_through(
-                            lambda sink: read_into(
-                                _hashing(sink, hasher), plan.limit, self.idle_timeout
-                            )
-                        )
+                        _, outcome = await upload.write_through(transfer)
                     except Exception as exc:  # noqa: BLE001 - re-raised below
                         failure = exc
                         outcome = "failed"
+                if outcome == "stopped" and passed == exchange.request.content_length:
+                    # the whole body was stored before the release request (or the shutdown)
+                    # cancelled the transfer: it interrupted nothing
+                    outcome = "complete"
                 body_error, complete = exchange.after_body_into(
                     outcome, plan.exceeded, self.idle_timeout
                 )
