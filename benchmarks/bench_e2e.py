@@ -624,7 +624,7 @@ def leg_small(
 PROFILE_CATEGORIES = (
     ("locks (anytus/_locks.py)", ("anytus/_locks.py",)),
     ("TusApp (anytus/asgi.py, _protocol.py)", ("anytus/asgi.py", "anytus/_protocol.py")),
-    ("anytus's HTTP server (anytus/_h11server.py)", ("anytus/_h11server.py",)),
+    ("anytus's HTTP server (anytus/_httpserver.py)", ("anytus/_httpserver.py",)),
     ("other anytus", ("anytus/",)),
     ("h11 parsing", ("h11/",)),
     ("hypercorn (ASGI message passing, h11 glue)", ("hypercorn/",)),

@@ -561,7 +561,7 @@ async def test_serve_walk(served: tuple[ServerProcess, str]) -> None:
 async def h11_serving(app: Any) -> AsyncIterator[tuple[str, int]]:
     import socket
 
-    from anytus._h11server import serve
+    from anytus._httpserver import serve
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""``anytus serve`` per backend: which server runs (anytus._h11server, on asyncio and trio), the
+"""``anytus serve`` per backend: which server runs (anytus._httpserver, on asyncio and trio), the
 options, the lifespan, the access log, and the supervisor's handling of dead processes."""
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ server is another process; these tests need no event loop of their own):
 - a hypothesis fuzzer: malformed and truncated requests, bad, duplicate and huge headers,
   Content-Length / Transfer-Encoding combinations, partial chunked bodies, pipelining,
   half-closes and resets, a few connections at once. It asserts that nothing but a read timeout
-  is answered 5xx (and 501 for a transfer coding the HTTP layer does not do), that every
-  connection the client leaves open is closed by the server within a bound, that the server
-  stays up, logs no traceback and still serves an upload byte-exact, and that every upload's
-  offset is the size of its data file, whose bytes are the ones sent there;
+  is answered 5xx (but 501 for a transfer coding the HTTP layer does not do, and 505 for
+  HTTP/2.0 sent as text), that every connection the client leaves open is closed by the server
+  within a bound, that the server stays up, logs no traceback and still serves an upload
+  byte-exact, and that every upload's offset is the size of its data file, whose bytes are the
+  ones sent there;
 - idle connections and heads trickled in a byte at a time (slowloris) are closed after the
   ``--network-timeout``, and so is a download nobody reads;
 - a client that half-closes after a whole request still gets its answer.
@@ -780,6 +781,10 @@ def check_outcome(outcome: Outcome, backend: str) -> None:
             # the HTTP layer's answer to a transfer coding it does not do (RFC 9112 6.1: "SHOULD
             # respond with 501"), before any app code runs
             assert b"Transfer-Encoding" in response, response
+            continue
+        if response.startswith(b"HTTP/1.1 505 "):
+            # an HTTP major version other than 1 (RFC 9110 15.6.6), before any app code runs
+            assert plan.version == b"HTTP/2.0", response
             continue
         # the one 5xx TusApp means to give: a body that stopped coming (tusd's 500, which tus
         # clients retry); anything else (ERR_INTERNAL_SERVER_ERROR, a server's own 500) is a bug

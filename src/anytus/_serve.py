@@ -1,5 +1,5 @@
 """One ``anytus serve`` worker: :class:`~anytus.asgi.TusApp` under anytus's own HTTP/1.1 server
-(:mod:`anytus._h11server`), on asyncio or trio, in this process, until a shutdown signal.
+(:mod:`anytus._httpserver`), on asyncio or trio, in this process, until a shutdown signal.
 
 Why our own server, measured with ``benchmarks/bench_vs_tusd.py`` (see the README's "Serving
 uploads"): it hands a large request body to a worker thread that receives it from the socket into
@@ -245,7 +245,7 @@ def uses_uvloop(options: ServeOptions) -> bool:
 class WorkerLoads:
     """The connections each worker of a supervisor has open, in memory the workers share
     (a ``multiprocessing`` ``RawArray`` of ints, one slot per worker, -1 for a worker that does
-    not accept): the :class:`~anytus._h11server.AcceptBalance` of the worker in *slot*.
+    not accept): the :class:`~anytus._httpserver.AcceptBalance` of the worker in *slot*.
 
     Reads and writes of one aligned int need no lock; a stale figure costs at most one
     connection taken by the busier worker.
@@ -339,7 +339,7 @@ async def _serve_h11(
     options: ServeOptions,
     loads: WorkerLoads | None,
 ) -> None:
-    from ._h11server import LifespanFailedError, serve
+    from ._httpserver import LifespanFailedError, serve
 
     assert endpoint.sock is not None
     ssl_context = None

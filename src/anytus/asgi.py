@@ -182,7 +182,7 @@ class _Exchange:
         return self.scope.get("scheme") or "http"
 
     def body_reader_into(self) -> ReadBodyInto | None:
-        """The server's ``read_into`` (anytus's own server, see ``_h11server.RAW_BODY``) if it
+        """The server's ``read_into`` (anytus's own server, see ``_httpserver.RAW_BODY``) if it
         can take this request's body now, else None."""
         extensions = cast("dict[str, Any]", self.scope.get("extensions") or {})
         extension = extensions.get(_RAW_BODY)
@@ -351,7 +351,7 @@ class _BodyReader:
             await anyio.sleep(timeout - idle)
 
 
-#: the scope extension of anytus's own server (``_h11server.RAW_BODY``)
+#: the scope extension of anytus's own server (``_httpserver.RAW_BODY``)
 _RAW_BODY = "anytus.body_into"
 
 

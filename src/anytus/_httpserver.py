@@ -1,11 +1,12 @@
-"""A lean ASGI 3 HTTP/1.1 server on anyio, built on h11: what ``anytus serve`` runs, on asyncio
-and on trio.
+"""A lean ASGI 3 HTTP/1.1 server on anyio: what ``anytus serve`` runs, on asyncio and on trio.
+Requests are parsed and responses framed by :mod:`anytus._http11` (sans I/O); this module does
+the I/O, the ASGI side and the connection's life.
 
 Why not hypercorn: its trio server reads the socket 64 KiB at a time and passes every piece through
 its protocol layers and an app queue; on a large upload the event loop spends its time there. This
 server is *pull-based*: the socket is read only inside the app's ``receive()`` (and between
-requests), in large pieces (:data:`READ_SIZE`, 256 KiB), and everything h11 parsed out of one read
-goes to the app as one ``http.request`` message. That also gives backpressure for free: nothing is read
+requests), in large pieces (:data:`READ_SIZE`, 256 KiB), and everything parsed out of one read goes
+to the app as one ``http.request`` message. That also gives backpressure for free: nothing is read
 while the app has not asked for more, so a connection holds at most one read of body in memory.
 
 Faster still, for a body with a ``Content-Length`` (not over TLS): the :data:`RAW_BODY` scope
@@ -17,20 +18,21 @@ either backend nothing but that thread reads the socket meanwhile.
 
 What it does, per connection (one task each, in one task group):
 
-- parse the request head with h11 (at most :data:`MAX_HEAD_SIZE` bytes, within
-  :data:`HEAD_TIMEOUT` of its first byte; an idle keep-alive connection is closed after
-  :data:`KEEP_ALIVE_TIMEOUT`), then run the app inline with its ``receive`` and ``send``;
+- parse the request head (at most :data:`MAX_HEAD_SIZE` bytes, within :data:`HEAD_TIMEOUT` of its
+  first byte; an idle keep-alive connection is closed after :data:`KEEP_ALIVE_TIMEOUT`), then run
+  the app inline with its ``receive`` and ``send``;
 - ``Expect: 100-continue``: the ``100 Continue`` goes out when the app first calls ``receive()``;
 - a client that stops reading the response is dropped after :data:`WRITE_TIMEOUT` per write;
 - other interim responses (the resumable-upload draft's ``104``): the scope offers the
   ``http.response.informational`` extension; the app sends ``{"type":
   "http.response.informational", "status": 1xx, "headers": [...]}`` before its response (a
   ``100 Continue`` still owed goes out first);
-- after the response: keep the connection (h11 keep-alive and pipelining) when both sides
-  finished their message; a body the app did not read is read and dropped for a bounded time
-  (:data:`DRAIN_TIME`, :data:`DRAIN_SIZE`), otherwise the connection is closed;
-- a malformed request gets a ``400`` (h11's status hint) with ``Connection: close``; no exception
-  leaves a connection task (each is logged), so one connection never stops the server.
+- after the response: keep the connection (keep-alive and pipelining) when both sides finished
+  their message and neither asked to close; a body the app did not read is read and dropped for a
+  bounded time (:data:`DRAIN_TIME`, :data:`DRAIN_SIZE`), otherwise the connection is closed;
+- a malformed request gets a ``400`` (``431`` for a head too long, ``501`` for a transfer coding
+  other than chunked, ``505`` for an HTTP version other than 1.x) with ``Connection: close``; no
+  exception leaves a connection task (each is logged), so one connection never stops the server.
 
 Around the connections: the app's lifespan (startup before *ready* is called, shutdown at the end)
 and a graceful shutdown: on the trigger the listener is closed, idle connections are closed, and
@@ -57,8 +59,19 @@ from urllib.parse import unquote
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import h11
 from anyio.streams.tls import TLSStream
+
+from ._http11 import (
+    CLOSED,
+    END,
+    NEED_DATA,
+    BodyWriter,
+    ProtocolError,
+    Request,
+    RequestReader,
+    frame_response,
+    response_head,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -87,9 +100,9 @@ logger = logging.getLogger("anytus.server")
 #: 664, 618 / 644, 594 MiB/s, eight parallel 619, 615 / 567, 750, small requests 706, 743 / 637,
 #: 734 req/s (no difference beyond noise), but HEAD p99 while four uploads stream 22, 15 / 66, 44
 #: ms: a larger read keeps the loop longer per message. 64 KiB (hypercorn's) costs far more per
-#: byte. Memory stays bounded: one read per connection (h11 copies it once more).
+#: byte. Memory stays bounded: one read per connection (parsing copies it once more).
 READ_SIZE = 256 * 1024
-#: the longest request head h11 accepts (request line and headers)
+#: the longest request head accepted (request line and headers)
 MAX_HEAD_SIZE = 64 * 1024
 #: how long a connection may wait for the first byte of its next request (hypercorn's default),
 #: unless :func:`serve` is told otherwise
@@ -125,13 +138,14 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _SERVER_HEADER = (b"server", b"anytus")
 #: a response message up to this size is sent with one write (joined), a larger one piecewise
 _JOIN_LIMIT = 64 * 1024
-#: reason phrases (h11 sends an empty one unless told)
+#: reason phrases
 _REASONS = {
     104: b"Upload Resumption Supported",  # the resumable-upload draft's, not in http.HTTPStatus
     **{status.value: status.phrase.encode("ascii") for status in http.HTTPStatus},
 }
 #: statuses whose responses never have a body, nor a Content-Length of it
 _NO_BODY = frozenset({204, 304, *range(100, 200)})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class LifespanFailedError(Exception):
@@ -164,12 +178,13 @@ class _Disconnected(Exception):
 
 
 class _Connection:
-    """One client connection: h11's state, the socket, and the running request's ASGI state."""
+    """One client connection: its request reader, the socket, and the running request's ASGI
+    state."""
 
     def __init__(self, server: _Server, stream: anyio.abc.ByteStream) -> None:
         self.server = server
         self.stream = stream
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self.reader = RequestReader(MAX_HEAD_SIZE)
         #: waiting for a request head with nothing received yet: shutdown may close it at once
         self.idle = False
         self.idle_scope: anyio.CancelScope | None = None
@@ -178,6 +193,7 @@ class _Connection:
         with contextlib.suppress(OSError, anyio.TypedAttributeLookupError):
             self.client = _address(stream.extra(anyio.abc.SocketAttribute.remote_address))
             self.local = _address(stream.extra(anyio.abc.SocketAttribute.local_address))
+        self.request: Request | None = None
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -192,12 +208,16 @@ class _Connection:
         self.response_complete = False
         self.response_done_event = anyio.Event()
         self.pending_start: dict[str, Any] | None = None
+        #: how the response's body is framed (set when its head goes out)
+        self.body_writer: BodyWriter | None = None
+        #: the connection may serve another request after this response
+        self.keep_alive = True
         self.expect_100 = False
         #: the request body's Content-Length (None: chunked, or no body)
         self.content_length: int | None = None
         #: read_body_into took (or is taking) the body
         self.body_taken = False
-        #: ... and read the socket itself: h11 did not see all of the body
+        #: ... and read the socket itself: the reader did not see all of the body
         self.raw_used = False
         #: ... and all of it arrived: the connection may serve a next request
         self.raw_complete = False
@@ -205,33 +225,32 @@ class _Connection:
     # -- reading --------------------------------------------------------------------------------
 
     async def _read(self) -> bool:
-        """Read once from the socket into h11; False once the client closed (or reset)."""
+        """Read once from the socket into the reader; False once the client closed (or reset)."""
         try:
             data = await self.stream.receive(READ_SIZE)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             data = b""
-        # no checkpoint between the read and handing the bytes to h11: a cancellation (the app's
+        # no checkpoint between the read and handing the bytes on: a cancellation (the app's
         # timeout around receive()) never loses data
-        self.conn.receive_data(data)
+        self.reader.receive_data(data)
         return bool(data)
 
-    async def read_head(self) -> h11.Request | None:
+    async def read_head(self) -> Request | None:
         """The next request's head, or None when the connection should close (the client closed
         it, went idle too long, the server is stopping, or the head was malformed: answered)."""
-        conn = self.conn
+        reader = self.reader
         deadline = math.inf
         while True:
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
+                event = reader.next_request()
+            except ProtocolError as exc:
                 await self._refuse(exc)
                 return None
-            if isinstance(event, h11.Request):
+            if isinstance(event, Request):
                 return event
-            if event is not h11.NEED_DATA:
-                # ConnectionClosed, or PAUSED after a protocol switch we never agree to
+            if event is CLOSED:
                 return None
-            if deadline == math.inf and not conn.trailing_data[0]:
+            if deadline == math.inf and not reader.buffered:
                 # nothing of the next request yet: an idle keep-alive connection
                 if self.server.stopping:
                     return None
@@ -255,14 +274,11 @@ class _Connection:
             logger.debug("request head not complete within %gs: closing", self.server.head_timeout)
             return None
 
-    async def _refuse(self, exc: h11.RemoteProtocolError) -> None:
-        """Answer a malformed request head (400, or h11's status hint) if still possible."""
+    async def _refuse(self, exc: ProtocolError) -> None:
+        """Answer a malformed request head with its status (400, 431, 501 or 505)."""
         logger.debug("malformed request from %s: %s", self.client, exc)
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        # 400, or 501 for a transfer coding h11 does not do (RFC 9112 6.1), 431 for a long head
-        reason = _REASONS.get(exc.error_status_hint, b"").decode()
-        body = f"{exc.error_status_hint} {reason}: {exc}\n".encode()
+        reason = _REASONS.get(exc.status, b"")
+        body = f"{exc.status} {reason.decode()}: {exc}\n".encode()
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
@@ -270,20 +286,8 @@ class _Connection:
             (b"date", _date.value()),
             _SERVER_HEADER,
         ]
-        try:
-            await self._send_bytes(
-                self.conn.send(
-                    h11.Response(
-                        status_code=exc.error_status_hint,
-                        headers=headers,
-                        reason=_REASONS.get(exc.error_status_hint, b""),
-                    )
-                )
-            )
-            await self._send_bytes(self.conn.send(h11.Data(data=body)))
-            await self._send_bytes(self.conn.send(h11.EndOfMessage()))
-        except (h11.LocalProtocolError, _Disconnected):
-            pass
+        with contextlib.suppress(_Disconnected):
+            await self._send_bytes(response_head(exc.status, reason, headers) + body)
 
     async def _before_body(self) -> bool:
         """What goes out before the body is read: a started response's head, ``100 Continue``.
@@ -297,14 +301,11 @@ class _Connection:
                 pass
         if self.disconnected or self.eof or self.response_complete:
             return False
-        conn = self.conn
         if self.expect_100:
             self.expect_100 = False
-            if conn.client_is_waiting_for_100_continue and not self.response_started:
+            if self.reader.expects_continue and not self.response_started:
                 try:
-                    await self._send_bytes(
-                        conn.send(h11.InformationalResponse(status_code=100, headers=[]))
-                    )
+                    await self._send_bytes(_CONTINUE)
                 except _Disconnected:
                     return False
         return True
@@ -312,17 +313,18 @@ class _Connection:
     async def receive(self) -> dict[str, Any]:
         """ASGI ``receive``: the body as it arrives, then ``http.disconnect``."""
         if self.raw_used or not await self._before_body():
-            # after read_body_into, h11 cannot tell a next request from the rest of this body
+            # after read_body_into, the reader cannot tell a next request from the rest of this
+            # body
             return {"type": "http.disconnect"}
-        conn = self.conn
+        reader = self.reader
         if self.body_done:
             await self._wait_for_end()
             return {"type": "http.disconnect"}
-        chunks: list[bytes | bytearray] = []
+        chunks: list[bytes] = []
         while True:
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
+                piece = reader.next_body()
+            except ProtocolError as exc:
                 # the client closed mid-body (or sent a broken chunked body): what came is
                 # passed on, then the app sees the disconnect
                 logger.debug("request body from %s ended early: %s", self.client, exc)
@@ -330,21 +332,17 @@ class _Connection:
                 if chunks:
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": True}
                 return {"type": "http.disconnect"}
-            if isinstance(event, h11.Data):
-                chunks.append(event.data)
-                continue
-            if isinstance(event, h11.EndOfMessage):
+            if piece is END:
                 self.body_done = True
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            if event is h11.NEED_DATA:
+            if piece is NEED_DATA:
                 if chunks:
                     # everything of the last read, in one message
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": True}
                 await self._read()
                 continue
-            # ConnectionClosed or PAUSED cannot come mid-body; treat as gone
-            self.eof = True
-            return {"type": "http.disconnect"}
+            assert isinstance(piece, bytes)
+            chunks.append(piece)
 
     async def _wait_for_end(self) -> None:
         """Block (a ``receive()`` after the whole body) until the response is complete or the
@@ -352,9 +350,9 @@ class _Connection:
         async with anyio.create_task_group() as nursery:
 
             async def watch_socket() -> None:
-                # bytes that come now belong to a pipelined next request: h11 keeps them; a
-                # client that sends a lot of those is just no longer watched
-                while len(self.conn.trailing_data[0]) < MAX_HEAD_SIZE:
+                # bytes that come now belong to a pipelined next request: the reader keeps them;
+                # a client that sends a lot of those is just no longer watched
+                while self.reader.buffered < MAX_HEAD_SIZE:
                     if not await self._read():
                         self.eof = True
                         break
@@ -404,17 +402,18 @@ class _Connection:
         self.body_taken = True
         if not await self._before_body():
             return 0, "disconnected"
-        # what h11 holds already (it came with the head) goes first
+        # what the reader holds already (it came with the head) goes first
         first: list[bytes] = []
         buffered = 0
         ended = False
-        with contextlib.suppress(h11.RemoteProtocolError):
-            while isinstance(event := self.conn.next_event(), h11.Data):
-                first.append(bytes(event.data))
-                buffered += len(event.data)
-            ended = isinstance(event, h11.EndOfMessage)
+        with contextlib.suppress(ProtocolError):
+            while isinstance(piece := self.reader.next_body(), bytes):
+                first.append(piece)
+                buffered += len(piece)
+            ended = piece is END
         if ended:
-            # all of it was there: h11 saw the whole body, and the connection goes on as usual
+            # all of it was there: the reader saw the whole body, and the connection goes on
+            # as usual
             self.body_done = True
             left = 0
         else:
@@ -530,15 +529,16 @@ class _Connection:
             # that sends in a loop must not starve the other connections
             await anyio.lowlevel.checkpoint()
             return
-        conn = self.conn
         pieces: list[bytes] = []
         if self.pending_start is not None:
             start, self.pending_start = self.pending_start, None
-            pieces.append(conn.send(self._response(start, None if more_body else len(body))) or b"")
+            pieces.append(self._response(start, None if more_body else len(body)))
+        writer = self.body_writer
+        assert writer is not None
         if body and self.method != b"HEAD":
-            pieces.append(conn.send(h11.Data(data=body)) or b"")
+            pieces += writer.data(body)
         if not more_body:
-            pieces.append(conn.send(h11.EndOfMessage()) or b"")
+            pieces.append(writer.end())
         # one send per message: a small response (head, body, chunked trailer) costs one syscall
         # and goes out in one segment; a large body is not copied just to be joined
         try:
@@ -557,29 +557,28 @@ class _Connection:
             raise RuntimeError(f"not an informational status: {status}")
         if self.response_started or self.disconnected:
             return
-        conn = self.conn
-        events: list[h11.InformationalResponse] = []
-        if self.expect_100 and conn.client_is_waiting_for_100_continue:
+        heads: list[bytes] = []
+        if self.expect_100 and self.reader.expects_continue:
             # "the server MUST NOT omit the 100 (Continue) response because it has sent an
             # interim response with the 104 (Upload Resumption Supported) status code"
             self.expect_100 = False
-            events.append(h11.InformationalResponse(status_code=100, headers=[]))
-        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
-        events.append(
-            h11.InformationalResponse(
-                status_code=status, headers=headers, reason=_REASONS.get(status, b"")
-            )
-        )
+            heads.append(_CONTINUE)
+        headers = [
+            (bytes(name).lower(), bytes(value)) for name, value in message.get("headers", ())
+        ]
+        heads.append(response_head(status, _REASONS.get(status, b""), headers))
         with contextlib.suppress(_Disconnected):
-            await self._send_bytes(b"".join(conn.send(event) or b"" for event in events))
+            await self._send_bytes(b"".join(heads))
 
     async def _flush_start(self, length: int | None) -> None:
         """Send the held ``http.response.start``; *length*: the whole body's, if known."""
         assert self.pending_start is not None
         start, self.pending_start = self.pending_start, None
-        await self._send_bytes(self.conn.send(self._response(start, length)))
+        await self._send_bytes(self._response(start, length))
 
-    def _response(self, start: dict[str, Any], length: int | None) -> h11.Response:
+    def _response(self, start: dict[str, Any], length: int | None) -> bytes:
+        """The response head for *start*, its framing decided (:attr:`body_writer`,
+        :attr:`keep_alive`); *length*: the whole body's, if known."""
         headers: list[tuple[bytes, bytes]] = []
         has_length = has_server = has_date = False
         for name, value in start.get("headers", ()):
@@ -598,20 +597,22 @@ class _Connection:
             and self.method != b"HEAD"
             and status not in _NO_BODY
         ):
-            headers.append((b"content-length", str(length).encode("ascii")))
+            headers.append((b"content-length", b"%d" % length))
         if not has_server:
             headers.append(_SERVER_HEADER)
         if not has_date:
             headers.append((b"date", _date.value()))
-        if self.server.stopping:
-            # the last response on this connection: say so
-            headers.append((b"connection", b"close"))
-        return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+        assert self.request is not None
+        # when stopping, this is the last response on the connection: it says so
+        self.body_writer, self.keep_alive = frame_response(
+            self.request, status, headers, keep_alive=not self.server.stopping
+        )
+        return response_head(status, _REASONS.get(status, b""), headers)
 
     # -- one request ----------------------------------------------------------------------------
 
-    def scope(self, request: h11.Request) -> dict[str, Any]:
-        target = bytes(request.target)
+    def scope(self, request: Request) -> dict[str, Any]:
+        target = request.target
         if not target.startswith(b"/") and b"://" in target:
             # absolute-form (RFC 9112 3.2.2, which servers must accept): the path is what follows
             # the authority
@@ -619,12 +620,7 @@ class _Connection:
             target = target[slash:] if slash >= 0 else b"/"
         raw_path, _, query = target.partition(b"?")
         extensions: dict[str, Any] = {"http.response.informational": {}}
-        for name, value in request.headers:
-            if name == b"transfer-encoding":
-                self.content_length = None
-                break
-            if name == b"content-length":
-                self.content_length = int(value)  # h11 checked it
+        self.content_length = request.content_length
         if self.server.raw_limiter is not None and self.content_length:
             extensions[RAW_BODY] = {
                 "available": self.can_read_body_into,
@@ -640,7 +636,7 @@ class _Connection:
             "raw_path": raw_path,
             "query_string": query,
             "root_path": "",
-            "headers": [(bytes(name), bytes(value)) for name, value in request.headers],
+            "headers": request.headers,
             "client": self.client,
             "server": self.local,
             "state": dict(self.server.state),
@@ -649,43 +645,37 @@ class _Connection:
 
     async def run(self) -> None:
         """Serve requests on this connection until it should close."""
-        conn = self.conn
         while True:
             request = await self.read_head()
             if request is None:
                 return
             self._reset_request()
-            self.method = bytes(request.method)
-            self.expect_100 = conn.client_is_waiting_for_100_continue
+            self.request = request
+            self.method = request.method
+            self.expect_100 = request.expects_continue
             self.server.busy += 1
             try:
                 failed = await self._call_app(request)
             finally:
                 self.server.busy -= 1
                 self.server.notify()
-            if failed or self.disconnected or self.eof:
+            if failed or self.disconnected or self.eof or not self.keep_alive:
                 return
-            if conn.our_state is not h11.DONE:
-                return
+            reader = self.reader
             if self.raw_used:
                 if not self.raw_complete:
                     return  # the rest of the body is still coming: close
-                # h11 waits for a body that went around it: the next request starts afresh
-                # (nothing of it was read: the transfer read exactly the body)
-                self.conn = conn = h11.Connection(
-                    h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE
-                )
+                # the reader waits for a body that went around it: the next request starts
+                # afresh (nothing of it was read: the transfer read exactly the body)
+                self.reader = RequestReader(MAX_HEAD_SIZE)
                 continue
-            if conn.their_state is h11.SEND_BODY and not await self._drain():
+            if reader.state == "body" and not await self._drain():
                 return
-            if conn.their_state is not h11.DONE:
+            if reader.state != "done":
                 return
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
+            reader.start_next_cycle()
 
-    async def _call_app(self, request: h11.Request) -> bool:
+    async def _call_app(self, request: Request) -> bool:
         """Run the app for *request*; True if the connection cannot go on."""
         try:
             await self.server.app(self.scope(request), self.receive, self.send)
@@ -699,10 +689,11 @@ class _Connection:
                 if self.eof:
                     # the client half-closed mid-body and the app stopped there (TusApp does):
                     # end the response if what was sent is complete (Content-Length: 0)
-                    with contextlib.suppress(h11.LocalProtocolError, _Disconnected):
+                    with contextlib.suppress(RuntimeError, _Disconnected):
                         if self.pending_start is not None:
                             await self._flush_start(0)
-                        await self._send_bytes(self.conn.send(h11.EndOfMessage()))
+                        assert self.body_writer is not None
+                        await self._send_bytes(self.body_writer.end())
                     return True
                 logger.error("the ASGI app returned without completing its response")
                 return True
@@ -723,53 +714,38 @@ class _Connection:
         body = b"Internal Server Error\n"
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode("ascii")),
+            (b"content-length", b"%d" % len(body)),
             (b"connection", b"close"),
             (b"date", _date.value()),
             _SERVER_HEADER,
         ]
-        try:
-            await self._send_bytes(
-                self.conn.send(
-                    h11.Response(status_code=status, headers=headers, reason=_REASONS[status])
-                )
-            )
-            if self.method != b"HEAD":
-                await self._send_bytes(self.conn.send(h11.Data(data=body)))
-            await self._send_bytes(self.conn.send(h11.EndOfMessage()))
-        except (h11.LocalProtocolError, _Disconnected):
-            pass
+        head = response_head(status, _REASONS[status], headers)
+        with contextlib.suppress(_Disconnected):
+            await self._send_bytes(head if self.method == b"HEAD" else head + body)
 
     async def _drain(self) -> bool:
         """Read and drop the rest of a body the app did not read; True if it all came in time."""
+        reader = self.reader
         # most often what is left is the end of an empty body (a bodiless POST): no timeout to
         # arm for that
         try:
-            event = self.conn.next_event()
-        except h11.RemoteProtocolError:
+            piece = reader.next_body()
+        except ProtocolError:
             return False
-        if isinstance(event, h11.EndOfMessage):
+        if piece is END:
             return True
-        if isinstance(event, h11.Data):
-            dropped = len(event.data)
-        elif event is h11.NEED_DATA:
-            dropped = 0
-        else:
-            return False
+        dropped = len(piece) if isinstance(piece, bytes) else 0
         with anyio.move_on_after(DRAIN_TIME):
             while dropped <= DRAIN_SIZE:
                 try:
-                    event = self.conn.next_event()
-                except h11.RemoteProtocolError:
+                    piece = reader.next_body()
+                except ProtocolError:
                     return False
-                if isinstance(event, h11.Data):
-                    dropped += len(event.data)
-                elif isinstance(event, h11.EndOfMessage):
+                if piece is END:
                     return True
-                elif event is h11.NEED_DATA:
-                    if not await self._read():
-                        return False
-                else:
+                if isinstance(piece, bytes):
+                    dropped += len(piece)
+                elif not await self._read():
                     return False
         return False
 
@@ -778,10 +754,8 @@ class _Connection:
         the stream and drop what it sends meanwhile (a close with unread bytes makes the kernel
         send a reset, which can lose the response we just sent)."""
         stream = self.stream
-        lingering = (
-            not self.disconnected
-            and self.conn.their_state not in (h11.DONE, h11.CLOSED, h11.MUST_CLOSE, h11.IDLE)
-        ) or self.conn.their_state is h11.ERROR
+        state = self.reader.state
+        lingering = (not self.disconnected and state == "body") or state == "error"
         try:
             if lingering:
                 with anyio.move_on_after(DRAIN_TIME):

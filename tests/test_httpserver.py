@@ -1,4 +1,4 @@
-"""The HTTP/1.1 server of ``anytus serve --backend trio`` (:mod:`anytus._h11server`, on anyio), in
+"""The HTTP/1.1 server of ``anytus serve --backend trio`` (:mod:`anytus._httpserver`, on anyio), in
 process on both backends, against small ASGI apps and against TusApp: framing, keep-alive, pipelining, 100-continue,
 malformed requests, disconnects, the lifespan and the graceful shutdown."""
 
@@ -18,7 +18,7 @@ import pytest
 
 from _helpers import make_store
 from _server import TusClient, read_raw_response, wait_for
-from anytus._h11server import (
+from anytus._httpserver import (
     HEAD_TIMEOUT,
     KEEP_ALIVE_TIMEOUT,
     RAW_BODY,
