@@ -7,8 +7,10 @@ Targets, each one subprocess on 127.0.0.1 (a free port; one upload directory tha
 uses in turn, unless ``--separate-dirs``), started once:
 
 - ``tusd``: the peer binary (``--tusd``, default ``../shared/peers/tusd``), ``-verbose=false``;
-- ``anytus``: ``anytus serve`` with its defaults (its own HTTP server, asyncio, ``--workers
-  auto``); ``--anytus-args`` adds flags;
+- ``anytus``: ``anytus serve`` with its defaults (its own HTTP server, asyncio on uvloop,
+  ``--workers auto``, ``--durability finish``) but ``--log-level warning``: quiet, as tusd is run
+  (an access line per request and a line per created and completed upload cost about 15% of a
+  small request's CPU); ``--anytus-args`` adds flags (``--log-level info`` logs as by default);
 - ``anytus-trio``: the same with ``--backend trio``;
 - ``uvicorn``: ``TusApp(FileStore(dir), base_path="/files/")`` under uvicorn (``_uvicorn_app.py``)
   with httptools and uvloop (``uvicorn[standard]``, in ``pip install -e '.[bench]'``), one
@@ -166,7 +168,8 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
         target.command = f"ANYTUS_BENCH_DURABILITY={durability} {shlex.join(command)}"
         return start_listening(command, env, target.log, port)
     extra = ["--backend", "trio"] if target.name == "anytus-trio" else []
-    extra += anytus_args
+    # quiet, as tusd is run (-verbose=false); a --log-level in --anytus-args comes later and wins
+    extra += ["--log-level", "warning", *anytus_args]
     target.command = shlex.join(
         ["anytus", "serve", "--port", "0", "--dir", str(target.directory), *extra]
     )

@@ -206,7 +206,9 @@ class _Connection:
         self.body_done = False
         self.response_started = False
         self.response_complete = False
-        self.response_done_event = anyio.Event()
+        #: set when the response is complete or the client is gone; made only for a receive()
+        #: that waits for that (an event per request costs more than it is used)
+        self._response_done: anyio.Event | None = None
         self.pending_start: dict[str, Any] | None = None
         #: how the response's body is framed (set when its head goes out)
         self.body_writer: BodyWriter | None = None
@@ -361,7 +363,9 @@ class _Connection:
                 nursery.cancel_scope.cancel()
 
             async def watch_response() -> None:
-                await self.response_done_event.wait()
+                if not (self.response_complete or self.disconnected):
+                    self._response_done = anyio.Event()
+                    await self._response_done.wait()
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_socket)
@@ -498,8 +502,13 @@ class _Connection:
                 )
             self.disconnected = True
             # a receive() waiting for the end of the response returns http.disconnect now
-            self.response_done_event.set()
+            self._response_finished()
             raise _Disconnected from exc
+
+    def _response_finished(self) -> None:
+        """The response is complete, or the client gone: wake a receive() that waits for it."""
+        if self._response_done is not None:
+            self._response_done.set()
 
     async def send(self, message: dict[str, Any]) -> None:
         """ASGI ``send``: ``http.response.start`` and ``http.response.body``."""
@@ -523,7 +532,7 @@ class _Connection:
         more_body: bool = message.get("more_body", False)
         if not more_body:
             self.response_complete = True
-            self.response_done_event.set()
+            self._response_finished()
         if self.disconnected:
             # nobody to send to; the app learns it from receive(). Still a checkpoint: an app
             # that sends in a loop must not starve the other connections
@@ -709,7 +718,7 @@ class _Connection:
     async def _send_error(self, status: int) -> None:
         self.response_started = True
         self.response_complete = True
-        self.response_done_event.set()
+        self._response_finished()
         self.pending_start = None
         body = b"Internal Server Error\n"
         headers = [
@@ -991,8 +1000,9 @@ class _Server:
         #: connections that are running a request
         self.busy = 0
         self.connections: set[_Connection] = set()
-        #: set (and replaced) when a connection ends or finishes a request
-        self.changed = anyio.Event()
+        #: set (and dropped) when a connection ends or finishes a request; made by a waiter
+        #: (most of the time, nobody waits)
+        self.changed: anyio.Event | None = None
         #: the lifespan state (ASGI ``state``): each request gets a shallow copy
         self.state: dict[str, Any] = {}
 
@@ -1056,8 +1066,9 @@ class _Server:
 
     def notify(self) -> None:
         """Wake whoever waits on :attr:`changed`."""
-        self.changed.set()
-        self.changed = anyio.Event()
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
 
     def stop_idle(self) -> None:
         """Close every connection that waits for a next request."""
@@ -1070,6 +1081,8 @@ class _Server:
         while self.connections:
             self.stop_idle()
             # woken when a connection ends or one that was running a request goes idle
+            if self.changed is None:
+                self.changed = anyio.Event()
             await self.changed.wait()
 
 
