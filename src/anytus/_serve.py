@@ -396,6 +396,14 @@ class _AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not access_logger.isEnabledFor(logging.INFO):
+            # nothing to log: no status to watch, no line to build
+            try:
+                await self.app(scope, receive, send)
+            except anyio.get_cancelled_exc_class():
+                if not self.cancelling:
+                    raise
+            return
         status: int | str = "-"
 
         async def send_with_status(message: ASGISendEvent) -> None:

@@ -391,6 +391,8 @@ def error_of(scope: Mapping[str, Any]) -> TusError | None:
 def _log_event(event: str, info: UploadInfo, detail: str | None = None) -> None:
     """One ``anytus.asgi`` line for an upload's event (created, completed, interrupted,
     terminated, expired), with its ID, size and file name; in JSON logs these are fields too."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     size = "deferred length" if info.size is None else f"{info.size} bytes"
     if event == "interrupted":
         size = f"at {info.offset} of {size}"
