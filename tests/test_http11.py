@@ -545,3 +545,57 @@ def test_the_reader_agrees_with_h11(head: bytes) -> None:
     assert ours.target == bytes(theirs.target)
     assert ours.http_version == (b"1.0" if theirs.http_version == b"1.0" else b"1.1")
     assert ours.headers == [(bytes(name), bytes(value)) for name, value in theirs.headers]
+
+
+_CHUNK_PIECES = [
+    b"3\r\nabc\r\n",
+    b"1;ext=1\r\nx\r\n",
+    b"A \r\n0123456789\r\n",
+    b"0\r\n\r\n",
+    b"0\r\nX-T: 1\r\n\r\n",
+    b"3\r\nabcX\r\n",
+    b"3\r\nab",
+    b"g\r\n",
+    b"\r\n",
+    b"2\r\nab\n",
+]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(_CHUNK_PIECES), max_size=5), st.integers(1, 7))
+def test_chunked_bodies_agree_with_h11(pieces: list[bytes], step: int) -> None:
+    encoded = b"".join(pieces)
+    theirs_connection = h11.Connection(h11.SERVER)
+    theirs_connection.receive_data(CHUNKED_HEAD + encoded)
+    theirs_connection.receive_data(b"")
+    theirs: bytes | str = b""
+    try:
+        while isinstance(event := theirs_connection.next_event(), (h11.Request, h11.Data)):
+            if isinstance(event, h11.Data):
+                assert isinstance(theirs, bytes)
+                theirs += event.data
+        theirs = theirs if isinstance(event, h11.EndOfMessage) else "refused"
+    except h11.RemoteProtocolError:
+        theirs = "refused"
+    # ours, fed a few bytes at a time, then the end of the stream
+    reader = RequestReader(MAX_HEAD)
+    reader.receive_data(CHUNKED_HEAD)
+    assert isinstance(reader.next_request(), Request)
+    ours: bytes | str = b""
+    position = 0
+    try:
+        while True:
+            piece = reader.next_body()
+            if piece is END:
+                break
+            if piece is NEED_DATA:
+                reader.receive_data(encoded[position : position + step])
+                position += step
+                continue
+            assert isinstance(piece, bytes)
+            assert isinstance(ours, bytes)
+            ours += piece
+    except ProtocolError:
+        ours = "refused"
+    # the same body, or both refuse (what h11 takes, this takes, byte for byte)
+    assert ours == theirs, encoded

@@ -104,6 +104,9 @@ class FileStore(StoreBase):
         if buffer_size <= 0:
             raise ValueError("buffer_size must be positive")
         self.path = Path(path).absolute()
+        #: the directory with its trailing separator: a file's path is this and its name (a
+        #: concatenation, not os.path.join, on the path of every request)
+        self._prefix = os.path.join(self.path, "")
         self.locker: Locker = locker if locker is not None else FileLocker(self.path)
         self.buffer_size = buffer_size
         self.durability: Durability = durability
@@ -115,10 +118,10 @@ class FileStore(StoreBase):
     # -- paths ------------------------------------------------------------------------------
 
     def _info_path(self, upload_id: str) -> str:
-        return os.path.join(self.path, validate_upload_id(upload_id) + ".info")
+        return self._prefix + validate_upload_id(upload_id) + ".info"
 
     def _bin_path(self, upload_id: str) -> str:
-        return os.path.join(self.path, upload_id + ".bin")
+        return self._prefix + upload_id + ".bin"
 
     async def _run(self, fn: Callable[..., T], *args: object, read_only: bool = False) -> T:
         """Run a blocking step in a worker thread; storage failures become a StorageError.
@@ -244,7 +247,7 @@ class FileStore(StoreBase):
     def _locate_data_sync(self, upload_id: str, info: UploadInfo) -> tuple[str, os.stat_result]:
         """Find the data file: ours and tusd 0.x's ``[id].bin``, tusd v1/v2's ``[id]``, or
         wherever ``Storage.Path`` says (tusd's custom paths)."""
-        candidates = [self._bin_path(upload_id), os.path.join(self.path, upload_id)]
+        candidates = [self._bin_path(upload_id), self._prefix + upload_id]
         recorded = info.storage.get("Path")
         if recorded:
             candidates.append(os.path.join(self.path, recorded))

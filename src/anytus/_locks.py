@@ -346,11 +346,12 @@ class FileLocker(Locker):
         self.stale_after = stale_after
         self._hostname = socket.gethostname()
         self._directory = str(self.path)
+        self._prefix = os.path.join(self._directory, "")
         # lock files are small and quick: keep them off the store's data-transfer threads
         self._threads = ThreadPool(8)
 
     def _lock_path(self, upload_id: str) -> str:
-        return os.path.join(self._directory, upload_id + ".lock")
+        return self._prefix + upload_id + ".lock"
 
     def locked(self, upload_id: str) -> bool:
         holder = _held_locks.get(self._lock_path(validate_upload_id(upload_id)))
@@ -365,7 +366,7 @@ class FileLocker(Locker):
     ) -> None:
         validate_upload_id(upload_id)
         lock_path = self._lock_path(upload_id)
-        stop_path = os.path.join(self._directory, upload_id + ".stop")
+        stop_path = self._prefix + upload_id + ".stop"
         token = anyio.lowlevel.current_token()
         asked_by_file = False
         try:
@@ -420,7 +421,7 @@ class FileLocker(Locker):
             upload_id=upload_id,
             fd=-1,
             lock_path=lock_path,
-            stop_path=os.path.join(self._directory, upload_id + ".stop"),
+            stop_path=self._prefix + upload_id + ".stop",
             on_release=None,
             token=anyio.lowlevel.current_token(),
             poll_interval=math.inf,
@@ -465,7 +466,7 @@ class FileLocker(Locker):
             upload_id=upload_id,
             fd=fd,
             lock_path=self._lock_path(upload_id),
-            stop_path=os.path.join(self._directory, upload_id + ".stop"),
+            stop_path=self._prefix + upload_id + ".stop",
             on_release=on_release,
             token=token,
             poll_interval=self.holder_poll_interval,
