@@ -335,12 +335,7 @@ class RequestReader:
                 raise self._fail("the client closed the connection in the middle of a body")
             return NEED_DATA
         self.expects_continue = False
-        if len(buffer) <= remaining:
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            data = bytes(buffer[:remaining])
-            del buffer[:remaining]
+        data = _take(buffer, remaining)
         self._remaining = remaining - len(data)
         return data
 
@@ -352,14 +347,8 @@ class RequestReader:
                 if not buffer:
                     break
                 self.expects_continue = False
-                left = self._chunk_left
-                if len(buffer) <= left:
-                    data = bytes(buffer)
-                    buffer.clear()
-                else:
-                    data = bytes(buffer[:left])
-                    del buffer[:left]
-                self._chunk_left = left - len(data)
+                data = _take(buffer, self._chunk_left)
+                self._chunk_left -= len(data)
                 if not self._chunk_left:
                     self._chunk_phase = "crlf"
                 return data
@@ -416,6 +405,17 @@ class RequestReader:
             raise RuntimeError(f"start_next_cycle() with the reader in state {self.state!r}")
         self.state = "idle"
         self.expects_continue = False
+
+
+def _take(buffer: bytearray, most: int) -> bytes:
+    """Up to *most* bytes from the start of *buffer*, removed from it."""
+    if len(buffer) <= most:
+        data = bytes(buffer)
+        buffer.clear()
+    else:
+        data = bytes(buffer[:most])
+        del buffer[:most]
+    return data
 
 
 def _tokens(value: bytes) -> list[bytes]:
