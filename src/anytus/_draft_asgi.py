@@ -6,8 +6,8 @@ with the app's own store, locks, one-hop path, write path (``_append``, with the
 it was; the app calls :func:`handle` for a request that names a supported interop version.
 
 Interim responses: the ``104 (Upload Resumption Supported)`` goes out only where the server
-offers the ``http.response.informational`` extension (``anytus serve --backend trio``'s h11
-server does). ASGI itself has no message for an arbitrary 1xx: granian, uvicorn and hypercorn
+offers the ``http.response.informational`` extension (``anytus serve``'s own HTTP server does,
+on both backends). ASGI itself has no message for an arbitrary 1xx: granian, uvicorn and hypercorn
 offer none (hypercorn's and uvicorn's ``http.response.early_hint`` can send only a 103 with
 ``Link`` fields), so behind them the 104 is not sent and clients learn the upload's URL from the
 final response (the draft's "careful" creation).

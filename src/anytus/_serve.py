@@ -198,7 +198,7 @@ def raise_open_files_limit() -> None:
 
 
 def tls_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
-    """The server side of TLS for the h11 server: Python's defaults (TLS 1.2 and up), HTTP/1.1
+    """The server side of TLS for anytus's HTTP server: Python's defaults (TLS 1.2 and up), HTTP/1.1
     offered by ALPN; raises :class:`OSError` or :class:`ssl.SSLError` for unusable files."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certfile, keyfile)
@@ -325,12 +325,12 @@ async def _serve(
     shutdown = _Shutdown(supervised=parent_pid is not None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(shutdown.watch, parent_pid)
-        await _serve_h11(app, tus, endpoint, shutdown, ready, options, loads)
+        await _serve_http(app, tus, endpoint, shutdown, ready, options, loads)
         tg.cancel_scope.cancel()
     logger.info("stopped")
 
 
-async def _serve_h11(
+async def _serve_http(
     app: _AccessLog,
     tus: TusApp,
     endpoint: Endpoint,

@@ -3,7 +3,7 @@ serialisation of a Dictionary of Integers (§4.1.2).
 
 The resumable-upload draft parses ``Upload-Offset``, ``Upload-Length``, ``Upload-Complete`` and
 ``Upload-Draft-Interop-Version`` as Items, and sends ``Upload-Limit`` as a Dictionary of Integers.
-That is all it needs, so anytus keeps its core dependency-free (anyio, h11) with these ~150 lines
+That is all it needs, so anytus keeps its core dependency-free (anyio) with these ~150 lines
 instead of a runtime dependency; ``tests/test_sfv.py`` checks them against ``http-sf`` (mnot's
 RFC 9651 implementation) on the RFC's own edge cases.
 
