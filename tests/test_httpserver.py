@@ -278,7 +278,75 @@ async def test_oversized_head_is_refused() -> None:
             with contextlib.suppress(anyio.BrokenResourceError):
                 await stream.send(b"GET / HTTP/1.1\r\nX: " + b"a" * (100 * 1024) + b"\r\n\r\n")
             response = await read_raw_response(stream)
-            assert response.status in (400, 431)
+            assert response.status == 431
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "reason"),
+    [
+        # both framings: read as chunked by h11, a request smuggling vector (RFC 9112 6.3)
+        (
+            (
+                b"PATCH / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Length: 5\r\n\r\n0\r\n\r\n"
+            ),
+            400,
+            b"both Transfer-Encoding and Content-Length",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", 400, b"folding"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, b"chunked"),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, b"not supported"),
+        # a long head in one piece (h11 took it, as long as it came whole)
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (70 * 1024) + b"\r\n\r\n", 431, b"large"),
+    ],
+)
+async def test_what_the_http_layer_refuses_never_reaches_the_app(
+    request_bytes: bytes, status: int, reason: bytes
+) -> None:
+    requests: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            requests.append(scope)
+        await echo(scope, receive, send)
+
+    async with running(app) as address:
+        stream = await connect(address)
+        async with stream:
+            with contextlib.suppress(anyio.BrokenResourceError):
+                await stream.send(request_bytes)
+            response = await read_raw_response(stream)
+            assert response.status == status
+            assert response.headers["connection"] == "close"
+            assert reason in response.body
+        async with httpx.AsyncClient() as http:
+            ok = await http.get(f"http://{address[0]}:{address[1]}/after")
+        assert ok.status_code == 200
+    assert [scope["path"] for scope in requests] == ["/after"]
+
+
+async def test_an_http_1_0_response_without_a_length_ends_with_the_connection() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await echo(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"two"})
+
+    async with running(app) as address:
+        stream = await connect(address)
+        async with stream:
+            await stream.send(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    data += await stream.receive()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"connection: close" in head.lower()
+        assert b"transfer-encoding" not in head.lower()
+        assert body == b"one two"  # no chunk framing: the end of the connection ends it
 
 
 async def test_issue_7_half_close_with_an_early_answer(tmp_path: Path) -> None:
