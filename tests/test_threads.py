@@ -11,7 +11,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from anytus._threads import ThreadPool
+from anytus._threads import ThreadPool, WorkerThreads
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +101,8 @@ async def test_cancellation_while_the_call_runs(abandon: bool) -> None:
 
 
 async def test_calls_past_max_threads_wait_their_turn() -> None:
-    pool = ThreadPool(2)
+    workers = WorkerThreads()
+    pool = ThreadPool(2, workers=workers)
     release = threading.Event()
     order: list[int] = []
     both_running = threading.Barrier(3)
@@ -117,41 +118,72 @@ async def test_calls_past_max_threads_wait_their_turn() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(pool.run_sync, blocker, 1)
         tg.start_soon(pool.run_sync, blocker, 2)
-        # both threads are taken: a third call waits in the queue, no third thread starts
+        # both turns are taken: a third call waits, and no third thread starts
         await anyio.to_thread.run_sync(both_running.wait, 10)
         tg.start_soon(pool.run_sync, quick, 3)
-        await wait_for_pending(pool, 1)
+        await wait_for_waiting(pool, 1)
         tg.start_soon(pool.run_sync, quick, 4)
-        await wait_for_pending(pool, 2)
-        assert len(pool.workers) == 2
+        await wait_for_waiting(pool, 2)
+        assert len(workers.threads) == 2
         assert order == []
         release.set()
     assert sorted(order) == [1, 2, 3, 4]
-    assert order.index(3) < order.index(4)  # first in, first out
-    assert len(pool.workers) == 2
+    assert len(workers.threads) == 2
 
 
-async def wait_for_pending(pool: ThreadPool, count: int) -> None:
-    """Until *count* calls wait in *pool*'s queue (each caller submits at its first step)."""
-    while pool._pending < count:
+async def test_calls_go_first_in_first_out() -> None:
+    pool = ThreadPool(1)
+    release = threading.Event()
+    started = threading.Event()
+    order: list[int] = []
+
+    def first() -> None:
+        started.set()
+        release.wait(10)
+        order.append(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run_sync, first)
+        await anyio.to_thread.run_sync(started.wait, 10)
+        for n in (2, 3, 4):
+            tg.start_soon(pool.run_sync, order.append, n)
+            await wait_for_waiting(pool, n - 1)
+        release.set()
+    assert order == [1, 2, 3, 4]
+
+
+async def wait_for_waiting(pool: ThreadPool, count: int) -> None:
+    """Until *count* calls wait for their turn in *pool* (each caller submits at its first
+    step)."""
+    while pool.waiting < count:
         await anyio.lowlevel.checkpoint()
 
 
+async def test_pools_share_their_threads() -> None:
+    # a store made per request (as some applications do) makes no threads of its own
+    workers = WorkerThreads()
+    for _ in range(20):
+        pool = ThreadPool(4, workers=workers)
+        assert await pool.run_sync(threading.current_thread) in workers.threads
+    assert len(workers.threads) == 1
+
+
 async def test_idle_threads_end() -> None:
-    pool = ThreadPool(4, idle_timeout=0.05)
+    workers = WorkerThreads(idle_timeout=0.05)
+    pool = ThreadPool(4, workers=workers)
     async with anyio.create_task_group() as tg:
         gate = threading.Barrier(4)
         for _ in range(4):
             tg.start_soon(pool.run_sync, gate.wait, 10)
-    workers = set(pool.workers)
-    assert len(workers) == 4
-    for worker in workers:
-        await anyio.to_thread.run_sync(worker.join, 10)
-        assert not worker.is_alive()
-    assert pool.workers == set()
+    threads = set(workers.threads)
+    assert len(threads) == 4
+    for thread in threads:
+        await anyio.to_thread.run_sync(thread.join, 10)
+        assert not thread.is_alive()
+    assert workers.threads == set()
     # and new ones start when work comes again
     assert await pool.run_sync(lambda: 42) == 42
-    assert len(pool.workers) == 1
+    assert len(workers.threads) == 1
 
 
 def test_max_threads_must_be_positive() -> None:
