@@ -5,6 +5,9 @@ first-out order, and idle threads that end. On asyncio and on trio."""
 from __future__ import annotations
 
 import contextvars
+import os
+import subprocess
+import sys
 import threading
 
 import anyio
@@ -189,3 +192,58 @@ async def test_idle_threads_end() -> None:
 def test_max_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ThreadPool(0)
+
+
+_FORK_SCRIPT = """
+import os, sys, threading
+import anyio
+from anytus._threads import ThreadPool
+
+backend = sys.argv[1]
+pool = ThreadPool(1)
+started, release = threading.Event(), threading.Event()
+
+def held():
+    started.set()
+    release.wait(10)
+
+async def call(fn, abandon=False):
+    with anyio.fail_after(10):
+        return await pool.run_sync(fn, abandon_on_cancel=abandon)
+
+# one call done (its thread idles), and one running, from a loop in another thread (it takes
+# the pool's only turn) when the process forks
+anyio.run(call, lambda: None, backend=backend)
+holder = threading.Thread(target=anyio.run, args=(call, held), kwargs={"backend": backend})
+holder.start()
+started.wait(10)
+pid = os.fork()
+if pid == 0:
+    # the child has neither thread: its calls must still run (abandoned after 10 s if not)
+    try:
+        name = anyio.run(call, lambda: threading.current_thread().name, True, backend=backend)
+    except BaseException as exc:
+        print("child failed:", repr(exc), flush=True)
+        os._exit(1)
+    print("child ran its call in", name, flush=True)
+    os._exit(0)
+release.set()
+holder.join()
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_forked_child_starts_its_own_threads(anyio_backend_name: str) -> None:
+    """A server that forks its workers from a process that used a store (gunicorn --preload):
+    the child has none of the parent's threads, and its calls still run."""
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT, anyio_backend_name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "child ran its call in anytus worker" in result.stdout

@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import os
 import queue
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -85,6 +87,10 @@ class WorkerThreads:
 
     def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.idle_timeout = idle_timeout
+        self._reset()
+        _reset_at_fork.add(self)
+
+    def _reset(self) -> None:
         #: the threads alive
         self.threads: set[threading.Thread] = set()
         self._queue: queue.SimpleQueue[_Call[Any]] = queue.SimpleQueue()
@@ -138,6 +144,21 @@ class WorkerThreads:
             del value  # not kept alive while waiting
 
 
+#: what a forked child starts afresh: it has none of its parent's threads (and a lock a parent's
+#: thread held stays held), so counts that say a thread is idle, or a pool's call running, would
+#: leave its calls waiting forever (a server that forks workers from a process that has used a
+#: store, as gunicorn's --preload does)
+_reset_at_fork: weakref.WeakSet[WorkerThreads | ThreadPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for item in list(_reset_at_fork):
+        item._reset()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 #: the worker threads of every pool that is not given its own
 _shared_workers = WorkerThreads()
 
@@ -152,6 +173,10 @@ class ThreadPool:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
         self.workers = workers if workers is not None else _shared_workers
+        self._reset()
+        _reset_at_fork.add(self)
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         #: this pool's calls in a thread now
         self._running = 0
