@@ -599,3 +599,110 @@ def test_chunked_bodies_agree_with_h11(pieces: list[bytes], step: int) -> None:
         ours = "refused"
     # the same body, or both refuse (what h11 takes, this takes, byte for byte)
     assert ours == theirs, encoded
+
+
+@st.composite
+def request_streams(draw: st.DrawFn) -> bytes:
+    """One to three requests back to back (pipelined), each with a body framed by
+    Content-Length, chunked, or none, and some header lines from :data:`_LINES`."""
+    requests = []
+    for _ in range(draw(st.integers(1, 3))):
+        method = draw(st.sampled_from([b"PATCH", b"POST", b"HEAD", b"GET"]))
+        body = draw(st.binary(max_size=40))
+        lines = [method + b" /files/x HTTP/1.1", b"Host: x"]
+        lines += draw(st.lists(st.sampled_from(_LINES[12:]), max_size=3))
+        framing = draw(st.sampled_from(["length", "chunked", "none"]))
+        if framing == "length":
+            lines.append(b"Content-Length: %d" % len(body))
+            encoded = body
+        elif framing == "chunked":
+            lines.append(b"Transfer-Encoding: chunked")
+            encoded = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+        else:
+            encoded = b""
+        requests.append(b"\r\n".join(lines) + b"\r\n\r\n" + encoded)
+    return b"".join(requests)
+
+
+def h11_requests(data: bytes) -> list[object]:
+    """What h11 reads from *data* (then the end of the stream), answering each request with a
+    204 so that it goes on to the next: heads and bodies, then how it ended."""
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(data)
+    connection.receive_data(b"")
+    seen: list[object] = []
+    body = b""
+    try:
+        while True:
+            event = connection.next_event()
+            if isinstance(event, h11.Request):
+                seen.append((bytes(event.method), [(bytes(n), bytes(v)) for n, v in event.headers]))
+                body = b""
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                seen.append(body)
+                connection.send(h11.Response(status_code=204, headers=[]))
+                connection.send(h11.EndOfMessage())
+                if connection.our_state is not h11.DONE:
+                    seen.append("closed")  # the request asked to close: nothing more is read
+                    return seen
+                connection.start_next_cycle()
+            else:
+                seen.append("closed")
+                return seen
+    except h11.RemoteProtocolError as exc:
+        seen.append(f"refused {exc.error_status_hint}")
+        return seen
+
+
+def our_requests(data: bytes, step: int) -> list[object]:
+    """The same from this reader, fed *step* bytes at a time."""
+    reader = RequestReader(MAX_HEAD)
+    seen: list[object] = []
+    position = 0
+
+    def feed() -> None:
+        nonlocal position
+        reader.receive_data(data[position : position + step])  # b"" at the end: the end
+        position += step
+
+    try:
+        while True:
+            request = reader.next_request()
+            if request is NEED_DATA:
+                feed()
+                continue
+            if request is CLOSED:
+                seen.append("closed")
+                return seen
+            assert isinstance(request, Request)
+            seen.append((request.method, request.headers))
+            body = b""
+            while (piece := reader.next_body()) is not END:
+                if piece is NEED_DATA:
+                    feed()
+                else:
+                    assert isinstance(piece, bytes)
+                    body += piece
+            seen.append(body)
+            if not request.keep_alive:
+                seen.append("closed")
+                return seen
+            reader.start_next_cycle()
+    except ProtocolError as exc:
+        seen.append(f"refused {exc.status}")
+        return seen
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request_streams(), st.integers(1, 50))
+def test_pipelined_requests_agree_with_h11(data: bytes, step: int) -> None:
+    theirs = h11_requests(data)
+    ours = our_requests(data, step)
+    if any(stricter_on_purpose(request) for request in data.split(b"\r\n\r\n")):
+        # the same up to the request this reader refuses
+        assert ours[-1] == "refused 400"
+        assert theirs[: len(ours) - 1] == ours[:-1]
+        return
+    assert ours == theirs, data
