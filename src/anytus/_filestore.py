@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 
 from ._datastore import (
     Locker,
@@ -43,7 +44,6 @@ from ._info import UploadInfo
 from ._locks import FileLocker
 from ._storebase import StoreBase
 from ._streams import UploadReadStream
-from ._threads import ThreadPool
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
@@ -110,7 +110,7 @@ class FileStore(StoreBase):
         self.locker: Locker = locker if locker is not None else FileLocker(self.path)
         self.buffer_size = buffer_size
         self.durability: Durability = durability
-        self._threads = ThreadPool(max_threads)
+        self._limiter = anyio.CapacityLimiter(max_threads)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.path)!r}, durability={self.durability!r})"
@@ -130,7 +130,9 @@ class FileStore(StoreBase):
         changes a file is waited for, so no change happens behind the caller's back.
         """
         try:
-            return await self._threads.run_sync(fn, *args, abandon_on_cancel=read_only)
+            return await anyio.to_thread.run_sync(
+                fn, *args, limiter=self._limiter, abandon_on_cancel=read_only
+            )
         except OSError as exc:
             # a failed write to an open file names no path: the store's directory stands in
             # (with its trailing separator, so that it is the directory logs group by)
@@ -483,7 +485,7 @@ class FileUpload(_Loaded, ThreadFedUpload):
         interruption: BaseException | None = None
         appender = _Appender(
             fd,
-            store._threads,
+            store._limiter,
             batch_size=store.buffer_size,
             position=info.offset,
             writeback=store.durability != "none",
@@ -740,7 +742,7 @@ class _Appender:
     def __init__(
         self,
         fd: int,
-        threads: ThreadPool,
+        limiter: anyio.CapacityLimiter,
         *,
         batch_size: int,
         position: int,
@@ -755,7 +757,7 @@ class _Appender:
         #: the write error, if a write failed; nothing more is written after one
         self.failure: OSError | None = None
         self._fd = fd
-        self._threads = threads
+        self._limiter = limiter
         self._batch_size = batch_size
         # deep enough that the thread-hop latency between two writes hides behind the write
         self._max_queued = 8 * batch_size
@@ -798,7 +800,9 @@ class _Appender:
             if self.failure is not None:
                 queue, size = [], 0
             try:
-                await self._threads.run_sync(_write_sync_close, self._fd, queue, sync)
+                await anyio.to_thread.run_sync(
+                    _write_sync_close, self._fd, queue, sync, limiter=self._limiter
+                )
             except OSError as exc:
                 if self.failure is None and queue:
                     self.failure = exc
@@ -823,11 +827,12 @@ class _Appender:
                     self._queue, self._queued = [], 0
                     self._progress.set()
                     try:
-                        await self._threads.run_sync(
+                        await anyio.to_thread.run_sync(
                             _write_batch,
                             self._fd,
                             batch,
                             self._position if self._writeback else -1,
+                            limiter=self._limiter,
                         )
                     except OSError as exc:
                         self.failure = exc
@@ -872,7 +877,7 @@ class _ReaderContext:
             end,
             # reads are cheap next to a thread hop: take several buffers' worth per hop
             chunk_size=max(4 * store.buffer_size, _MIN_READ_CHUNK),
-            threads=store._threads,
+            limiter=store._limiter,
         )
         return self._stream
 

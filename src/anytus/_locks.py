@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import anyio.to_thread
 
 from ._datastore import DEFAULT_LOCK_TIMEOUT, InlineHold, Locker
 from ._exceptions import LockTimeout, storage_error
 from ._ids import validate_upload_id
-from ._threads import ThreadPool
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -348,7 +348,7 @@ class FileLocker(Locker):
         self._directory = str(self.path)
         self._prefix = os.path.join(self._directory, "")
         # lock files are small and quick: keep them off the store's data-transfer threads
-        self._threads = ThreadPool(8)
+        self._limiter = anyio.CapacityLimiter(8)
 
     def _lock_path(self, upload_id: str) -> str:
         return self._prefix + upload_id + ".lock"
@@ -389,7 +389,9 @@ class FileLocker(Locker):
             if asked_by_file:
                 # don't leave a release request behind for a lock we no longer want (tusd#1372)
                 with anyio.CancelScope(shield=True):
-                    await self._threads.run_sync(_unlink_quietly, stop_path)
+                    await anyio.to_thread.run_sync(
+                        _unlink_quietly, stop_path, limiter=self._limiter
+                    )
             if isinstance(exc, TimeoutError):
                 raise LockTimeout(
                     f"timed out after {timeout:g} s waiting for upload {upload_id}"
@@ -494,7 +496,7 @@ class FileLocker(Locker):
         """Run a lock file operation in a worker thread; a failure of the file system becomes
         a :class:`~anytus.StorageError` that names its kind."""
         try:
-            return await self._threads.run_sync(fn, *args)
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except OSError as exc:
             raise storage_error(exc, path=os.path.join(self._directory, "")) from exc
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 from anyio.abc import ByteReceiveStream
-
-if TYPE_CHECKING:
-    from ._threads import ThreadPool
 
 __all__ = ("UploadReadStream",)
 
@@ -30,13 +27,13 @@ class UploadReadStream(ByteReceiveStream):
         end: int,
         *,
         chunk_size: int,
-        threads: ThreadPool,
+        limiter: anyio.CapacityLimiter,
     ) -> None:
         self._fd = fd
         self._position = start
         self._end = end
         self._chunk_size = chunk_size
-        self._threads = threads
+        self._limiter = limiter
         self._closed = False
         self._guard = anyio.ResourceGuard("reading from")
 
@@ -62,7 +59,9 @@ class UploadReadStream(ByteReceiveStream):
 
             # not abandon_on_cancel: a thread still reading must not outlive the descriptor
             try:
-                data = await self._threads.run_sync(os.pread, self._fd, size, self._position)
+                data = await anyio.to_thread.run_sync(
+                    os.pread, self._fd, size, self._position, limiter=self._limiter
+                )
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
             if not data:
@@ -75,5 +74,5 @@ class UploadReadStream(ByteReceiveStream):
         if not self._closed:
             self._closed = True
             with anyio.CancelScope(shield=True):
-                await self._threads.run_sync(os.close, self._fd)
+                await anyio.to_thread.run_sync(os.close, self._fd, limiter=self._limiter)
         await anyio.lowlevel.checkpoint_if_cancelled()
