@@ -194,7 +194,9 @@ class TestBothLockers:
         calls: list[int] = []
         loop_thread = threading.get_ident()
         asked = anyio.Event()
+        let_go = anyio.Event()
         holder_exited = anyio.Event()
+        acquired = anyio.Event()
 
         def on_release() -> None:
             calls.append(threading.get_ident())
@@ -203,18 +205,26 @@ class TestBothLockers:
         async def holder(*, task_status: anyio.abc.TaskStatus[None]) -> None:
             async with locker.lock(UPLOAD_ID, on_release=on_release):
                 task_status.started()
-                await asked.wait()
-                # linger, so a polling waiter asks more than once
-                await anyio.sleep(0.6)
+                await let_go.wait()  # asked to let go, it takes its time: the waiter must wait
             holder_exited.set()
+
+        async def waiter() -> None:
+            await locker.acquire(UPLOAD_ID, timeout=10)
+            acquired.set()
 
         async with anyio.create_task_group() as tg:
             await tg.start(holder)
-            elapsed = await acquire_timed(locker, UPLOAD_ID, timeout=10)
+            tg.start_soon(waiter)
+            await asked.wait()
+            # everything that can run has run: the waiter still waits, and asked just once
+            await anyio.wait_all_tasks_blocked()
+            assert not acquired.is_set()
+            assert locker.locked(UPLOAD_ID)
+            let_go.set()
+            await acquired.wait()
             assert holder_exited.is_set()
 
         assert calls == [loop_thread]  # exactly once, in the holder's event loop
-        assert elapsed < 0.6 + 1.0
         await locker.release(UPLOAD_ID)
         assert names(lock_dir) == []
 
