@@ -24,6 +24,7 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._batch import HopBatcher
 from ._datastore import (
     Locker,
     SyncUpload,
@@ -111,6 +112,7 @@ class FileStore(StoreBase):
         self.buffer_size = buffer_size
         self.durability: Durability = durability
         self._limiter = anyio.CapacityLimiter(max_threads)
+        self._hops = HopBatcher(self._limiter)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.path)!r}, durability={self.durability!r})"
@@ -124,11 +126,22 @@ class FileStore(StoreBase):
         return self._prefix + upload_id + ".bin"
 
     async def _run(self, fn: Callable[..., T], *args: object, read_only: bool = False) -> T:
-        """Run a blocking step in a worker thread; storage failures become a StorageError.
+        """Run a short blocking step in a worker thread, batched with the steps that queue up
+        meanwhile (:class:`~anytus._batch.HopBatcher`); storage failures become a StorageError.
 
         Read-only steps are abandoned on cancellation (the thread finishes alone); anything that
         changes a file is waited for, so no change happens behind the caller's back.
         """
+        try:
+            return await self._hops.run(fn, *args, abandon_on_cancel=read_only)
+        except OSError as exc:
+            # a failed write to an open file names no path: the store's directory stands in
+            # (with its trailing separator, so that it is the directory logs group by)
+            raise storage_error(exc, path=os.path.join(self.path, "")) from exc
+
+    async def _run_alone(self, fn: Callable[..., T], *args: object, read_only: bool = False) -> T:
+        """:meth:`_run` for a step whose time grows with the data (writing, copying, listing):
+        a hop of its own, so that it never holds up the short steps."""
         try:
             return await anyio.to_thread.run_sync(
                 fn, *args, limiter=self._limiter, abandon_on_cancel=read_only
@@ -238,11 +251,11 @@ class FileStore(StoreBase):
 
     async def list_uploads(self) -> list[str]:
         """Return the IDs of every upload in the store directory."""
-        return await self._run(self._list_sync, read_only=True)
+        return await self._run_alone(self._list_sync, read_only=True)
 
     async def _after_cleanup(self, now: float) -> None:
         # temporary files that a crash left behind
-        await self._run(self._remove_stale_temps_sync, now)
+        await self._run_alone(self._remove_stale_temps_sync, now)
 
     # -- the blocking parts, run in worker threads ------------------------------------------
 
@@ -585,7 +598,7 @@ class FileUpload(_Loaded, ThreadFedUpload):
                     written = await store._run(_size_after_failure, self._data_path, info.offset)
                 sync = store._sync_after(info, written)
                 try:
-                    await store._run(_write_sync_close, fd, [], sync)
+                    await store._run_alone(_write_sync_close, fd, [], sync)
                 finally:
                     self._info = dataclasses.replace(
                         info, offset=info.offset + written, modified_at=time.time()
@@ -616,7 +629,7 @@ class FileUpload(_Loaded, ThreadFedUpload):
             if not isinstance(partial, FileUpload):
                 raise TypeError(f"cannot concatenate {partial!r} into a FileStore upload")
             sources.append((partial._data_path, partial.info.offset))
-        await self._store._run(self._store._concat_sync, self._info, self._data_path, sources)
+        await self._store._run_alone(self._store._concat_sync, self._info, self._data_path, sources)
         total = sum(size for _, size in sources)
         self._info = dataclasses.replace(self._info, size=total, offset=total)
 
