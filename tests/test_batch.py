@@ -262,3 +262,58 @@ async def test_a_call_handed_the_next_hop_and_cancelled_hands_it_on() -> None:
         before = hops.hops_started
         assert await hops.run(lambda: 1) == 1
         assert hops.hops_started == before + 1
+
+
+async def test_calls_of_two_kinds_never_share_a_hop() -> None:
+    """Reads and writes queued together go in separate hops, each kind in the order it came."""
+    hops = batcher()
+    release, started = threading.Event(), threading.Event()
+    ran: list[tuple[str, int]] = []
+    arrived: list[str] = []
+
+    def record(name: str) -> None:
+        ran.append((name, hops.hops_started))
+
+    async def call(name: str) -> None:
+        arrived.append(name)
+        await hops.run(record, name, kind=name[0])
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hops.run, blocked_until, release, started)
+            await wait_started(started)
+            for name in ("w1", "r1", "w2", "r2", "w3"):
+                tg.start_soon(call, name)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+    hop_of = dict(ran)
+    assert hop_of["w1"] == hop_of["w2"] == hop_of["w3"]
+    assert hop_of["r1"] == hop_of["r2"] != hop_of["w1"]
+    assert [name for name, _ in ran if name[0] == "w"] == [n for n in arrived if n[0] == "w"]
+    assert hops.hops_started == 3
+
+
+async def test_a_read_behind_a_slow_write_in_line_does_not_wait_for_it() -> None:
+    """A hop ends and hands the next one to the write first in line, which is slow; the read that
+    was behind it is first now, and after *stall* it gets a hop of its own: here the write ends
+    only once the read has run."""
+    hops = batcher()
+    first_release, first_started = threading.Event(), threading.Event()
+    release = threading.Event()
+    read: list[str] = []
+
+    async def reader() -> None:
+        read.append(await hops.run(lambda: "read", kind="read"))
+        release.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hops.run, blocked_until, first_release, first_started)
+            await wait_started(first_started)
+            tg.start_soon(hops.run, blocked_until, release)  # a write, first in line
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(reader)
+            await anyio.wait_all_tasks_blocked()
+            hops.stall = 0.01  # for the waits that start from now on
+            first_release.set()
+    assert read == ["read"]

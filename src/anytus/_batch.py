@@ -7,8 +7,9 @@ uploads, tmpfs, no fsync) a hop per call cost about 0.6 ms of CPU per request; b
 that queue up while a hop runs brought that to about 0.4 ms.
 
 :class:`HopBatcher` runs one hop at a time in the common case: a call made while a hop is running
-waits for it, and the calls that gathered meanwhile go together in the next hop, in the order
-they came. A slow hop (an fsync on a busy disk, a large directory) does not hold the queue up:
+waits for it, and the calls of one kind that gathered meanwhile go together in the next hop, in
+the order they came (reads and writes go in separate hops, so that a read never waits in a hop
+for a write's fsync). A slow hop (an fsync on a busy disk, a large directory) does not hold the queue up:
 once the first waiting call has waited :attr:`~HopBatcher.stall` seconds, it starts a hop of its
 own beside the slow one, and takes the calls in line with it.
 
@@ -41,11 +42,12 @@ _UNSET: Any = object()
 
 
 class _Call(Generic[T]):
-    __slots__ = ("args", "context", "error", "fn", "lead", "state", "value", "wake")
+    __slots__ = ("args", "context", "error", "fn", "kind", "lead", "state", "value", "wake")
 
-    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...], kind: object) -> None:
         self.fn = fn
         self.args = args
+        self.kind = kind
         self.context = contextvars.copy_context()
         self.state = _QUEUED
         self.value: T = _UNSET
@@ -92,14 +94,22 @@ class HopBatcher:
         #: hops started so far (for tests and diagnostics)
         self.hops_started = 0
 
-    async def run(self, fn: Callable[..., T], *args: object, abandon_on_cancel: bool = False) -> T:
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: object,
+        abandon_on_cancel: bool = False,
+        kind: object = None,
+    ) -> T:
         """Run ``fn(*args)`` in a worker thread and return its result (or raise its exception).
 
         :param abandon_on_cancel: on cancellation once it runs, return at once and let the call
             finish alone (for calls that change nothing); otherwise it is waited for
+        :param kind: calls of one kind share hops, never calls of two (so that a read never
+            waits in a hop for a write's fsync)
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
-        call: _Call[T] = _Call(fn, args)
+        call: _Call[T] = _Call(fn, args, kind)
         if self._hops == 0:
             self._hops = 1
             await self._hop([call])
@@ -123,7 +133,8 @@ class HopBatcher:
                 if call.state == _RUNNING:
                     continue  # taken into a hop as the wait ended: its end wakes us
                 if wake.is_set():
-                    # the call before it in line was cancelled: it is first now
+                    # first in line now (the call before it was cancelled, or went in a hop of
+                    # another kind): wait no longer than stall from here
                     wake = call.wake = anyio.Event()
                     continue
                 # the running hops are slow (an fsync on a busy disk): one more beside them
@@ -137,18 +148,29 @@ class HopBatcher:
                 else:
                     first = queue[0] is call
                     queue.remove(call)  # it never runs
-                    if first and queue:
-                        nudged = queue[0].wake
-                        assert nudged is not None
-                        nudged.set()
+                    if first:
+                        self._nudge_first()
             elif call.state == _RUNNING and not abandon_on_cancel:
                 with anyio.CancelScope(shield=True):
                     await wake.wait()
             raise
-        calls = [call, *queue]
+        calls: list[_Call[Any]] = [call]
+        others: list[_Call[Any]] = []
+        for waiting in queue:
+            (calls if waiting.kind == call.kind else others).append(waiting)
         queue.clear()
+        if others:
+            queue.extend(others)
+            self._nudge_first()
         await self._hop(calls)
         return call.result()
+
+    def _nudge_first(self) -> None:
+        """Tell the call that is now first in line that it is: it waits *stall* at most."""
+        if self._queue:
+            wake = self._queue[0].wake
+            assert wake is not None
+            wake.set()
 
     async def _hop(self, calls: list[_Call[Any]]) -> None:
         """Run *calls* in one hop, wake their callers, and hand the hop on to the next call in

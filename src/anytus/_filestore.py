@@ -125,15 +125,27 @@ class FileStore(StoreBase):
     def _bin_path(self, upload_id: str) -> str:
         return self._prefix + upload_id + ".bin"
 
-    async def _run(self, fn: Callable[..., T], *args: object, read_only: bool = False) -> T:
+    async def _run(
+        self,
+        fn: Callable[..., T],
+        *args: object,
+        read_only: bool = False,
+        abandon: bool | None = None,
+    ) -> T:
         """Run a short blocking step in a worker thread, batched with the steps that queue up
-        meanwhile (:class:`~anytus._batch.HopBatcher`); storage failures become a StorageError.
+        meanwhile (:class:`~anytus._batch.HopBatcher`), reads apart from writes; storage
+        failures become a StorageError.
 
-        Read-only steps are abandoned on cancellation (the thread finishes alone); anything that
-        changes a file is waited for, so no change happens behind the caller's back.
+        Read-only steps are abandoned on cancellation (the thread finishes alone), unless
+        *abandon* is False; anything that changes a file is waited for, so no change happens
+        behind the caller's back.
         """
         try:
-            return await self._hops.run(fn, *args, abandon_on_cancel=read_only)
+            abandon_on_cancel = read_only if abandon is None else abandon
+            # reads and writes in separate hops: a read never waits for a write's fsync
+            return await self._hops.run(
+                fn, *args, abandon_on_cancel=abandon_on_cancel, kind=read_only
+            )
         except OSError as exc:
             # a failed write to an open file names no path: the store's directory stands in
             # (with its trailing separator, so that it is the directory logs group by)
@@ -223,7 +235,9 @@ class FileStore(StoreBase):
             raise
         try:
             # a cancelled caller leaves the hop to finish: the lock is let go in the thread
-            return await self._run(self._run_locked_sync, hold, upload_id, fn)
+            return await self._run(
+                self._run_locked_sync, hold, upload_id, fn, read_only=read_only, abandon=False
+            )
         finally:
             hold.close()
 
