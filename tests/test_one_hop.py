@@ -29,9 +29,13 @@ class CountingStore(FileStore):
 
     hops = 0
 
-    async def _run(self, fn: Callable[..., T], *args: object, read_only: bool = False) -> T:
+    async def _run(self, fn: Callable[..., T], *args: object, **options: Any) -> T:
         self.hops += 1
-        return await super()._run(fn, *args, read_only=read_only)
+        return await super()._run(fn, *args, **options)
+
+    async def _run_alone(self, fn: Callable[..., T], *args: object, **options: Any) -> T:
+        self.hops += 1
+        return await super()._run_alone(fn, *args, **options)
 
 
 class CountingLocker(FileLocker):
