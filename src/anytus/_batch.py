@@ -3,15 +3,17 @@
 A worker-thread hop is the dearest part of a small tus request: anyio's plumbing on the event
 loop, waking a worker thread and then the loop, and the GIL handed back and forth at every system
 call the worker makes while the loop thread runs Python. On one ``anytus serve`` worker (small
-uploads, tmpfs, no fsync) a hop per call cost about 0.6 ms of CPU per request; batching the calls
-that queue up while a hop runs brought that to about 0.4 ms.
+uploads, tmpfs, no fsync), batching the calls that queue up while a hop runs took about a third
+off a request's CPU.
 
 :class:`HopBatcher` runs one hop at a time in the common case: a call made while a hop is running
 waits for it, and the calls of one kind that gathered meanwhile go together in the next hop, in
 the order they came (reads and writes go in separate hops, so that a read never waits in a hop
-for a write's fsync). A slow hop (an fsync on a busy disk, a large directory) does not hold the queue up:
-once the first waiting call has waited :attr:`~HopBatcher.stall` seconds, it starts a hop of its
-own beside the slow one, and takes the calls in line with it.
+for a write's fsync). A slow hop (an fsync on a busy disk, a large directory) does not hold the
+queue up: once the first waiting call has waited :attr:`~HopBatcher.stall` seconds, it starts a
+hop of its own beside the slow one, and takes the calls of its kind in line with it.
+
+Like the store's :class:`anyio.CapacityLimiter`, a batcher serves one event loop at a time.
 
 Each call keeps the semantics of :func:`anyio.to_thread.run_sync`: it runs in a copy of its
 caller's context; a call cancelled before its hop starts does not run; once it runs, its caller
