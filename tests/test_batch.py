@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 from anytus._batch import HopBatcher
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
 
 pytestmark = pytest.mark.anyio
 
@@ -37,9 +42,28 @@ async def wait_started(started: threading.Event) -> None:
     assert await anyio.to_thread.run_sync(started.wait, 10)
 
 
+async def queued_behind_a_hop(
+    hops: HopBatcher,
+    calls: list[Callable[[], Coroutine[Any, Any, object]]],
+    while_held: Callable[[], None] = lambda: None,
+) -> None:
+    """Start *calls*, each in a task of its own, while a hop is held, so that they queue up (in
+    the order the tasks run); call *while_held* once they wait; then let the hop end, and wait
+    for them."""
+    release, started = threading.Event(), threading.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hops.run, blocked_until, release, started)
+            await wait_started(started)
+            for call in calls:
+                tg.start_soon(call)
+            await anyio.wait_all_tasks_blocked()
+            while_held()
+            release.set()
+
+
 async def test_calls_that_queue_up_share_one_hop_in_order() -> None:
     hops = batcher()
-    release, started = threading.Event(), threading.Event()
     ran: list[tuple[int, int]] = []
     results: dict[int, int] = {}
     arrived: list[int] = []
@@ -52,15 +76,10 @@ async def test_calls_that_queue_up_share_one_hop_in_order() -> None:
         arrived.append(i)
         results[i] = await hops.run(record, i)
 
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(hops.run, blocked_until, release, started)
-            await wait_started(started)
-            for i in range(5):
-                tg.start_soon(call, i)
-            await anyio.wait_all_tasks_blocked()
-            assert ran == []  # queued behind the running hop
-            release.set()
+    def none_ran_yet() -> None:
+        assert ran == []  # queued behind the running hop
+
+    await queued_behind_a_hop(hops, [partial(call, i) for i in range(5)], none_ran_yet)
     assert results == {i: i * i for i in range(5)}
     assert [i for i, _ in ran] == arrived
     assert len({thread for _, thread in ran}) == 1
@@ -69,7 +88,6 @@ async def test_calls_that_queue_up_share_one_hop_in_order() -> None:
 
 async def test_each_call_gets_its_own_outcome() -> None:
     hops = batcher()
-    release, started = threading.Event(), threading.Event()
     outcomes: dict[int, object] = {}
 
     def maybe_fail(i: int) -> int:
@@ -83,34 +101,19 @@ async def test_each_call_gets_its_own_outcome() -> None:
         except ValueError as exc:
             outcomes[i] = str(exc)
 
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(hops.run, blocked_until, release, started)
-            await wait_started(started)
-            for i in range(4):
-                tg.start_soon(call, i)
-            await anyio.wait_all_tasks_blocked()
-            release.set()
+    await queued_behind_a_hop(hops, [partial(call, i) for i in range(4)])
     assert outcomes == {0: 0, 1: "odd 1", 2: 2, 3: "odd 3"}
 
 
 async def test_each_call_runs_in_its_callers_context() -> None:
     hops = batcher()
-    release, started = threading.Event(), threading.Event()
     seen: dict[int, int] = {}
 
     async def call(i: int) -> None:
         request_id.set(i)
         seen[i] = await hops.run(request_id.get)
 
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(hops.run, blocked_until, release, started)
-            await wait_started(started)
-            for i in range(3):
-                tg.start_soon(call, i)
-            await anyio.wait_all_tasks_blocked()
-            release.set()
+    await queued_behind_a_hop(hops, [partial(call, i) for i in range(3)])
     assert seen == {0: 0, 1: 1, 2: 2}
 
 
@@ -267,7 +270,6 @@ async def test_a_call_handed_the_next_hop_and_cancelled_hands_it_on() -> None:
 async def test_calls_of_two_kinds_never_share_a_hop() -> None:
     """Reads and writes queued together go in separate hops, each kind in the order it came."""
     hops = batcher()
-    release, started = threading.Event(), threading.Event()
     ran: list[tuple[str, int]] = []
     arrived: list[str] = []
 
@@ -278,14 +280,9 @@ async def test_calls_of_two_kinds_never_share_a_hop() -> None:
         arrived.append(name)
         await hops.run(record, name, kind=name[0])
 
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(hops.run, blocked_until, release, started)
-            await wait_started(started)
-            for name in ("w1", "r1", "w2", "r2", "w3"):
-                tg.start_soon(call, name)
-            await anyio.wait_all_tasks_blocked()
-            release.set()
+    await queued_behind_a_hop(
+        hops, [partial(call, name) for name in ("w1", "r1", "w2", "r2", "w3")]
+    )
     hop_of = dict(ran)
     assert hop_of["w1"] == hop_of["w2"] == hop_of["w3"]
     assert hop_of["r1"] == hop_of["r2"] != hop_of["w1"]
