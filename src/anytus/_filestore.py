@@ -1,8 +1,10 @@
 """`FileStore`: tusd's ``filestore`` on the local file system, on anyio.
 
 Every blocking system call runs in a worker thread, limited by a :class:`anyio.CapacityLimiter`
-that the store owns, and each logical step is one thread hop (open, write and close a buffer; read
-``.info`` and stat the data file). The offset is never stored: it is the size of the data file.
+that the store owns, and each logical step is one thread call (open, write and close a buffer; read
+``.info`` and stat the data file). Short steps made while another is running share the next
+worker-thread hop (:class:`~anytus._batch.HopBatcher`). The offset is never stored: it is the size
+of the data file.
 """
 
 from __future__ import annotations
