@@ -132,13 +132,14 @@ class HopBatcher:
                     return call.result()
                 if call.lead:
                     break
-                if call.state == _RUNNING:
-                    continue  # taken into a hop as the wait ended: its end wakes us
                 if wake.is_set():
-                    # first in line now (the call before it was cancelled, or went in a hop of
-                    # another kind): wait no longer than stall from here
+                    # told it is first in line (the call before it was cancelled, or went in a
+                    # hop of another kind): from here it waits no longer than stall; or, if a
+                    # hop took it meanwhile, until that hop's end
                     wake = call.wake = anyio.Event()
                     continue
+                if call.state == _RUNNING:
+                    continue  # taken into a hop as the wait ended: its end wakes us
                 # the running hops are slow (an fsync on a busy disk): one more beside them
                 queue.remove(call)
                 self._hops += 1
@@ -154,7 +155,10 @@ class HopBatcher:
                         self._nudge_first()
             elif call.state == _RUNNING and not abandon_on_cancel:
                 with anyio.CancelScope(shield=True):
-                    await wake.wait()
+                    while call.state != _DONE:
+                        if wake.is_set():  # told it was first in line: not the hop's end
+                            wake = call.wake = anyio.Event()
+                        await wake.wait()
             raise
         calls: list[_Call[Any]] = [call]
         others: list[_Call[Any]] = []
