@@ -325,7 +325,7 @@ class TestWrite:
         async with anyio.create_task_group() as tg:
             for info, data in zip(infos, datas, strict=True):
                 tg.start_soon(
-                    store.write_chunk, info.id, 0, Source(split(data, [1000, 3]), pause=0)
+                    store.write_chunk, info.id, 0, Source(split(data, [1000, 3]), checkpoints=True)
                 )
 
         for info, data in zip(infos, datas, strict=True):

@@ -43,7 +43,7 @@ from _services import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
 MIB = 1 << 20
 LEASE = 2.0
@@ -59,18 +59,34 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def meeting(parties: int) -> Callable[[], Awaitable[None]]:
+    """An awaitable that returns once *parties* tasks have awaited it."""
+    arrived = 0
+    everyone = anyio.Event()
+
+    async def meet() -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == parties:
+            everyone.set()
+        await everyone.wait()
+
+    return meet
+
+
 async def raw_patch(
     url: str,
     upload_id: str,
     offset: int,
     chunks: list[bytes],
     *,
-    pause: float = 0.0,
+    together: Callable[[], Awaitable[None]] | None = None,
     hang: bool = False,
     sent: anyio.Event | None = None,
 ) -> int:
-    """PATCH over a raw connection, its body sent in *chunks* with a *pause* before each, then
-    (with *hang*) silence; return the status, or 0 if the connection ended without one."""
+    """PATCH over a raw connection, its body sent in *chunks*, then (with *hang*) silence; return
+    the status, or 0 if the connection ended without one. *together* is awaited after the first
+    chunk (or the failure to send it): the PATCHes that wait on it are all in flight at once."""
     host_port = url.split("//")[1].split("/")[0]
     host, port = host_port.rsplit(":", 1)
     length = sum(len(chunk) for chunk in chunks)
@@ -85,12 +101,15 @@ async def raw_patch(
     async with await anyio.connect_tcp(host, int(port)) as stream:
         try:
             await stream.send(head)
-            for chunk in chunks:
-                if pause:
-                    await anyio.sleep(pause)
+            for i, chunk in enumerate(chunks):
+                if i == 1 and together is not None:
+                    waited, together = together, None
+                    await waited()
                 await stream.send(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # answered early (409, 423...) and closed: the answer is still there to read
+        if together is not None:
+            await together()
         if sent is not None:
             sent.set()
         if hang:
@@ -254,8 +273,9 @@ async def test_an_upload_started_on_a_resumes_on_b(
 async def test_four_patches_over_two_hosts_never_interleave(
     shared_hosts: tuple[Host, Host, str], s3: S3Service
 ) -> None:
-    """Four PATCHes at one offset, two through each host, their bodies sent slowly: at most one
-    succeeds, and the bytes stored after the offset come from one of them alone."""
+    """Four PATCHes at one offset, two through each host, all four in flight at once (each sends
+    the rest of its body once every one has sent its first piece): at most one succeeds, and the
+    bytes stored after the offset come from one of them alone."""
     a, b, prefix = shared_hosts
     size = 3 * MIB
     chunk = 256 * 1024
@@ -268,15 +288,24 @@ async def test_four_patches_over_two_hosts_never_interleave(
                 break
             length = min(MIB, size - offset)
             statuses: list[int] = [0] * 4
+            together = meeting(4)
 
-            async def one(i: int, start: int, length: int, statuses: list[int]) -> None:
+            async def one(
+                i: int,
+                start: int,
+                length: int,
+                statuses: list[int],
+                together: Callable[[], Awaitable[None]],
+            ) -> None:
                 body = bytes([i + 1]) * length
                 chunks = [body[position : position + chunk] for position in range(0, length, chunk)]
-                statuses[i] = await raw_patch(clients[i].url, upload_id, start, chunks, pause=0.01)
+                statuses[i] = await raw_patch(
+                    clients[i].url, upload_id, start, chunks, together=together
+                )
 
             async with anyio.create_task_group() as tg:
                 for i in range(4):
-                    tg.start_soon(one, i, offset, length, statuses)
+                    tg.start_soon(one, i, offset, length, statuses, together)
             assert set(statuses) <= {0, 204, 400, 409, 423}, statuses
             assert statuses.count(204) <= 1, statuses
             new_offset = await clients[0].offset(upload_id)

@@ -33,10 +33,6 @@ class CountingStore(FileStore):
         self.hops += 1
         return await super()._run(fn, *args, **options)
 
-    async def _run_alone(self, fn: Callable[..., T], *args: object, **options: Any) -> T:
-        self.hops += 1
-        return await super()._run_alone(fn, *args, **options)
-
 
 class CountingLocker(FileLocker):
     """A FileLocker that counts the locks taken by waiting (``acquire``)."""

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio.abc import ByteReceiveStream
 
@@ -130,13 +131,14 @@ class Source:
         *,
         hang: bool = False,
         error: BaseException | None = None,
-        pause: float | None = None,
+        checkpoints: bool = False,
         digest: bool = False,
     ) -> None:
         self._chunks = iter(chunks)
         self._hang = hang
         self._error = error
-        self._pause = pause
+        #: a checkpoint before each chunk, as a network source waits for data
+        self._checkpoints = checkpoints
         #: bytes handed out so far
         self.yielded = 0
         #: chunks handed out so far
@@ -150,8 +152,8 @@ class Source:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._pause is not None:
-            await anyio.sleep(self._pause)
+        if self._checkpoints:
+            await anyio.lowlevel.checkpoint()
 
         try:
             chunk = next(self._chunks)
@@ -677,7 +679,7 @@ class TestInterruptedWrite:
                     scope.cancel()
                 yield block
 
-        source = Source(blocks(), pause=0)
+        source = Source(blocks(), checkpoints=True)
         with scope:
             await store.write_chunk(info.id, 0, source)
 

@@ -133,32 +133,27 @@ class FileStore(StoreBase):
         *args: object,
         read_only: bool = False,
         abandon: bool | None = None,
+        alone: bool = False,
     ) -> T:
-        """Run a short blocking step in a worker thread, batched with the steps that queue up
-        meanwhile (:class:`~anytus._batch.HopBatcher`), reads apart from writes; storage
-        failures become a StorageError.
+        """Run a blocking step in a worker thread; storage failures become a StorageError.
+
+        A short step shares a hop with the steps that queue up meanwhile
+        (:class:`~anytus._batch.HopBatcher`), reads apart from writes, so that a read never waits
+        for a write's fsync; a step whose time grows with the data (writing, copying, listing)
+        goes *alone*, in a hop of its own, so that it never holds up the short ones.
 
         Read-only steps are abandoned on cancellation (the thread finishes alone), unless
         *abandon* is False; anything that changes a file is waited for, so no change happens
         behind the caller's back.
         """
+        abandon_on_cancel = read_only if abandon is None else abandon
         try:
-            abandon_on_cancel = read_only if abandon is None else abandon
-            # reads and writes in separate hops: a read never waits for a write's fsync
+            if alone:
+                return await anyio.to_thread.run_sync(
+                    fn, *args, limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
+                )
             return await self._hops.run(
                 fn, *args, abandon_on_cancel=abandon_on_cancel, kind=read_only
-            )
-        except OSError as exc:
-            # a failed write to an open file names no path: the store's directory stands in
-            # (with its trailing separator, so that it is the directory logs group by)
-            raise storage_error(exc, path=os.path.join(self.path, "")) from exc
-
-    async def _run_alone(self, fn: Callable[..., T], *args: object, read_only: bool = False) -> T:
-        """:meth:`_run` for a step whose time grows with the data (writing, copying, listing):
-        a hop of its own, so that it never holds up the short steps."""
-        try:
-            return await anyio.to_thread.run_sync(
-                fn, *args, limiter=self._limiter, abandon_on_cancel=read_only
             )
         except OSError as exc:
             # a failed write to an open file names no path: the store's directory stands in
@@ -267,11 +262,11 @@ class FileStore(StoreBase):
 
     async def list_uploads(self) -> list[str]:
         """Return the IDs of every upload in the store directory."""
-        return await self._run_alone(self._list_sync, read_only=True)
+        return await self._run(self._list_sync, read_only=True, alone=True)
 
     async def _after_cleanup(self, now: float) -> None:
         # temporary files that a crash left behind
-        await self._run_alone(self._remove_stale_temps_sync, now)
+        await self._run(self._remove_stale_temps_sync, now, alone=True)
 
     # -- the blocking parts, run in worker threads ------------------------------------------
 
@@ -614,7 +609,7 @@ class FileUpload(_Loaded, ThreadFedUpload):
                     written = await store._run(_size_after_failure, self._data_path, info.offset)
                 sync = store._sync_after(info, written)
                 try:
-                    await store._run_alone(_write_sync_close, fd, [], sync)
+                    await store._run(_write_sync_close, fd, [], sync, alone=True)
                 finally:
                     self._info = dataclasses.replace(
                         info, offset=info.offset + written, modified_at=time.time()
@@ -645,7 +640,9 @@ class FileUpload(_Loaded, ThreadFedUpload):
             if not isinstance(partial, FileUpload):
                 raise TypeError(f"cannot concatenate {partial!r} into a FileStore upload")
             sources.append((partial._data_path, partial.info.offset))
-        await self._store._run_alone(self._store._concat_sync, self._info, self._data_path, sources)
+        await self._store._run(
+            self._store._concat_sync, self._info, self._data_path, sources, alone=True
+        )
         total = sum(size for _, size in sources)
         self._info = dataclasses.replace(self._info, size=total, offset=total)
 
