@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 from anytus import FileLocker, FileStore
 
@@ -104,8 +105,13 @@ def requester(lock_dir: str, work_dir: str, upload_id: str, backend: str) -> Non
     anyio.run(main, backend=backend)
 
 
+#: blocks the writer's body hands out before it stalls: 4 MiB, more than the parent waits for
+_BLOCKS_BEFORE_STALL = 64
+
+
 class _Endless:
-    """The writer's body: :func:`block` after block, forever, a little at a time."""
+    """The writer's body: :func:`block` after block, then nothing more, as a client that stalls
+    mid-upload (the parent kills the writer while it waits)."""
 
     def __init__(self) -> None:
         self.i = 0
@@ -114,14 +120,17 @@ class _Endless:
         return self
 
     async def __anext__(self) -> bytes:
-        await anyio.sleep(0.005)
+        if self.i == _BLOCKS_BEFORE_STALL:
+            await anyio.sleep_forever()
+        await anyio.lowlevel.checkpoint()  # as a socket's receive would
         chunk = block(self.i)
         self.i += 1
         return chunk
 
 
 def writer(store_dir: str, work_dir: str, upload_id: str, backend: str) -> None:
-    """Write an endless stream into the upload under its lock (until the parent kills us)."""
+    """Write a stream into the upload under its lock, which then stalls (until the parent kills
+    us)."""
 
     async def main() -> None:
         store = await anyio.to_thread.run_sync(FileStore, store_dir)
