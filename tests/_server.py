@@ -59,6 +59,10 @@ OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 
 _BANNER = re.compile(r"anytus: serving (?P<dir>.+) on (?P<url>https?://[^\s/]+:(?P<port>\d+)/\S*)")
 _ID = re.compile(r"/([A-Za-z0-9_-]+)/?$")
+#: the supervisor's line naming its workers, and their CPUs when pinned
+_WORKERS = re.compile(
+    r"started \d+ workers: (?P<pids>\d+(?: \d+)*)(?: \(on CPUs (?P<cpus>\d+(?: \d+)*)\))?$"
+)
 
 
 def subprocess_env() -> dict[str, str]:
@@ -153,6 +157,16 @@ class ServerProcess:
     @property
     def port(self) -> int:
         return int(self.origin.rsplit(":", 1)[1])
+
+    def started_workers(self) -> tuple[list[int], list[int] | None] | None:
+        """The worker PIDs the supervisor logged, and the CPU of each (None: not pinned); None
+        when no supervisor logged any (one worker: the server process serves itself)."""
+        for line in self.stderr_lines:
+            if match := _WORKERS.search(line):
+                cpus = match["cpus"]
+                pids = [int(pid) for pid in match["pids"].split()]
+                return pids, None if cpus is None else [int(cpu) for cpu in cpus.split()]
+        return None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Send *sig*, wait for the exit and return the exit code (kill after *timeout*)."""

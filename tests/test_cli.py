@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import anytus
-from anytus._cli import _parser, auto_workers, main, parse_duration, parse_size
+from anytus._cli import _parser, auto_workers, main, parse_duration, parse_size, worker_cpus
 from anytus._serve import WorkerLoads
 
 
@@ -136,6 +136,28 @@ def test_workers_auto_is_one_per_usable_cpu() -> None:
     assert auto_workers(parser.parse_args(["--s3-bucket", "b"])) == 1
     redis = ["--s3-bucket", "b", "--redis", "redis://127.0.0.1:1"]
     assert auto_workers(parser.parse_args(redis)) == len(os.sched_getaffinity(0))
+
+
+def test_pin_workers_gives_each_worker_a_cpu_when_each_can_have_one() -> None:
+    """``--pin-workers`` defaults to pinning when there are several workers and no more of them
+    than usable CPUs; a lone worker, or more workers than CPUs, run unpinned unless asked."""
+    parser = _subcommands(_parser())["serve"]
+    usable = sorted(os.sched_getaffinity(0))
+
+    def cpus(*argv: str) -> list[int] | None:
+        args = parser.parse_args(list(argv))
+        return worker_cpus(args)
+
+    assert cpus("--workers", "1") is None
+    assert cpus("--workers", str(len(usable) + 1)) is None
+    assert cpus("--workers", "2", "--no-pin-workers") is None
+    # asked for: every worker is pinned, wrapping around the CPUs
+    assert cpus("--workers", "1", "--pin-workers") == usable[:1]
+    wrapped = cpus("--workers", str(len(usable) + 1), "--pin-workers")
+    assert wrapped == [*usable, usable[0]]
+    if len(usable) >= 2:
+        assert cpus("--workers", "2") == usable[:2]
+        assert cpus("--workers", str(len(usable))) == usable
 
 
 def test_workers_must_be_a_number_or_auto(capsys: pytest.CaptureFixture[str]) -> None:

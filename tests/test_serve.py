@@ -48,7 +48,6 @@ _ACCESS = re.compile(
     r"\[(?P<pid>\d+)\] \[INFO\] 127\.0\.0\.1:\d+ (?P<method>[A-Z]+) (?P<path>\S+) "
     r"(?P<status>\d{3}) \d+\.\d{3}s(?: (?P<reason>.*))?$"
 )
-_WORKERS = re.compile(r"started \d+ workers: (?P<pids>[\d ]+)$")
 
 
 @pytest.fixture
@@ -67,10 +66,9 @@ def access_lines(server: ServerProcess) -> list[tuple[str, str, str]]:
 
 
 def worker_pids(server: ServerProcess) -> list[int]:
-    for line in server.stderr_lines:
-        if match := _WORKERS.search(line):
-            return [int(pid) for pid in match["pids"].split()]
-    raise AssertionError(f"no worker PIDs logged: {server.stderr_lines!r}")
+    started = server.started_workers()
+    assert started is not None, f"no worker PIDs logged: {server.stderr_lines!r}"
+    return started[0]
 
 
 def running(pid: int) -> bool:
@@ -515,10 +513,53 @@ def test_workers_auto_runs_one_per_usable_cpu(tmp_path: Path) -> None:
         if cpus > 1:
             assert len(worker_pids(server)) == cpus
         else:
-            assert not any(_WORKERS.search(line) for line in server.stderr_lines)
+            assert server.started_workers() is None
         assert httpx.options(server.url).status_code == 200
         created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
         assert created.status_code == 201
+
+
+def thread_cpus(pid: int) -> set[frozenset[int]]:
+    """The CPUs each thread of process *pid* may run on, as a set of distinct CPU sets."""
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            found.add(frozenset(os.sched_getaffinity(int(task))))
+    return found
+
+
+def test_each_worker_runs_on_a_cpu_of_its_own(tmp_path: Path) -> None:
+    """Several workers and no more than the usable CPUs (what ``--workers auto`` makes): each
+    worker, every thread it starts included, runs on a CPU of its own (``--pin-workers``
+    defaults to that), and the replacement of a killed worker takes the dead one's CPU."""
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        pytest.skip("needs two usable CPUs")
+    with run_server_process(tmp_path, "--workers", "2") as server:
+        started = server.started_workers()
+        assert started is not None
+        pids, cpus = started
+        assert cpus == usable[:2]
+        # uploads on several connections, so that the workers have started their threads
+        with httpx.Client(headers=TUS) as tus:
+            for _ in range(8):
+                created = tus.post(server.url, headers={"Upload-Length": "3"})
+                url = created.headers["Location"]
+                assert (
+                    tus.patch(
+                        url,
+                        headers={"Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE},
+                        content=b"abc",
+                    ).status_code
+                    == 204
+                )
+        for pid, cpu in zip(pids, cpus, strict=True):
+            assert thread_cpus(pid) == {frozenset({cpu})}
+        os.kill(pids[0], signal.SIGKILL)
+        ready = re.compile(r"worker (\d+) is ready")
+        assert wait_for_sync(lambda: any(ready.search(line) for line in server.stderr_lines))
+        match = next(m for line in server.stderr_lines if (m := ready.search(line)))
+        assert thread_cpus(int(match.group(1))) == {frozenset({cpus[0]})}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

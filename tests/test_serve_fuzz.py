@@ -67,7 +67,6 @@ BACKENDS = [
 PATTERN = random.Random(7).randbytes(8 << 20)
 
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})[^\r\n]*\r\n")
-_WORKERS = re.compile(r"started \d+ workers: (?P<pids>[\d ]+)$")
 
 
 @dataclasses.dataclass
@@ -148,10 +147,8 @@ def alive(pid: int) -> bool:
 
 def worker_pids(server: ServerProcess) -> list[int]:
     """The worker processes' PIDs (the server process itself when it runs one worker)."""
-    for line in server.stderr_lines:
-        if match := _WORKERS.search(line):
-            return [int(pid) for pid in match["pids"].split()]
-    return [server.process.pid]
+    started = server.started_workers()
+    return [server.process.pid] if started is None else started[0]
 
 
 def assert_serves_an_upload(server: ServerProcess) -> None:

@@ -228,6 +228,15 @@ def bind_listening(host: str, port: int) -> Endpoint:
     return Endpoint(numeric, chosen, sock)
 
 
+def pin_to_cpu(cpu: int) -> None:
+    """Run this process on *cpu* alone (``--pin-workers``); threads started afterwards inherit
+    it (Linux applies it to the calling thread, and new threads copy their creator's)."""
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # the CPU was taken away since it was listed (a cgroup change)
+        logger.warning("cannot run on CPU %d alone (%s): this worker runs unpinned", cpu, exc)
+
+
 def uvloop_installed() -> bool:
     """Whether uvloop can be imported (``anytus[uvloop]``)."""
     return importlib.util.find_spec("uvloop") is not None
