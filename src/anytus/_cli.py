@@ -57,7 +57,14 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from types import FrameType
 
-__all__ = ("auto_workers", "main", "parse_duration", "parse_size", "parse_workers")
+__all__ = (
+    "auto_workers",
+    "main",
+    "parse_duration",
+    "parse_size",
+    "parse_workers",
+    "worker_cpus",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,7 @@ __all__ = (
     "WorkerLoads",
     "bind_listening",
     "configure_logging",
+    "pin_to_cpu",
     "raise_open_files_limit",
     "run_worker",
     "tls_context",
