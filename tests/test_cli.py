@@ -7,6 +7,7 @@ any server starts.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 
 import anytus
 from anytus._cli import _parser, auto_workers, main, parse_duration, parse_size, worker_cpus
-from anytus._serve import WorkerLoads
+from anytus._serve import WorkerLoads, pin_to_cpu
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,6 +159,17 @@ def test_pin_workers_gives_each_worker_a_cpu_when_each_can_have_one() -> None:
     if len(usable) >= 2:
         assert cpus("--workers", "2") == usable[:2]
         assert cpus("--workers", str(len(usable))) == usable
+
+
+def test_a_worker_whose_cpu_is_gone_runs_unpinned(caplog: pytest.LogCaptureFixture) -> None:
+    """A CPU that cannot be had (taken away since it was listed) leaves the worker unpinned,
+    with a warning, instead of stopping it."""
+    before = os.sched_getaffinity(0)
+    with caplog.at_level(logging.WARNING, logger="anytus.serve"):
+        pin_to_cpu(1 << 20)
+    assert os.sched_getaffinity(0) == before
+    assert "cannot run on CPU 1048576 alone" in caplog.text
+    assert "runs unpinned" in caplog.text
 
 
 def test_workers_must_be_a_number_or_auto(capsys: pytest.CaptureFixture[str]) -> None:
