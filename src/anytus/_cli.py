@@ -300,7 +300,7 @@ def worker_cpus(args: argparse.Namespace) -> list[int] | None:
     A worker is one Python process whose event loop and worker threads take turns holding the
     GIL, tens of times per request. On one CPU a turn is a switch between threads; across CPUs
     each turn also wakes a thread on another core, which then waits for the GIL there. Measured
-    on 2 CPUs with 2 workers: small uploads 1.03-1.37x as fast pinned (median 1.19x), large ones
+    on 2 CPUs with 2 workers: small uploads 1.03-1.37x as fast pinned over four runs, large ones
     no slower.
     ``auto`` pins only when every worker can have a CPU of its own (and there are several: a
     lone worker would take the first CPU whatever else runs there)."""
