@@ -682,11 +682,17 @@ def test_cli_resumes_an_interrupted_run(peers: dict[PeerKind, Peer], tmp_path: P
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=dict(subprocess_env(), XDG_CACHE_HOME=str(cache)),
+            # a client that hangs instead can be made to print its threads' stacks (SIGABRT)
+            env=dict(subprocess_env(), XDG_CACHE_HOME=str(cache), PYTHONFAULTHANDLER="1"),
         )
         portal.call(proxy.stalled.wait)
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        out, err = process.communicate(timeout=30)
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, err = process.communicate(timeout=30)
+            pytest.fail(f"the client did not stop within 30 s of SIGINT; where it was:\n{err}")
         assert process.returncode == 130, err
         assert out == ""
         assert "again" in err
