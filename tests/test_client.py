@@ -9,6 +9,7 @@ anytus's ``TusApp`` answers 423, 5xx and 403 where a test needs a status on cue.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -667,6 +668,22 @@ def test_cli_exit_status_when_a_file_fails(peers: dict[PeerKind, Peer], tmp_path
     assert refused.stdout == ""
 
 
+@contextlib.contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Children started within get Ctrl-C's SIGINT as from a terminal, even when this process
+    was started with SIGINT ignored (as a background job is: ``nohup pytest &``), because
+    ignored signals are inherited across ``exec`` while handled ones are reset to the default.
+    A child that inherits SIGINT ignored rightly ignores Ctrl-C, as a background job should."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.slow
 def test_cli_resumes_an_interrupted_run(peers: dict[PeerKind, Peer], tmp_path: Path) -> None:
     peer = peers["tusd"]
@@ -677,14 +694,15 @@ def test_cli_resumes_an_interrupted_run(peers: dict[PeerKind, Peer], tmp_path: P
         proxy = portal.call(lambda: Proxy(peer.port, stall_after=3 * MIB))
         future, _ = portal.start_task(proxy.run)
         command = [sys.executable, "-m", "anytus", "upload", str(path), "--endpoint", proxy.url]
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            # a client that hangs instead can be made to print its threads' stacks (SIGABRT)
-            env=dict(subprocess_env(), XDG_CACHE_HOME=str(cache), PYTHONFAULTHANDLER="1"),
-        )
+        with sigint_not_ignored():
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                # a client that hangs instead can be made to print its threads' stacks (SIGABRT)
+                env=dict(subprocess_env(), XDG_CACHE_HOME=str(cache), PYTHONFAULTHANDLER="1"),
+            )
         portal.call(proxy.stalled.wait)
         process.send_signal(signal.SIGINT)  # Ctrl-C
         try:
