@@ -146,6 +146,8 @@ class ServerProcess:
     directory: Path
     #: every stderr line so far (the reader thread appends to it)
     stderr_lines: list[str]
+    #: notified by the reader thread at each new line, and at the end of the output
+    logged: threading.Condition = dataclasses.field(default_factory=threading.Condition)
 
     @property
     def origin(self) -> str:
@@ -157,6 +159,12 @@ class ServerProcess:
     @property
     def port(self) -> int:
         return int(self.origin.rsplit(":", 1)[1])
+
+    def wait_for_log(self, predicate: Callable[[], bool], *, timeout: float = 20.0) -> bool:
+        """Wait until *predicate* (of :attr:`stderr_lines`) holds, woken by each line the server
+        logs; return its last value (False after *timeout*)."""
+        with self.logged:
+            return self.logged.wait_for(predicate, timeout)
 
     def started_workers(self) -> tuple[list[int], list[int] | None] | None:
         """The worker PIDs the supervisor logged, and the CPU of each (None: not pinned); None
@@ -181,13 +189,19 @@ class ServerProcess:
         return self.process.returncode
 
 
-def _read_lines(stream: Any, sink: list[str], announced: threading.Event) -> None:
+def _read_lines(
+    stream: Any, sink: list[str], announced: threading.Event, logged: threading.Condition
+) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace").rstrip("\n")
-        sink.append(line)
+        with logged:
+            sink.append(line)
+            logged.notify_all()
         if _BANNER.search(line):
             announced.set()
     announced.set()  # EOF: the process died before announcing; the caller checks
+    with logged:
+        logged.notify_all()
 
 
 @contextlib.contextmanager
@@ -232,8 +246,9 @@ def run_server_process(
     )
     lines: list[str] = []
     announced = threading.Event()
+    logged = threading.Condition()
     reader = threading.Thread(
-        target=_read_lines, args=(process.stderr, lines, announced), daemon=True
+        target=_read_lines, args=(process.stderr, lines, announced, logged), daemon=True
     )
     reader.start()
     try:
@@ -244,7 +259,9 @@ def run_server_process(
             raise AssertionError(
                 f"anytus serve exited ({process.poll()}) without announcing: {lines!r}"
             )
-        yield ServerProcess(process=process, url=url, directory=directory, stderr_lines=lines)
+        yield ServerProcess(
+            process=process, url=url, directory=directory, stderr_lines=lines, logged=logged
+        )
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -532,7 +549,7 @@ def connection_spread(server: ServerProcess, count: int = 8) -> list[int]:
                     found[int(match.group(2))] = int(match.group(1))
             return [found[port] for port in ports if port in found]
 
-        assert wait_for_sync(lambda: len(pids()) == count), server.stderr_lines[-10:]
+        assert server.wait_for_log(lambda: len(pids()) == count), server.stderr_lines[-10:]
         return sorted(Counter(pids()).values())
     finally:
         for connection in connections:

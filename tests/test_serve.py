@@ -263,7 +263,7 @@ def test_shutdown_waits_for_a_running_upload_and_a_second_signal_does_not(
             assert wait_for_sync(lambda: all(lock.exists() for lock in locks)), server.stderr_lines
 
             server.process.send_signal(signal.SIGINT)
-            assert wait_for_sync(
+            assert server.wait_for_log(
                 lambda: any("shutting down" in line for line in server.stderr_lines)
             )
             # the running request goes on to its end and is answered
@@ -313,7 +313,9 @@ def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backen
 
             # reaped at once: no zombie left for lock judgements to trip on
             assert wait_for_sync(lambda: not os.path.exists(f"/proc/{holder}")), server.stderr_lines
-            assert wait_for_sync(lambda: any("is ready" in line for line in server.stderr_lines))
+            assert server.wait_for_log(
+                lambda: any("is ready" in line for line in server.stderr_lines)
+            )
         assert any(f"worker {holder} exited with status -9" in line for line in server.stderr_lines)
         assert server.process.poll() is None
         # the replacement took the dead worker's place in sharing out connections
@@ -384,7 +386,9 @@ def test_logs_name_each_request_and_upload_event(tmp_path: Path, log_format: str
                 path = f"/files/{upload_id}"
                 client.sendall(raw_request("PATCH", path, host, headers, content_length=5000))
                 client.sendall(b"a" * 1000)
-            assert wait_for_sync(lambda: any("interrupted" in line for line in server.stderr_lines))
+            assert server.wait_for_log(
+                lambda: any("interrupted" in line for line in server.stderr_lines)
+            )
             resumed = tus.patch(
                 url,
                 headers={"Upload-Offset": "1000", "Content-Type": OFFSET_CONTENT_TYPE},
@@ -392,7 +396,9 @@ def test_logs_name_each_request_and_upload_event(tmp_path: Path, log_format: str
             )
             assert resumed.status_code == 204
             assert tus.delete(url).status_code == 204
-            assert wait_for_sync(lambda: any("DELETE" in line for line in server.stderr_lines))
+            assert server.wait_for_log(
+                lambda: any("DELETE" in line for line in server.stderr_lines)
+            )
     lines = server.stderr_lines
     if log_format == "json":
         records = [json.loads(line) for line in lines if line.startswith("{")]
@@ -557,7 +563,7 @@ def test_each_worker_runs_on_a_cpu_of_its_own(tmp_path: Path) -> None:
             assert thread_cpus(pid) == {frozenset({cpu})}
         os.kill(pids[0], signal.SIGKILL)
         ready = re.compile(r"worker (\d+) is ready")
-        assert wait_for_sync(lambda: any(ready.search(line) for line in server.stderr_lines))
+        assert server.wait_for_log(lambda: any(ready.search(line) for line in server.stderr_lines))
         match = next(m for line in server.stderr_lines if (m := ready.search(line)))
         assert thread_cpus(int(match.group(1))) == {frozenset({cpus[0]})}
 
@@ -585,7 +591,7 @@ def test_sigterm_to_every_process_still_waits_for_a_running_upload(
             assert wait_for_sync(lock.exists), server.stderr_lines
             for pid in [server.process.pid, *worker_pids(server)]:
                 os.kill(pid, signal.SIGTERM)
-            assert wait_for_sync(
+            assert server.wait_for_log(
                 lambda: sum("shutting down" in line for line in server.stderr_lines) >= 2
             )
             client.sendall(data[100_000:])

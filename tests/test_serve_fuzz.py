@@ -42,7 +42,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _server import TUS, ServerProcess, run_server_process, subprocess_env, wait_for_sync
+from _server import TUS, ServerProcess, run_server_process, subprocess_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -327,7 +327,7 @@ def test_a_download_nobody_reads_is_dropped(tmp_path: Path, backend: str) -> Non
             def logged() -> bool:
                 return any(f" GET {path} " in line for line in server.stderr_lines)
 
-            ended = wait_for_sync(logged, timeout=5 * NETWORK_TIMEOUT)
+            ended = server.wait_for_log(logged, timeout=5 * NETWORK_TIMEOUT)
             # the rest of what the server sent before it gave up, and its end
             received = read_until_closed(sock)
         assert ended, "the GET is still running"
