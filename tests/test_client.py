@@ -651,14 +651,11 @@ def test_cli_uploads_files_and_prints_urls(peers: dict[PeerKind, Peer], tmp_path
 def test_cli_exit_status_when_a_file_fails(peers: dict[PeerKind, Peer], tmp_path: Path) -> None:
     peer = peers["tus-node-server"]
     good = payload(tmp_path, 1000, "good.bin")
-    result = run_cli(
-        str(tmp_path / "missing.bin"),
-        str(good),
-        *("--endpoint", peer.url),
-        cache=tmp_path / "cache",
-    )
+    # longer than a line: the error names the whole path, unwrapped, so it can be copied
+    missing = tmp_path / ("d" * 90) / "missing.bin"
+    result = run_cli(str(missing), str(good), *("--endpoint", peer.url), cache=tmp_path / "cache")
     assert result.returncode == 1
-    assert "missing.bin" in result.stderr
+    assert f"anytus: {missing}: " in result.stderr
     [url] = result.stdout.split()
     assert peer.stored(url) == good.read_bytes()
 

@@ -200,7 +200,10 @@ async def _upload_all(args: argparse.Namespace) -> int:
                     failed += 1
                     progress.update(task, description=f"{path.name} (failed)", total=0)
                     progress.stop_task(task)
-                    progress.console.print(f"anytus: {path}: {exc}", markup=False, highlight=False)
+                    # soft_wrap: a long path stays one line, as the terminal wraps it
+                    progress.console.print(
+                        f"anytus: {path}: {exc}", markup=False, highlight=False, soft_wrap=True
+                    )
                     continue
                 # rich's live display prints what goes to stdout above the bars
                 print(url, flush=True)
