@@ -14,7 +14,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import pytest
@@ -29,7 +29,7 @@ from _server import (
     subprocess_env,
     upload_id_of,
 )
-from anytus import FileStore, MemoryStore
+from anytus import ConnectionFailed, FileStore, MemoryStore
 from anytus._core import TusCore
 from anytus._protocol import (
     Forwarded,
@@ -39,6 +39,7 @@ from anytus._protocol import (
     parse_forwarded_prefix,
 )
 from anytus.asgi import TusApp
+from anytus.client import TusClient as Client
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -513,6 +514,38 @@ class TestServe:
             async with httpx.AsyncClient(verify=client_tls, timeout=15) as http:
                 options = await http.options(served.url)
                 assert options.status_code == 200
+
+    @pytest.mark.parametrize("protocol", ["tus", "draft"])
+    async def test_the_client_trusts_the_cas_of_ssl_cert_file(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        tls_files: tuple[Path, Path, trustme.CA],
+        protocol: Literal["tus", "draft"],
+    ) -> None:
+        # both of anytus.client's ways of connecting (httpx, and its own for a draft creation
+        # with content) verify the server with the same CAs
+        certfile, keyfile, ca = tls_files
+        directory = tmp_path / "uploads"
+        serving = ("--certfile", str(certfile), "--keyfile", str(keyfile))
+        data = bytes(range(256)) * 40
+        source = tmp_path / "data.bin"
+        source.write_bytes(data)
+        with run_server_process(directory, *serving) as served:
+            async with Client(served.url, store=False, retries=0, protocol=protocol) as client:
+                # certifi's CAs do not include this test's
+                with pytest.raises(ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                    await client.upload(source)
+            ca_file = tmp_path / "ca.pem"
+            ca.cert_pem.write_to_path(str(ca_file))
+            monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+            async with Client(served.url, store=False, retries=0, protocol=protocol) as client:
+                # a draft client's first creation negotiates the version; its second goes with
+                # the content, on a connection of the client's own
+                urls = [await client.upload(source) for _ in range(2)]
+        for url in urls:
+            assert url.startswith("https://127.0.0.1:")
+            assert (directory / f"{upload_id_of(url)}.bin").read_bytes() == data
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from .._protocol import CHECKSUM_ALGORITHMS
 from ._urlstore import StoredUpload, URLStore
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable, Mapping
     from types import TracebackType
 
@@ -139,6 +140,26 @@ class _Retry:
             # jitter, so that many clients cut off at once do not come back at once
             delay = min(backoff, self._client.max_retry_delay) * random.uniform(0.5, 1.0)
         await anyio.sleep(delay)
+
+
+_tls_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+async def tls_context() -> ssl.SSLContext:
+    """What both of the client's ways of connecting verify an HTTPS server with: httpx's default
+    (certifi's CA bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set).
+
+    Built once per process (and per setting of those variables) in a worker thread: loading a CA
+    bundle reads and parses a file, tens of milliseconds the event loop would otherwise stall for
+    at every ``TusClient``.
+    """
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    context = _tls_contexts.get(key)
+    if context is None:
+        # two clients starting at once may both build it; the second one's is kept, harmlessly
+        context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
+        _tls_contexts[key] = context
+    return context
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -471,6 +492,7 @@ class TusClient:
     async def __aenter__(self) -> Self:
         headers = {"Tus-Resumable": TUS_VERSION, **self.headers}
         transport = httpx.AsyncHTTPTransport(
+            verify=await tls_context(),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
             # a send buffer as large as Linux's autotuning would grow it to (tcp_wmem's default
             # maximum), from the start: fewer wake-ups per MiB (less CPU, measured on loopback)

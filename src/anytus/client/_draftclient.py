@@ -14,7 +14,6 @@ the client learns the upload's URL before the request ends, so that a cut creati
 from __future__ import annotations
 
 import os
-import ssl
 import urllib.parse
 from functools import partial
 from typing import TYPE_CHECKING, BinaryIO, Final
@@ -40,6 +39,7 @@ from ._client import (
     _Retry,
     _Source,
     stream_piece,
+    tls_context,
 )
 from ._urlstore import StoredUpload
 
@@ -366,12 +366,11 @@ class DraftUploader:
             with anyio.fail_after(client.timeout):
                 stream: anyio.abc.ByteStream
                 if tls:
-                    # loading the CA certificates reads files: not on the event loop
-                    context = await anyio.to_thread.run_sync(ssl.create_default_context)
+                    # the CAs the client's other requests (httpx's) trust
                     stream = await anyio.connect_tcp(
                         url.host,
                         port,
-                        ssl_context=context,
+                        ssl_context=await tls_context(),
                         tls_standard_compatible=False,
                     )
                 else:
