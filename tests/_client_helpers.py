@@ -116,9 +116,11 @@ def node_server_ready() -> str:
 
 def _first_line_matching(
     stream: Any, pattern: re.Pattern[str] | None, timeout: float
-) -> re.Match[str] | dict[str, Any] | None:
+) -> tuple[re.Match[str] | dict[str, Any] | None, threading.Thread]:
     """Read lines of *stream* (in a thread, so that a silent process cannot hang us) until one
-    matches *pattern* (or, with no pattern, is JSON); keep draining the rest."""
+    matches *pattern* (or, with no pattern, is JSON); keep draining the rest. Returns the match
+    and the reading thread, which ends at the stream's end: close the stream only after that (a
+    file closed while another thread reads it fails that read)."""
     found: list[re.Match[str] | dict[str, Any]] = []
     ready = threading.Event()
 
@@ -134,9 +136,10 @@ def _first_line_matching(
                     ready.set()
         ready.set()
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     ready.wait(timeout)
-    return found[0] if found else None
+    return (found[0] if found else None), reader
 
 
 @contextlib.contextmanager
@@ -170,8 +173,11 @@ def start_peer(kind: PeerKind, directory: Path, *extra: str) -> Iterator[Peer]:
         stderr=subprocess.STDOUT,
         cwd=NODE_SERVER_DIR,
     )
+    reader: threading.Thread | None = None
     try:
-        found = _first_line_matching(process.stdout, _TUSD_READY if kind == "tusd" else None, 30)
+        found, reader = _first_line_matching(
+            process.stdout, _TUSD_READY if kind == "tusd" else None, 30
+        )
         if found is None:
             raise AssertionError(f"{kind} did not start (exit status {process.poll()})")
         if isinstance(found, dict):
@@ -187,7 +193,9 @@ def start_peer(kind: PeerKind, directory: Path, *extra: str) -> Iterator[Peer]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if process.stdout is not None:
+        if reader is not None:
+            reader.join(10)  # the pipe's end, now that the server is gone
+        if process.stdout is not None and not (reader is not None and reader.is_alive()):
             process.stdout.close()
 
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from _client_helpers import Peer, PeerKind, Proxy, start_peer
-from _server import TUS, serve_app, subprocess_env, upload_id_of
+from _server import CLIENT_TLS, TUS, serve_app, subprocess_env, upload_id_of
 from anytus import (
     ConnectionFailed,
     ExtensionUnsupported,
@@ -106,7 +106,7 @@ def payload(tmp_path: Path, size: int, name: str = "payload.bin", *, text: bool 
 
 
 async def head(url: str) -> httpx.Response:
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
         return await http.head(url, headers=TUS)
 
 
@@ -525,7 +525,7 @@ async def test_resume_by_url(tmp_path: Path, store: URLStore) -> None:
     path = payload(tmp_path, MIB + 5)
     app = TusApp(FileStore(tmp_path / "uploads"))
     async with serve_app(app) as url, TusClient(url, store=store) as client:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
             created = await http.post(url, headers={**TUS, "Upload-Length": str(MIB + 5)})
             upload = created.headers["Location"]
             await http.patch(
@@ -714,7 +714,9 @@ def test_cli_resumes_an_interrupted_run(peers: dict[PeerKind, Peer], tmp_path: P
         [entry] = json.loads((cache / "anytus" / "uploads.json").read_text()).values()
         # cut the stalled connection (tusd holds the upload's lock while it is open)
         portal.call(proxy.release)
-        response = httpx.head(upload_id_url(peer, entry["url"]), headers=TUS, timeout=30)
+        response = httpx.head(
+            upload_id_url(peer, entry["url"]), headers=TUS, timeout=30, verify=CLIENT_TLS
+        )
         assert 0 < int(response.headers["Upload-Offset"]) < 6 * MIB
 
         again = run_cli(str(path), "--endpoint", proxy.url, cache=cache)

@@ -20,7 +20,14 @@ import httpx
 import pytest
 from tusclient import client as tus_client
 
-from _server import TUS, ServerProcess, decode_metadata, run_server_process, upload_id_of
+from _server import (
+    CLIENT_TLS,
+    TUS,
+    ServerProcess,
+    decode_metadata,
+    run_server_process,
+    upload_id_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -51,7 +58,7 @@ def url_of(uploader: Any) -> str:
 
 
 def head(url: str) -> httpx.Response:
-    response = httpx.head(url, headers=TUS, timeout=10)
+    response = httpx.head(url, headers=TUS, timeout=10, verify=CLIENT_TLS)
     assert response.status_code == 200, response.status_code
     return response
 
@@ -90,7 +97,7 @@ class TestTuspy:
         assert {
             k: v.decode() for k, v in decode_metadata(response.headers["Upload-Metadata"]).items()
         } == metadata
-        download = httpx.get(url_of(uploader), timeout=10)
+        download = httpx.get(url_of(uploader), timeout=10, verify=CLIENT_TLS)
         assert download.content == data
 
     def test_upload_with_checksums(
@@ -149,7 +156,7 @@ class TestTuspy:
                 assert second.offset == 512 * 1024
                 second.upload()
             assert (directory / f"{upload_id}.bin").read_bytes() == data
-            assert httpx.get(url, timeout=10).content == data
+            assert httpx.get(url, timeout=10, verify=CLIENT_TLS).content == data
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,7 +256,7 @@ class TestTusJsClient:
         assert [m for m, _u, _s in outcome["requests"]].count("POST") == 4
         response = head(outcome["url"])
         assert response.headers["Upload-Concat"].startswith("final;")
-        assert httpx.get(outcome["url"], timeout=10).content == data
+        assert httpx.get(outcome["url"], timeout=10, verify=CLIENT_TLS).content == data
 
     def test_deferred_length_from_a_stream(
         self, node: str, server: ServerProcess, payload: tuple[Path, bytes]

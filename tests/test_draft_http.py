@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from _draft_helpers import RawReader, head_bytes
-from _server import TUS, ServerProcess, run_server_process, serve_app, wait_for
+from _server import CLIENT_TLS, TUS, ServerProcess, run_server_process, serve_app, wait_for
 from anytus import FileStore, UploadInfo
 from anytus._draft import VERSIONS
 from anytus.asgi import HookRequest, TusApp
@@ -107,7 +107,7 @@ async def running(directory: Path, **options: Any) -> AsyncIterator[Served]:
         on_terminate=events.on_terminate,
         **options,
     )
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=15) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         yield Served(http, url, directory, events)
     if directory.exists():
         leftovers = [p.name for p in directory.iterdir() if p.suffix in (".lock", ".stop")]
@@ -510,7 +510,9 @@ async def test_interim_response_after_100_continue(served: tuple[ServerProcess, 
 
 def test_serve_no_draft(tmp_path: Path) -> None:
     with run_server_process(tmp_path, "--no-draft") as process:
-        answer = httpx.post(process.url, headers={**interop(NEWEST), **done(NEWEST, True)})
+        answer = httpx.post(
+            process.url, headers={**interop(NEWEST), **done(NEWEST, True)}, verify=CLIENT_TLS
+        )
         assert answer.status_code == 412
 
 
@@ -539,7 +541,7 @@ async def test_serve_walk(served: tuple[ServerProcess, str]) -> None:
     """The newest version's walk through ``anytus serve`` as users run it, on either server."""
     process, _ = served
     h = interop(NEWEST)
-    async with httpx.AsyncClient(timeout=15) as http:
+    async with httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         created = await http.post(process.url, headers={**h, **done(NEWEST, False)}, content=b"ab")
         assert created.status_code == 201
         location = created.headers["location"]
@@ -638,7 +640,7 @@ async def test_rejected_creation_is_problem_details(tmp_path: Path) -> None:
         raise HookRejected(401, "log in first")
 
     app = TusApp(FileStore(tmp_path), on_create=on_create)
-    async with serve_app(app) as url, httpx.AsyncClient() as http:
+    async with serve_app(app) as url, httpx.AsyncClient(verify=CLIENT_TLS) as http:
         refused = await http.post(url, headers={**interop(NEWEST), **done(NEWEST, True)})
     assert refused.status_code == 401
     assert refused.headers["content-type"] == "application/problem+json"

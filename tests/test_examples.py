@@ -28,6 +28,7 @@ import pytest
 from tusclient import client as tus_client
 
 from _server import (
+    CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
     TUS,
     serve_app,
@@ -154,7 +155,10 @@ async def upload_through_mount(http: httpx.AsyncClient, origin: str, directory: 
 @pytest.mark.parametrize("framework", ANYIO_FRAMEWORKS)
 async def test_example_app_serves_uploads_in_process(framework: str, tmp_path: Path) -> None:
     app = load_example(framework).create_app(tmp_path)
-    async with serve_app(app, path="") as origin, httpx.AsyncClient(timeout=30) as http:
+    async with (
+        serve_app(app, path="") as origin,
+        httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http,
+    ):
         index = await http.get(f"{origin}/")
         assert index.status_code == 200, index.text
         assert "/uploads/" in index.text
@@ -207,7 +211,7 @@ def test_example_script_serves_uploads(served_example: tuple[str, Path]) -> None
     origin, directory = served_example
 
     async def upload() -> None:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
             await upload_through_mount(http, origin, directory)
 
     # the server is on asyncio (uvicorn) in its own process: one client backend is enough

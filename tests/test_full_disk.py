@@ -21,7 +21,15 @@ import pytest
 
 from _children import command
 from _mounts import fill, tmpfs
-from _server import TUS, TusClient, run_server_process, serve_app, subprocess_env, wait_for
+from _server import (
+    CLIENT_TLS,
+    TUS,
+    TusClient,
+    run_server_process,
+    serve_app,
+    subprocess_env,
+    wait_for,
+)
 from anytus import FileLocker, FileStore, StorageFull, SyncUpload, UploadInfo
 from anytus.asgi import TusApp
 
@@ -173,7 +181,7 @@ class TestAppAtFullDisk:
         checksum = base64.b64encode(hashlib.sha1(data).digest()).decode()
         async with (
             serve_app(TusApp(FileStore(disk))) as url,
-            httpx.AsyncClient(timeout=30) as http,
+            httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http,
         ):
             tus = TusClient(http, url)
             upload_id = await tus.new(len(data))
@@ -203,7 +211,7 @@ class TestServedAtFullDisk:
         other_data = os.urandom(2 * MiB)
         data = os.urandom(3 * MiB)
         with run_server_process(disk, "--backend", backend) as server:
-            async with httpx.AsyncClient(timeout=30) as http:
+            async with httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
                 tus = TusClient(http, server.url)
                 other = await tus.upload(other_data, chunk=MiB)
                 upload_id = await tus.new(len(data), metadata={"filename": b"big.bin"})

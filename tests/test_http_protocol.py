@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from _server import (
+    CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
     TUS,
     TusClient,
@@ -114,7 +115,7 @@ class Served:
 async def running(directory: Path, **app_options: Any) -> AsyncIterator[Served]:
     store = FileStore(directory)
     app = TusApp(store, **app_options)
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=15) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         yield Served(tus=TusClient(http, url), store=store, app=app, directory=directory)
     # every request released its lock, whatever happened to it
     if directory.exists():

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from _helpers import make_store
-from _server import TusClient, read_raw_response, wait_for
+from _server import CLIENT_TLS, TusClient, read_raw_response, wait_for
 from anytus._httpserver import (
     HEAD_TIMEOUT,
     KEEP_ALIVE_TIMEOUT,
@@ -149,7 +149,7 @@ async def test_scope_and_echo() -> None:
             scopes.append(scope)
         await echo(scope, receive, send)
 
-    async with running(app) as (host, port), httpx.AsyncClient() as http:
+    async with running(app) as (host, port), httpx.AsyncClient(verify=CLIENT_TLS) as http:
         response = await http.post(f"http://{host}:{port}/a%20b/c?x=1&y=%20", content=b"z" * 1000)
     assert response.status_code == 200
     assert response.text == "POST /a b/c x=1&y=%20 1000 1"
@@ -176,7 +176,7 @@ async def test_keep_alive_reuses_one_connection() -> None:
             peers.add(scope["client"])
         await echo(scope, receive, send)
 
-    async with running(app) as (host, port), httpx.AsyncClient() as http:
+    async with running(app) as (host, port), httpx.AsyncClient(verify=CLIENT_TLS) as http:
         for i in range(5):
             response = await http.put(f"http://{host}:{port}/{i}", content=b"x" * i)
             assert response.text == f"PUT /{i}  {i} 1"
@@ -204,14 +204,14 @@ async def test_chunked_request_body() -> None:
             yield b"y" * 1000
             await anyio.lowlevel.checkpoint()
 
-    async with running(echo) as (host, port), httpx.AsyncClient() as http:
+    async with running(echo) as (host, port), httpx.AsyncClient(verify=CLIENT_TLS) as http:
         response = await http.post(f"http://{host}:{port}/c", content=body())
     assert response.text.startswith("POST /c  10000 ")
 
 
 async def test_large_body_arrives_in_large_messages() -> None:
     """A body sent at once comes in few messages, each one socket read (not 64 KiB pieces)."""
-    async with running(echo) as (host, port), httpx.AsyncClient() as http:
+    async with running(echo) as (host, port), httpx.AsyncClient(verify=CLIENT_TLS) as http:
         response = await http.post(f"http://{host}:{port}/big", content=b"b" * (8 << 20))
     _, _, _, size, messages = response.text.split(" ")
     assert int(size) == 8 << 20
@@ -266,7 +266,7 @@ async def test_malformed_request_gets_400_and_the_server_goes_on() -> None:
             response = await read_raw_response(stream)
             assert response.status == 400
             assert response.headers["connection"] == "close"
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
             ok = await http.get(f"http://{address[0]}:{address[1]}/")
         assert ok.status_code == 200
 
@@ -319,7 +319,7 @@ async def test_what_the_http_layer_refuses_never_reaches_the_app(
             assert response.status == status
             assert response.headers["connection"] == "close"
             assert reason in response.body
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
             ok = await http.get(f"http://{address[0]}:{address[1]}/after")
         assert ok.status_code == 200
     assert [scope["path"] for scope in requests] == ["/after"]
@@ -372,7 +372,7 @@ async def test_issue_7_half_close_with_an_early_answer(tmp_path: Path) -> None:
                 assert (await read_raw_response(stream)).status == expected
                 with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                     await stream.receive()
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
             options = await http.options(f"http://{address[0]}:{address[1]}/files/")
         assert options.status_code == 200
 
@@ -405,7 +405,7 @@ async def test_idle_and_trickling_connections_are_closed() -> None:
                             break
             assert sent < len(head)
 
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
             assert (await http.get(f"http://{address[0]}:{address[1]}/")).status_code == 200
 
 
@@ -470,7 +470,7 @@ async def test_disconnect_mid_body_reaches_the_app() -> None:
 
 async def test_tus_upload_and_a_disconnect_keeps_the_bytes(tmp_path: Path) -> None:
     app = TusApp(await make_store(tmp_path), base_path="/files/")
-    async with running(app) as (host, port), httpx.AsyncClient() as http:
+    async with running(app) as (host, port), httpx.AsyncClient(verify=CLIENT_TLS) as http:
         url = f"http://{host}:{port}/files/"
         tus = TusClient(http, url)
         created = await tus.create(10)
@@ -530,7 +530,7 @@ async def test_lifespan_runs_around_serving() -> None:
     async with running(app, ready=ready) as (host, port):
         assert events == ["startup"]
         assert ready == [True]
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
             assert (await http.get(f"http://{host}:{port}/")).status_code == 204
     assert events == ["startup", "request 42", "shutdown"]
 
@@ -566,7 +566,7 @@ async def test_app_errors_give_500_and_the_server_goes_on() -> None:
             raise RuntimeError("boom")
         await echo(scope, receive, send)
 
-    async with running(app) as (host, port), httpx.AsyncClient() as http:
+    async with running(app) as (host, port), httpx.AsyncClient(verify=CLIENT_TLS) as http:
         assert (await http.get(f"http://{host}:{port}/boom")).status_code == 500
         assert (await http.get(f"http://{host}:{port}/ok")).status_code == 200
 
@@ -636,7 +636,10 @@ async def test_a_large_body_goes_from_the_socket_to_the_file(
     raw = raw_bodies_here(anyio_backend_name)
     watch = RawBodyWatch(TusApp(await make_store(tmp_path), base_path="/files/"))
     data = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: far past SMALL_BODY
-    async with running(watch, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+    async with (
+        running(watch, raw_bodies=raw) as address,
+        httpx.AsyncClient(verify=CLIENT_TLS) as http,
+    ):
         upload_id = await TusClient(http, f"http://{address[0]}:{address[1]}/files/").new(len(data))
         stream = await connect(address)
         head_request = (
@@ -661,7 +664,10 @@ async def test_a_raw_body_cut_short_keeps_what_came(
     raw = raw_bodies_here(anyio_backend_name)
     watch = RawBodyWatch(TusApp(await make_store(tmp_path), base_path="/files/"))
     data = b"r" * (2 << 20)
-    async with running(watch, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+    async with (
+        running(watch, raw_bodies=raw) as address,
+        httpx.AsyncClient(verify=CLIENT_TLS) as http,
+    ):
         tus = TusClient(http, f"http://{address[0]}:{address[1]}/files/")
         upload_id = await tus.new(len(data))
         stream = await connect(address)
@@ -688,7 +694,10 @@ async def test_an_idle_raw_body_times_out_and_keeps_what_came(
 ) -> None:
     raw = raw_bodies_here(anyio_backend_name)
     app = TusApp(await make_store(tmp_path), base_path="/files/", idle_timeout=0.3)
-    async with running(app, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+    async with (
+        running(app, raw_bodies=raw) as address,
+        httpx.AsyncClient(verify=CLIENT_TLS) as http,
+    ):
         tus = TusClient(http, f"http://{address[0]}:{address[1]}/files/")
         upload_id = await tus.new(1 << 20)
         stream = await connect(address)
@@ -706,7 +715,10 @@ async def test_a_release_request_stops_a_raw_body(tmp_path: Path, anyio_backend_
     raw = raw_bodies_here(anyio_backend_name)
     watch = RawBodyWatch(TusApp(await make_store(tmp_path), base_path="/files/"))
     sent = 3 << 19  # 1.5 MiB of 4
-    async with running(watch, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+    async with (
+        running(watch, raw_bodies=raw) as address,
+        httpx.AsyncClient(verify=CLIENT_TLS) as http,
+    ):
         tus = TusClient(http, f"http://{address[0]}:{address[1]}/files/")
         upload_id = await tus.new(4 << 20)
         stream = await connect(address)
@@ -734,7 +746,10 @@ async def test_a_raw_body_with_a_checksum(
     data = b"c" * (1 << 20)
     digest = hashlib.sha1(data if good else b"other").digest()
     checksum = f"Upload-Checksum: sha1 {base64.b64encode(digest).decode()}\r\n"
-    async with running(watch, raw_bodies=raw) as address, httpx.AsyncClient() as http:
+    async with (
+        running(watch, raw_bodies=raw) as address,
+        httpx.AsyncClient(verify=CLIENT_TLS) as http,
+    ):
         tus = TusClient(http, f"http://{address[0]}:{address[1]}/files/")
         upload_id = await tus.new(len(data))
         stream = await connect(address)

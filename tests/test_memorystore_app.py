@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 import pytest
 
-from _server import serve_app
+from _server import CLIENT_TLS, serve_app
 from anytus import MemoryStore, SyncUpload, UploadNotFound
 from anytus.asgi import TusApp
 
@@ -42,7 +42,7 @@ def app_headers(response: httpx.Response) -> dict[str, str]:
 async def test_a_whole_upload_on_a_memory_store() -> None:
     store = CountingStore()
     app = TusApp(store)
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=15) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         created = await http.post(
             url,
             headers={**TUS, "Upload-Length": "11", "Upload-Metadata": "filename aGVsbG8udHh0"},

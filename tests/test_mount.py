@@ -28,7 +28,15 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from _server import TUS, TusClient, serve_app, subprocess_env, upload_id_of, wait_until_answering
+from _server import (
+    CLIENT_TLS,
+    TUS,
+    TusClient,
+    serve_app,
+    subprocess_env,
+    upload_id_of,
+    wait_until_answering,
+)
 from anytus import FileStore
 from anytus._protocol import split_mount
 from anytus.asgi import TusApp
@@ -122,7 +130,10 @@ async def test_a_mounted_app_serves_at_its_mount(
 ) -> None:
     tus = TusApp(FileStore(tmp_path))
     app = Starlette(routes=routes(tus))
-    async with serve_app(app, path="") as origin, httpx.AsyncClient(timeout=15) as http:
+    async with (
+        serve_app(app, path="") as origin,
+        httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http,
+    ):
         location = await upload(http, f"{origin}{public}", b"mounted")
         assert location == f"{origin}{public}{upload_id_of(location)}"
         assert (tmp_path / f"{upload_id_of(location)}.bin").read_bytes() == b"mounted"
@@ -147,7 +158,10 @@ async def test_a_base_path_under_the_mount_is_the_whole_public_path(
     app = Starlette(
         routes=[Mount("/uploads", app=TusApp(FileStore(tmp_path), base_path=base_path))]
     )
-    async with serve_app(app, path="") as origin, httpx.AsyncClient(timeout=15) as http:
+    async with (
+        serve_app(app, path="") as origin,
+        httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http,
+    ):
         location = await upload(http, f"{origin}{public}", b"under the mount")
         assert location == f"{origin}{public}{upload_id_of(location)}"
 
@@ -158,7 +172,10 @@ async def test_a_base_path_outside_the_mount_is_an_error_that_says_so(
     tus = TusApp(FileStore(tmp_path), base_path="/files/")
     app = Starlette(routes=[Mount("/uploads", app=tus)])
     caplog.set_level(logging.ERROR, logger="anytus.asgi")
-    async with serve_app(app, path="") as origin, httpx.AsyncClient(timeout=15) as http:
+    async with (
+        serve_app(app, path="") as origin,
+        httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http,
+    ):
         for method, url in [
             ("POST", "/uploads/"),
             ("POST", "/uploads/files/"),
@@ -184,7 +201,7 @@ async def test_a_server_root_path_is_in_upload_urls(tmp_path: Path) -> None:
     """hypercorn's ``root_path`` (a proxy removed ``/api``): ``path`` lacks it, the URLs have it."""
     app = TusApp(FileStore(tmp_path), base_path="/api/files/")
     server = serve_app(app, path="", root_path="/api")
-    async with server as origin, httpx.AsyncClient(timeout=15) as http:
+    async with server as origin, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         tus = TusClient(http, f"{origin}/files/")
         created = await tus.create(1)
         assert created.status_code == 201, created.text
@@ -198,7 +215,10 @@ async def test_a_server_root_path_is_in_upload_urls(tmp_path: Path) -> None:
 async def test_a_mount_behind_a_proxy_prefix(tmp_path: Path) -> None:
     tus = TusApp(FileStore(tmp_path), behind_proxy=True)
     app = Starlette(routes=[Mount("/uploads", app=tus)])
-    async with serve_app(app, path="") as origin, httpx.AsyncClient(timeout=15) as http:
+    async with (
+        serve_app(app, path="") as origin,
+        httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http,
+    ):
         created = await http.post(
             f"{origin}/uploads/",
             headers={
@@ -248,7 +268,9 @@ def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
     try:
         wait_until_answering(origin, process)
         # as a proxy that removed /api passes the request on
-        created = httpx.post(f"{origin}/uploads/", headers={**TUS, "Upload-Length": "2"})
+        created = httpx.post(
+            f"{origin}/uploads/", headers={**TUS, "Upload-Length": "2"}, verify=CLIENT_TLS
+        )
         assert created.status_code == 201, created.text
         location = created.headers["Location"]
         upload_id = upload_id_of(location)
@@ -261,6 +283,7 @@ def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
                 "Content-Type": "application/offset+octet-stream",
             },
             content=b"ok",
+            verify=CLIENT_TLS,
         )
         assert patched.status_code == 204, patched.text
         assert (tmp_path / f"{upload_id}.bin").read_bytes() == b"ok"

@@ -27,6 +27,7 @@ import redis
 
 from _helpers import pattern
 from _server import (
+    CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
     TUS,
     ConnectionClosedError,
@@ -255,7 +256,7 @@ async def test_an_upload_started_on_a_resumes_on_b(
 ) -> None:
     a, b, _ = shared_hosts
     data = pattern(7 * MIB + 12345, seed=21)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
         on_a, on_b = TusClient(http, a.url), TusClient(http, b.url)
         upload_id = await on_a.new(len(data), metadata={"filename": b"x.bin"})
         response = await on_a.patch(upload_id, 0, data[: 6 * MIB])
@@ -279,7 +280,7 @@ async def test_four_patches_over_two_hosts_never_interleave(
     a, b, prefix = shared_hosts
     size = 3 * MIB
     chunk = 256 * 1024
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, verify=CLIENT_TLS) as http:
         clients = [TusClient(http, a.url), TusClient(http, b.url)] * 2
         upload_id = await clients[0].new(size)
         offset = 0
@@ -328,7 +329,7 @@ async def test_a_host_killed_mid_patch_resumes_on_the_other_within_the_lease(
     data = pattern(8 * MIB, seed=22)
     sent_part = anyio.Event()
     a, b, prefix = fresh_hosts
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
         on_a, on_b = TusClient(http, a.url), TusClient(http, b.url)
         upload_id = await on_a.new(len(data))
 
@@ -373,7 +374,7 @@ async def test_a_half_open_client_on_a_does_not_block_b(
     a, b, _ = shared_hosts
 
     keys = redis.Redis.from_url(redis_server.url)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
         on_a, on_b = TusClient(http, a.url), TusClient(http, b.url)
         upload_id = await on_a.new(MIB)
         host, port = a.url.split("//")[1].split("/")[0].split(":")
@@ -416,7 +417,7 @@ async def test_redis_away_mid_upload(
     halfway = anyio.Event()
     server = own_redis
     a, b, prefix = hosts_on_own_redis
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
         on_a, on_b = TusClient(http, a.url), TusClient(http, b.url)
         upload_id = await on_a.new(len(data))
         response = await on_a.patch(upload_id, 0, data[:MIB])

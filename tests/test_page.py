@@ -21,7 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Error, Page, Request, Response, Route, sync_playwright
 
-from _server import TUS, ServerProcess, run_server_process, serve_app
+from _server import CLIENT_TLS, TUS, ServerProcess, run_server_process, serve_app
 from anytus import MemoryStore
 from anytus._page import CONTENT_SECURITY_POLICY, PageApp, load_page
 from anytus.asgi import TusApp
@@ -105,7 +105,7 @@ def stored(server: ServerProcess, url: str) -> tuple[bytes, dict[str, str]]:
 
 
 def server_offset(url: str) -> int:
-    response = httpx.head(url, headers=TUS)
+    response = httpx.head(url, headers=TUS, verify=CLIENT_TLS)
     assert response.status_code == 200, response.status_code
     return int(response.headers["Upload-Offset"])
 
@@ -161,7 +161,7 @@ async def test_page_and_assets_beside_an_endpoint_at_root() -> None:
     """With base path ``/`` the page's paths still answer the page, and uploads still work."""
     page = await anyio.to_thread.run_sync(load_page, "/")
     app = PageApp(TusApp(MemoryStore(), base_path="/"), page)
-    async with serve_app(app, path="/") as url, httpx.AsyncClient() as client:
+    async with serve_app(app, path="/") as url, httpx.AsyncClient(verify=CLIENT_TLS) as client:
         response = await client.get(url)
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/html; charset=utf-8"
@@ -213,14 +213,14 @@ def test_page_has_no_external_urls() -> None:
 @pytest.mark.slow
 def test_no_page_answers_404_and_head_answers_the_headers(tmp_path: Path) -> None:
     with run_server_process(tmp_path / "uploads", "--no-page") as server:
-        assert httpx.get(f"{server.origin}/").status_code == 404
-        assert httpx.get(f"{server.origin}/anytus-page.js").status_code == 404
+        assert httpx.get(f"{server.origin}/", verify=CLIENT_TLS).status_code == 404
+        assert httpx.get(f"{server.origin}/anytus-page.js", verify=CLIENT_TLS).status_code == 404
     with run_server_process(tmp_path / "uploads", "--backend", "trio") as server:
-        response = httpx.get(f"{server.origin}/")
+        response = httpx.get(f"{server.origin}/", verify=CLIENT_TLS)
         assert response.status_code == 200
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         assert 'content="files/"' in response.text
-        head = httpx.head(f"{server.origin}/")
+        head = httpx.head(f"{server.origin}/", verify=CLIENT_TLS)
         assert head.status_code == 200
         assert head.headers["content-length"] == str(len(response.content))
         assert head.content == b""

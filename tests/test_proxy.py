@@ -21,6 +21,7 @@ import pytest
 import trustme
 
 from _server import (
+    CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
     TUS,
     TusClient,
@@ -296,7 +297,7 @@ HOSTILE = [
 
 async def test_behind_proxy_location_follows_the_proxy(tmp_path: Path) -> None:
     app = TusApp(FileStore(tmp_path), behind_proxy=True)
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=15) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         tus = TusClient(http, url)
         created = await tus.create(
             5,
@@ -324,7 +325,7 @@ async def test_behind_proxy_location_follows_the_proxy(tmp_path: Path) -> None:
 
 async def test_without_behind_proxy_the_headers_are_ignored(tmp_path: Path) -> None:
     app = TusApp(FileStore(tmp_path))
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=15) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         created = await TusClient(http, url).create(
             5,
             headers={
@@ -343,7 +344,7 @@ async def test_hostile_proxy_headers_fall_back_without_a_500(
     tmp_path: Path, headers: dict[str, str]
 ) -> None:
     app = TusApp(FileStore(tmp_path), behind_proxy=True)
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=15) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         created = await http.post(
             url,
             headers=[
@@ -364,7 +365,7 @@ async def test_hostile_proxy_headers_fall_back_without_a_500(
 async def test_a_final_upload_through_the_proxy_prefix(tmp_path: Path) -> None:
     app = TusApp(FileStore(tmp_path), behind_proxy=True)
     proxy = {"X-Forwarded-Host": "up.example", "X-Forwarded-Prefix": "/tus"}
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=15) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         tus = TusClient(http, url)
         urls = []
         for part in (b"hello ", b"world"):
@@ -387,7 +388,7 @@ async def test_a_final_upload_through_the_proxy_prefix(tmp_path: Path) -> None:
 
 async def test_cors_origins_restrict_who_may_ask(tmp_path: Path) -> None:
     app = TusApp(MemoryStore(), cors_allow_origins=("https://app.example",))
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=15) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=15, verify=CLIENT_TLS) as http:
         allowed = await http.options(
             url,
             headers={
@@ -508,7 +509,7 @@ class TestServe:
                 assert "Access-Control-Allow-Origin" not in refused.headers
 
             # plain HTTP to the HTTPS port gets no answer, and costs nothing
-            async with httpx.AsyncClient(timeout=5) as plain:
+            async with httpx.AsyncClient(timeout=5, verify=CLIENT_TLS) as plain:
                 with pytest.raises(httpx.TransportError):
                     await plain.get(served.url.replace("https://", "http://"))
             async with httpx.AsyncClient(verify=client_tls, timeout=15) as http:
@@ -533,7 +534,7 @@ class TestServe:
         source.write_bytes(data)
         with run_server_process(directory, *serving) as served:
             async with Client(served.url, store=False, retries=0, protocol=protocol) as client:
-                # certifi's CAs do not include this test's
+                # the default CAs (certifi's, or the system's) do not include this test's
                 with pytest.raises(ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED"):
                     await client.upload(source)
             ca_file = tmp_path / "ca.pem"

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from _helpers import Chunks, pattern
-from _server import TUS, TusClient, serve_app
+from _server import CLIENT_TLS, TUS, TusClient, serve_app
 from anytus import (
     LockUnavailable,
     RedisLocker,
@@ -252,7 +252,7 @@ async def test_tus_app_on_s3(store: S3Store) -> None:
     app = TusApp(store)
     assert "checksum" not in app.extensions
     assert "concatenation" in app.extensions
-    async with serve_app(app) as url, httpx.AsyncClient(timeout=30) as http:
+    async with serve_app(app) as url, httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
         tus = TusClient(http, url)
         upload_id = await tus.upload(data, chunk=2 * MIB)
         response = await http.get(tus.upload_url(upload_id))

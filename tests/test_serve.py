@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from _server import (
+    CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
     TUS,
     ServerProcess,
@@ -86,7 +87,7 @@ async def test_backend_runs_its_server_and_serves_a_full_upload(
 ) -> None:
     data = os.urandom(3 * 1024 * 1024 + 5)
     with run_server_process(tmp_path / "uploads", "--backend", backend) as server:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
             tus = TusClient(http, server.url)
             upload_id = await tus.upload(data, chunk=1024 * 1024)
             download = await http.get(tus.upload_url(upload_id))
@@ -114,7 +115,7 @@ def test_asyncio_serves_on_the_event_loop_it_is_given(tmp_path: Path, loop: str)
     one, in one hop), a download and a HEAD on each event loop."""
     data = os.urandom(3 * 1024 * 1024 + 5)
     with run_server_process(tmp_path / "uploads", "--loop", loop) as server:
-        with httpx.Client(headers=TUS, timeout=30) as http:
+        with httpx.Client(headers=TUS, timeout=30, verify=CLIENT_TLS) as http:
             created = http.post(server.url, headers={"Upload-Length": str(len(data))})
             url = f"{server.url}{created.headers['Location'].rsplit('/', 1)[1]}"
             for offset in range(0, len(data), 1024 * 1024):
@@ -132,7 +133,7 @@ def test_asyncio_serves_on_the_event_loop_it_is_given(tmp_path: Path, loop: str)
 def test_asyncio_runs_on_uvloop_when_it_is_installed(tmp_path: Path) -> None:
     # uvloop is in the test extra, as in anytus[uvloop]
     with run_server_process(tmp_path / "uploads") as server:
-        assert httpx.options(server.url).status_code == 200
+        assert httpx.options(server.url, verify=CLIENT_TLS).status_code == 200
         assert any("backend asyncio, event loop uvloop," in line for line in server.stderr_lines)
     with run_server_process(tmp_path / "uploads", "--backend", "trio") as server:
         assert any("backend trio, event loop trio," in line for line in server.stderr_lines)
@@ -146,7 +147,7 @@ async def test_options_and_lifespan_cleanup(tmp_path: Path, backend: str) -> Non
     arguments += ["--expire-after", "1", "--durability", "always"]
     with run_server_process(tmp_path / "uploads", *arguments) as server:
         assert server.url.endswith("/up/")
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as http:
             options = await http.options(server.url)
             assert options.headers["Tus-Max-Size"] == "1000"
             too_big = await http.post(server.url, headers={**TUS, "Upload-Length": "1001"})
@@ -172,7 +173,9 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
     directory = tmp_path / "uploads"
     size = 64 * 1024 * 1024
     with run_server_process(directory, "--backend", backend, "--shutdown-timeout", "1") as server:
-        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(size)})
+        created = httpx.post(
+            server.url, headers={**TUS, "Upload-Length": str(size)}, verify=CLIENT_TLS
+        )
         upload_id = created.headers["Location"].rsplit("/", 1)[1]
         stored = directory / f"{upload_id}.bin"
         sent = 0
@@ -200,7 +203,12 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
             headers["Content-Length"] = str(size)
             try:
                 outcome.append(
-                    httpx.patch(f"{server.url}{upload_id}", headers=headers, content=body())
+                    httpx.patch(
+                        f"{server.url}{upload_id}",
+                        headers=headers,
+                        content=body(),
+                        verify=CLIENT_TLS,
+                    )
                 )
             except httpx.HTTPError as exc:
                 outcome.append(exc)
@@ -230,7 +238,7 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
     assert stored.read_bytes() == b"\x01" * kept
     assert not list(directory.glob("*.lock"))
     with run_server_process(directory, "--backend", backend) as again:
-        head = httpx.head(f"{again.url}{upload_id}", headers=TUS)
+        head = httpx.head(f"{again.url}{upload_id}", headers=TUS, verify=CLIENT_TLS)
         assert head.headers["Upload-Offset"] == str(kept)
 
 
@@ -247,7 +255,9 @@ def test_shutdown_waits_for_a_running_upload_and_a_second_signal_does_not(
     with run_server_process(directory, *options) as server:
         urls = []
         for _ in range(2):
-            created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+            created = httpx.post(
+                server.url, headers={**TUS, "Upload-Length": str(len(data))}, verify=CLIENT_TLS
+            )
             urls.append(created.headers["Location"])
         target = [f"/files/{url.rsplit('/', 1)[1]}" for url in urls]
         host = f"127.0.0.1:{server.port}"
@@ -293,7 +303,9 @@ def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backen
     data = os.urandom(200_000)
     with run_server_process(tmp_path / "uploads", "--backend", backend, "--workers", "2") as server:
         first_workers = set(worker_pids(server))
-        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+        created = httpx.post(
+            server.url, headers={**TUS, "Upload-Length": str(len(data))}, verify=CLIENT_TLS
+        )
         upload_id = created.headers["Location"].rsplit("/", 1)[1]
         lock = server.directory / f"{upload_id}.lock"
         with socket.create_connection(("127.0.0.1", server.port)) as client:
@@ -325,7 +337,7 @@ def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backen
 
         # the lock it held is free at once: no 423, no waiting for a poll interval
         url = f"{server.url}{upload_id}"
-        with httpx.Client(headers=TUS, timeout=10) as tus:
+        with httpx.Client(headers=TUS, timeout=10, verify=CLIENT_TLS) as tus:
             offset = int(tus.head(url).headers["Upload-Offset"])
             assert offset == stored.stat().st_size <= 100_000
             resumed = tus.patch(
@@ -360,7 +372,7 @@ def test_a_port_in_use_is_refused(tmp_path: Path, backend: str) -> None:
         )
         assert second.returncode == 1
         assert f"cannot listen on 127.0.0.1:{server.port}" in second.stderr
-        assert httpx.options(server.url).status_code == 200
+        assert httpx.options(server.url, verify=CLIENT_TLS).status_code == 200
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -369,7 +381,7 @@ def test_logs_name_each_request_and_upload_event(tmp_path: Path, log_format: str
     (created, interrupted, completed, terminated) with its ID, size and file name."""
     with run_server_process(tmp_path / "uploads", "--log-format", log_format) as server:
         metadata = {**TUS, "Upload-Metadata": "filename ZsOqdGUucGRm"}  # "fête.pdf"
-        with httpx.Client(headers=TUS, timeout=10) as tus:
+        with httpx.Client(headers=TUS, timeout=10, verify=CLIENT_TLS) as tus:
             created = tus.post(server.url, headers={**metadata, "Upload-Defer-Length": "1"})
             url = created.headers["Location"]
             upload_id = url.rsplit("/", 1)[1]
@@ -505,8 +517,10 @@ def test_out_of_file_descriptors_answers_503(tmp_path: Path) -> None:
             assert b"ERR_TOO_MANY_OPEN_FILES" in head
             assert b"\r\nretry-after: " in head.lower()
         # the peak has passed: it serves again
-        assert wait_for_sync(lambda: httpx.options(server.url).status_code == 200)
-        created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
+        assert wait_for_sync(
+            lambda: httpx.options(server.url, verify=CLIENT_TLS).status_code == 200
+        )
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"}, verify=CLIENT_TLS)
         assert created.status_code == 201
         assert server.process.poll() is None
 
@@ -520,8 +534,8 @@ def test_workers_auto_runs_one_per_usable_cpu(tmp_path: Path) -> None:
             assert len(worker_pids(server)) == cpus
         else:
             assert server.started_workers() is None
-        assert httpx.options(server.url).status_code == 200
-        created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"})
+        assert httpx.options(server.url, verify=CLIENT_TLS).status_code == 200
+        created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"}, verify=CLIENT_TLS)
         assert created.status_code == 201
 
 
@@ -547,7 +561,7 @@ def test_each_worker_runs_on_a_cpu_of_its_own(tmp_path: Path) -> None:
         pids, cpus = started
         assert cpus == usable[:2]
         # uploads on several connections, so that the workers have started their threads
-        with httpx.Client(headers=TUS) as tus:
+        with httpx.Client(headers=TUS, verify=CLIENT_TLS) as tus:
             for _ in range(8):
                 created = tus.post(server.url, headers={"Upload-Length": "3"})
                 url = created.headers["Location"]
@@ -579,7 +593,9 @@ def test_sigterm_to_every_process_still_waits_for_a_running_upload(
     data = os.urandom(300_000)
     options = ("--backend", backend, "--workers", "2", "--shutdown-timeout", "60")
     with run_server_process(directory, *options) as server:
-        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+        created = httpx.post(
+            server.url, headers={**TUS, "Upload-Length": str(len(data))}, verify=CLIENT_TLS
+        )
         path = "/files/" + created.headers["Location"].rsplit("/", 1)[1]
         host = f"127.0.0.1:{server.port}"
         headers = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_CONTENT_TYPE}

@@ -42,7 +42,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _server import TUS, ServerProcess, run_server_process, subprocess_env
+from _server import CLIENT_TLS, TUS, ServerProcess, run_server_process, subprocess_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -154,7 +154,7 @@ def worker_pids(server: ServerProcess) -> list[int]:
 def assert_serves_an_upload(server: ServerProcess) -> None:
     """A whole upload, in three PATCHes over one keep-alive connection, stored byte-exact."""
     data = PATTERN[: 200 * 1024 + 17]
-    with httpx.Client(timeout=CLOSE_BOUND) as http:
+    with httpx.Client(timeout=CLOSE_BOUND, verify=CLIENT_TLS) as http:
         created = http.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
         assert created.status_code == 201, created.text
         url = created.headers["location"]
@@ -180,7 +180,7 @@ def assert_serves_an_upload(server: ServerProcess) -> None:
 def assert_uploads_consistent(server: ServerProcess) -> None:
     """Every upload in the store: HEAD's offset is its data file's size, the data is a prefix of
     PATTERN (what was sent at those offsets), and no longer than the upload."""
-    with httpx.Client(timeout=CLOSE_BOUND) as http:
+    with httpx.Client(timeout=CLOSE_BOUND, verify=CLIENT_TLS) as http:
         for info_path in sorted(server.directory.glob("*.info")):
             info = json.loads(info_path.read_text())
             upload_id = info["ID"]
@@ -222,7 +222,7 @@ def test_issue_7_half_close_with_an_early_answer_keeps_the_server_up(
     with serving(tmp_path, backend, "--workers", workers) as server:
         pids = worker_pids(server)
         assert len(pids) == int(workers)
-        with httpx.Client(timeout=CLOSE_BOUND) as http:
+        with httpx.Client(timeout=CLOSE_BOUND, verify=CLIENT_TLS) as http:
             created = http.post(server.url, headers={**TUS, "Upload-Length": "1000"})
             assert created.status_code == 201
             upload = created.headers["location"].rsplit("/", 1)[1]
@@ -305,7 +305,7 @@ def test_a_download_nobody_reads_is_dropped(tmp_path: Path, backend: str) -> Non
     buffers for as long as the client likes."""
     data = PATTERN[: 16 << 20]
     with serving(tmp_path, backend) as server:
-        with httpx.Client(timeout=CLOSE_BOUND) as http:
+        with httpx.Client(timeout=CLOSE_BOUND, verify=CLIENT_TLS) as http:
             created = http.post(
                 server.url,
                 headers={
@@ -799,7 +799,11 @@ def test_fuzzed_requests_never_break_the_server(tmp_path: Path, backend: str) ->
         # no keep-alive: the server closes idle connections after a second, and a request on a
         # connection it is closing would fail
         http = stack.enter_context(
-            httpx.Client(timeout=CLOSE_BOUND, limits=httpx.Limits(max_keepalive_connections=0))
+            httpx.Client(
+                timeout=CLOSE_BOUND,
+                limits=httpx.Limits(max_keepalive_connections=0),
+                verify=CLIENT_TLS,
+            )
         )
         upload_ids = []
         # a long one, one whose length is deferred, a short one that fills up

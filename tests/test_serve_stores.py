@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from _server import TusClient, run_server_process
+from _server import CLIENT_TLS, TusClient, run_server_process
 from anytus import _servestores
 from anytus._cli import main
 
@@ -98,7 +98,7 @@ def test_a_missing_bucket_is_reported(s3: S3Service, capsys: pytest.CaptureFixtu
 async def test_a_directory_locked_in_redis(tmp_path: Path, redis_server: RedisServer) -> None:
     with run_server_process(tmp_path, "--redis", redis_server.url) as server:
         assert "(locks in Redis)" in "\n".join(server.stderr_lines)
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, verify=CLIENT_TLS) as http:
             tus = TusClient(http, server.url)
             upload_id = await tus.upload(b"x" * 200_000, chunk=100_000)
             response = await http.get(tus.upload_url(upload_id))

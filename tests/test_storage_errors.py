@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from _mounts import fill, remount, tmpfs, unprivileged
-from _server import TUS, TusClient, run_server_process, serve_app, subprocess_env
+from _server import CLIENT_TLS, TUS, TusClient, run_server_process, serve_app, subprocess_env
 from anytus import (
     CorruptUploadInfo,
     FileStore,
@@ -123,7 +123,7 @@ class TestStartupCheck:
         with tmpfs(tmp_path / "disk", "1m") as path:
             fill(path / "filler")
             with run_server_process(path) as server:
-                async with httpx.AsyncClient(timeout=10) as http:
+                async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as http:
                     response = await http.options(server.url)
                     assert response.status_code == 200
             assert any("is full" in line for line in server.stderr_lines)
@@ -154,7 +154,7 @@ class TestServedErrors:
             tmpfs(tmp_path / "disk", "4m") as path,
             run_server_process(path, "--backend", backend) as server,
         ):
-            async with httpx.AsyncClient(timeout=10) as http:
+            async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as http:
                 tus = TusClient(http, server.url)
                 upload_id = await tus.new(10, body=b"01234")
                 remount(path, "ro")
@@ -190,7 +190,7 @@ class TestServedErrors:
         prefix = unprivileged()
         path = tmp_path / "uploads"
         with run_server_process(path, "--backend", backend, prefix=prefix) as server:
-            async with httpx.AsyncClient(timeout=10) as http:
+            async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as http:
                 tus = TusClient(http, server.url)
                 upload_id = await tus.new(10, body=b"01234")
                 (path / f"{upload_id}.info").chmod(0o000)
@@ -251,7 +251,7 @@ class TestCorruptUploads:
     async def test_garbage_info(self, tmp_path: Path) -> None:
         make_upload(tmp_path, GARBAGE, b"\x00garbage{")
         async with serve_app(TusApp(FileStore(tmp_path))) as url:
-            tus = TusClient(httpx.AsyncClient(timeout=10), url)
+            tus = TusClient(httpx.AsyncClient(timeout=10, verify=CLIENT_TLS), url)
             async with tus.http:
                 assert (await tus.head(GARBAGE)).status_code == 500
                 for response in (
@@ -271,7 +271,7 @@ class TestCorruptUploads:
     async def test_unreadable_info(self, tmp_path: Path) -> None:
         make_upload(tmp_path, UNREADABLE, None)  # reading a directory fails, even as root
         async with serve_app(TusApp(FileStore(tmp_path))) as url:
-            tus = TusClient(httpx.AsyncClient(timeout=10), url)
+            tus = TusClient(httpx.AsyncClient(timeout=10, verify=CLIENT_TLS), url)
             async with tus.http:
                 assert (await tus.head(UNREADABLE)).status_code == 500
                 response = await tus.http.get(tus.upload_url(UNREADABLE))

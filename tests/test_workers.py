@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from _server import (
+    CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
     TUS,
     ServerProcess,
@@ -83,7 +84,7 @@ async def test_competing_patches_across_workers(workers: ServerProcess) -> None:
     size = 512 * 1024
     # no keep-alive: every request opens a new connection, which either worker may accept
     limits = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=30, limits=limits, verify=CLIENT_TLS) as http:
         tus = TusClient(http, workers.url)
         upload_id = await tus.new(size)
         await race_to_completion(tus, upload_id, size, data_of, contenders=6, chunk=128 * 1024)
@@ -98,7 +99,7 @@ async def test_competing_patches_across_workers(workers: ServerProcess) -> None:
 async def test_full_upload_through_workers(workers: ServerProcess) -> None:
     data = os.urandom(8 * 1024 * 1024 + 17)
     limits = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=30, limits=limits, verify=CLIENT_TLS) as http:
         tus = TusClient(http, workers.url)
         upload_id = await tus.upload(data, chunk=512 * 1024, metadata={"filename": b"big.bin"})
         for _ in range(4):  # whichever worker answers, it reads the same state
@@ -132,7 +133,7 @@ async def test_release_request_across_workers(workers: ServerProcess) -> None:
     data = os.urandom(100_000)
     limits = httpx.Limits(max_keepalive_connections=0)
     crossed = False
-    async with httpx.AsyncClient(timeout=15, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=15, limits=limits, verify=CLIENT_TLS) as http:
         tus = TusClient(http, workers.url)
         for _ in range(12):
             upload_id = await tus.new(len(data))
@@ -194,7 +195,9 @@ def test_signal_shuts_down_cleanly(tmp_path: Path, sig: int, worker_count: int) 
     # a stalled request is cancelled after --shutdown-timeout (the default is 5 s)
     options = ("--workers", str(worker_count), "--shutdown-timeout", "0.5")
     with run_server_process(directory, *options) as server:
-        created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+        created = httpx.post(
+            server.url, headers={**TUS, "Upload-Length": str(len(data))}, verify=CLIENT_TLS
+        )
         assert created.status_code == 201
         upload_id = created.headers["Location"].rsplit("/", 1)[1]
 
@@ -228,12 +231,13 @@ def test_signal_shuts_down_cleanly(tmp_path: Path, sig: int, worker_count: int) 
     # a new server picks the upload up where the old one left it
     with run_server_process(directory) as server:
         url = f"{server.url}{upload_id}"
-        head = httpx.head(url, headers=TUS)
+        head = httpx.head(url, headers=TUS, verify=CLIENT_TLS)
         assert head.headers["Upload-Offset"] == "20000"
         resumed = httpx.patch(
             url,
             headers={**TUS, "Upload-Offset": "20000", "Content-Type": OFFSET_CONTENT_TYPE},
             content=data[20_000:],
+            verify=CLIENT_TLS,
         )
         assert resumed.status_code == 204
     assert (directory / f"{upload_id}.bin").read_bytes() == data
