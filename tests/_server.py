@@ -55,8 +55,8 @@ __all__ = (
 
 #: the header every tus request but OPTIONS and GET must carry
 TUS: Mapping[str, str] = {"Tus-Resumable": "1.0.0"}
-#: every test's httpx client verifies HTTPS with this one context: httpx would load certifi's CA
-#: bundle for each client it makes, 60 ms of CPU, hundreds of times a run
+#: every test's httpx client verifies HTTPS with this one context: httpx would load a CA bundle
+#: for each client it makes, 60 ms of CPU, hundreds of times a run
 CLIENT_TLS = httpx.create_ssl_context()
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 
