@@ -145,7 +145,7 @@ class _Retry:
 _tls_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
 
 
-async def tls_context() -> ssl.SSLContext:
+async def client_tls_context() -> ssl.SSLContext:
     """What both of the client's ways of connecting verify an HTTPS server with: httpx's default
     (certifi's CA bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set).
 
@@ -492,7 +492,7 @@ class TusClient:
     async def __aenter__(self) -> Self:
         headers = {"Tus-Resumable": TUS_VERSION, **self.headers}
         transport = httpx.AsyncHTTPTransport(
-            verify=await tls_context(),
+            verify=await client_tls_context(),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
             # a send buffer as large as Linux's autotuning would grow it to (tcp_wmem's default
             # maximum), from the start: fewer wake-ups per MiB (less CPU, measured on loopback)

@@ -38,8 +38,8 @@ from ._client import (
     _reporter,
     _Retry,
     _Source,
+    client_tls_context,
     stream_piece,
-    tls_context,
 )
 from ._urlstore import StoredUpload
 
@@ -370,7 +370,7 @@ class DraftUploader:
                     stream = await anyio.connect_tcp(
                         url.host,
                         port,
-                        ssl_context=await tls_context(),
+                        ssl_context=await client_tls_context(),
                         tls_standard_compatible=False,
                     )
                 else:
