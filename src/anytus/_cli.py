@@ -282,16 +282,23 @@ def parse_workers(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"not a number of processes, nor auto: {text!r}") from None
 
 
+def _usable_cpus() -> list[int] | None:
+    """The CPUs this process may run on (cgroup and ``taskset`` limits included), or None where
+    the platform does not say (not Linux)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return None
+
+
 def auto_workers(args: argparse.Namespace) -> int:
     """``--workers auto``: one process per CPU this process may run on, as tusd uses every core
     (one Python process uses about one: the GIL), but one for a bucket without Redis, whose
     locks hold within one process only."""
     if args.s3_bucket is not None and args.redis is None:
         return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    usable = _usable_cpus()
+    return max(1, len(usable) if usable is not None else os.cpu_count() or 1)
 
 
 def worker_cpus(args: argparse.Namespace) -> list[int] | None:
@@ -304,11 +311,10 @@ def worker_cpus(args: argparse.Namespace) -> list[int] | None:
     no slower.
     ``auto`` pins only when every worker can have a CPU of its own (and there are several: a
     lone worker would take the first CPU whatever else runs there)."""
-    try:
-        usable = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
+    usable = _usable_cpus()
+    if usable is None:
         if args.pin_workers:
-            raise SystemExit("anytus: --pin-workers needs Linux's CPU affinity") from None
+            raise SystemExit("anytus: --pin-workers needs Linux's CPU affinity")
         return None
     if args.pin_workers is None:
         pin = 1 < args.workers <= len(usable)
