@@ -169,6 +169,12 @@ class ServerProcess:
         with self.logged:
             return self.logged.wait_for(predicate, timeout)
 
+    async def logs(self, predicate: Callable[[], bool], *, timeout: float = 20.0) -> bool:
+        """:meth:`wait_for_log` for async tests: the wait happens in a worker thread."""
+        return await anyio.to_thread.run_sync(
+            partial(self.wait_for_log, predicate, timeout=timeout)
+        )
+
     def started_workers(self) -> tuple[list[int], list[int] | None] | None:
         """The worker PIDs the supervisor logged, and the CPU of each (None: not pinned); None
         when no supervisor logged any (one worker: the server process serves itself)."""

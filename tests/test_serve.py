@@ -29,7 +29,6 @@ from _server import (
     raw_request,
     run_server_process,
     subprocess_env,
-    wait_for,
     wait_for_sync,
 )
 from anytus._serve import BACKLOG
@@ -105,7 +104,7 @@ async def test_backend_runs_its_server_and_serves_a_full_upload(
             ("GET", f"/files/{upload_id}", "200"),
             ("OPTIONS", "/files/", "200"),
         ]
-        assert await wait_for(lambda: len(access_lines(server)) >= len(expected))
+        assert await server.logs(lambda: len(access_lines(server)) >= len(expected))
         assert access_lines(server) == expected, server.stderr_lines
 
 
@@ -162,7 +161,14 @@ async def test_options_and_lifespan_cleanup(tmp_path: Path, backend: str) -> Non
             os.utime(server.directory / f"{upload_id}.bin", (minute_ago, minute_ago))
             # nobody asks for it again: only the lifespan's periodic cleanup can remove it
             info = server.directory / f"{upload_id}.info"
-            assert await wait_for(lambda: not info.exists(), timeout=10), server.stderr_lines
+            assert await server.logs(
+                lambda: any(
+                    "expired uploads: " in line and upload_id in line
+                    for line in server.stderr_lines
+                ),
+                timeout=10,
+            ), server.stderr_lines
+            assert not info.exists()
             assert not (server.directory / f"{upload_id}.bin").exists()
             assert (await tus.head(upload_id)).status_code == 404
 

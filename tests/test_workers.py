@@ -172,9 +172,9 @@ async def test_release_request_across_workers(workers: ServerProcess) -> None:
             def logged(method: str, status: str, upload_id: str = upload_id) -> set[int]:
                 return request_pids(workers, method, status, upload_id)
 
-            assert await wait_for(lambda: bool(logged("HEAD", "200") and logged("PATCH", "400"))), (
-                workers.stderr_lines[-10:]
-            )
+            assert await workers.logs(
+                lambda: bool(logged("HEAD", "200") and logged("PATCH", "400"))
+            ), workers.stderr_lines[-10:]
             if logged("HEAD", "200") != logged("PATCH", "400"):
                 crossed = True
                 break
