@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import random
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from anytus import FileStore
+from anytus._locks import RECORD_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -94,3 +96,9 @@ def bin_path(store: FileStore, upload_id: str) -> Path:
 
 def info_path(store: FileStore, upload_id: str) -> Path:
     return store.path / f"{upload_id}.info"
+
+
+def stored_names(directory: str | os.PathLike[str]) -> list[str]:
+    """The names in *directory*, sorted, but for the lock record that each process using a
+    FileLocker keeps there while it lives (``.anytus-locker-*``, which its locks link to)."""
+    return sorted(name for name in os.listdir(directory) if not name.startswith(RECORD_PREFIX))

@@ -32,6 +32,7 @@ import anyio
 import httpx
 import pytest
 
+from _helpers import stored_names
 from _server import (
     CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
@@ -101,7 +102,9 @@ class Served:
         none before the store has made its directory (it does so on first use)."""
         if not self.directory.exists():
             return set()
-        return {p.name for p in self.directory.iterdir() if p.suffix not in (".lock", ".stop")}
+        return {
+            name for name in stored_names(self.directory) if not name.endswith((".lock", ".stop"))
+        }
 
     def uploads(self) -> set[str]:
         return {p.stem for p in self.directory.glob("*.info")}

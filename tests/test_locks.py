@@ -20,9 +20,18 @@ import anyio.lowlevel
 import pytest
 
 from _children import command
+from _helpers import stored_names
 from _server import wait_for
-from anytus import FileLocker, InvalidUploadId, Locker, LockTimeout, MemoryLocker, RedisLocker
-from anytus._locks import _wait_for_polls
+from anytus import (
+    FileLocker,
+    FileStore,
+    InvalidUploadId,
+    Locker,
+    LockTimeout,
+    MemoryLocker,
+    RedisLocker,
+)
+from anytus._locks import RECORD_PREFIX, _wait_for_polls
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -69,7 +78,7 @@ def is_flocked(path: Path) -> bool:
 
 
 def names(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory))
+    return stored_names(directory)
 
 
 @pytest.fixture
@@ -692,6 +701,89 @@ async def hold_inline(locker: FileLocker, *, shared: bool) -> bool:
         return entered
     finally:
         hold.close()
+
+
+class TestLockRecord:
+    """A process writes its record once and takes each lock by hard-linking ``[id].lock`` to it:
+    no file is created or removed per lock (see :mod:`anytus._locks`)."""
+
+    @staticmethod
+    def record_of_this_process(lock_dir: Path) -> Path:
+        ours = [
+            p for p in lock_dir.iterdir() if p.name.startswith(f"{RECORD_PREFIX}{os.getpid()}-")
+        ]
+        assert len(ours) == 1
+        return ours[0]
+
+    async def test_locks_are_links_to_the_record(
+        self, file_locker: FileLocker, lock_dir: Path
+    ) -> None:
+        other = "fedcba9876543210fedcba9876543210"
+        for _ in range(3):
+            async with file_locker.lock(UPLOAD_ID, timeout=2), file_locker.lock(other, timeout=2):
+                record = self.record_of_this_process(lock_dir)
+                first = (lock_dir / f"{UPLOAD_ID}.lock").stat()
+                second = (lock_dir / f"{other}.lock").stat()
+                assert first.st_ino == second.st_ino == record.stat().st_ino
+                assert record.stat().st_nlink == 3
+                assert record.read_text().splitlines()[0] == str(os.getpid())  # tusd's PID line
+                # held for the process's life: other processes see every one of its locks held
+                assert await anyio.to_thread.run_sync(is_flocked, record)
+            assert record.stat().st_nlink == 1
+            assert names(lock_dir) == []
+
+    async def test_a_dead_process_record_stays_stale_for_its_other_locks(
+        self, file_locker: FileLocker, lock_dir: Path
+    ) -> None:
+        # a process was killed holding two locks, both links to its record
+        pid = await anyio.to_thread.run_sync(dead_pid)
+        content = anytus_lock(pid)
+        record = lock_dir / f"{RECORD_PREFIX}{pid}-deadbeef"
+        record.write_bytes(content)
+        other = "fedcba9876543210fedcba9876543210"
+        os.link(record, lock_dir / f"{UPLOAD_ID}.lock")
+        os.link(record, lock_dir / f"{other}.lock")
+        async with file_locker.lock(UPLOAD_ID, timeout=2):
+            taken = (lock_dir / f"{UPLOAD_ID}.lock").stat()
+            assert taken.st_ino == self.record_of_this_process(lock_dir).stat().st_ino
+            # taking one over did not write into the dead record: its other lock still reads as
+            # the dead process's, not as held by us
+            assert (lock_dir / f"{other}.lock").read_bytes() == content
+            assert record.read_bytes() == content
+            assert not await anyio.to_thread.run_sync(is_flocked, lock_dir / f"{other}.lock")
+        async with file_locker.lock(other, timeout=2):
+            pass
+        # the dead record is removed by a cleanup pass; ours, alive, is not
+        store = await anyio.to_thread.run_sync(FileStore, lock_dir)
+        assert await store.cleanup(3600) == []
+        assert sorted(os.listdir(lock_dir)) == [self.record_of_this_process(lock_dir).name]
+
+    async def test_a_live_record_on_this_host_is_not_swept(
+        self, lock_dir: Path, sleeper: subprocess.Popen[bytes]
+    ) -> None:
+        # flock() is not enforced everywhere: a record without one whose process still runs stays
+        record = lock_dir / f"{RECORD_PREFIX}{sleeper.pid}-cafe"
+        record.write_bytes(anytus_lock(sleeper.pid, ticks=start_ticks(sleeper.pid)))
+        foreign = lock_dir / f"{RECORD_PREFIX}1-beef"
+        foreign.write_bytes(anytus_lock(1, host="some-other-host.example"))
+        store = await anyio.to_thread.run_sync(FileStore, lock_dir)
+        await store.cleanup(3600)
+        assert record.exists()
+        assert foreign.exists()
+
+    async def test_without_hard_links_each_lock_has_a_file(
+        self, file_locker: FileLocker, lock_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def no_links(*args: object, **kwargs: object) -> None:
+            raise PermissionError(1, "Operation not permitted")  # as on a FAT or SMB mount
+
+        monkeypatch.setattr(os, "link", no_links)
+        async with file_locker.lock(UPLOAD_ID, timeout=2):
+            path = lock_dir / f"{UPLOAD_ID}.lock"
+            assert path.stat().st_nlink == 1
+            assert path.read_text().splitlines()[0] == str(os.getpid())
+            assert await anyio.to_thread.run_sync(is_flocked, path)
+        assert names(lock_dir) == []
 
 
 class TestInlineHolds:

@@ -24,7 +24,7 @@ import pytest
 
 import anytus
 from _children import BLOCK, block, command
-from _helpers import Chunks, file_sha256
+from _helpers import Chunks, file_sha256, stored_names
 from _server import wait_for
 from anytus import FileLocker, FileStore, UploadInfo
 
@@ -62,7 +62,7 @@ def open_log(path: Path) -> IO[bytes]:
 
 
 def names(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory))
+    return stored_names(directory)
 
 
 def other_backend(name: str) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from _helpers import stored_names
 from _mounts import fill, remount, tmpfs, unprivileged
 from _server import CLIENT_TLS, TUS, TusClient, run_server_process, serve_app, subprocess_env
 from anytus import (
@@ -131,7 +132,7 @@ class TestStartupCheck:
     async def test_the_probe_leaves_nothing(self, tmp_path: Path) -> None:
         with run_server_process(tmp_path / "uploads"):
             pass
-        assert os.listdir(tmp_path / "uploads") == []
+        assert stored_names(tmp_path / "uploads") == []
 
 
 # -- named errors while serving -------------------------------------------------------------------
@@ -207,7 +208,7 @@ class TestServedErrors:
                 # an unreadable upload can still be deleted
                 response = await http.delete(tus.upload_url(upload_id), headers=TUS)
                 assert response.status_code == 204, response.text
-                assert os.listdir(path) == []
+                assert stored_names(path) == []
 
                 path.chmod(0o555)
                 try:
@@ -264,7 +265,7 @@ class TestCorruptUploads:
                     )
                 response = await tus.http.delete(tus.upload_url(GARBAGE), headers=TUS)
                 assert response.status_code == 204, response.text
-                assert os.listdir(tmp_path) == []  # .bin, .info and .lock
+                assert stored_names(tmp_path) == []  # .bin, .info and .lock
                 response = await tus.http.delete(tus.upload_url(GARBAGE), headers=TUS)
                 assert response.status_code == 404
 
@@ -302,7 +303,7 @@ class TestCorruptUploads:
         assert f"path: {tmp_path / GARBAGE}.info" in skipped[0]
         assert f"upload {UNREADABLE}" in skipped[1]
         assert f"path: {tmp_path / UNREADABLE}.info" in skipped[1]
-        assert sorted(os.listdir(tmp_path)) == sorted(
+        assert stored_names(tmp_path) == sorted(
             [f"{GARBAGE}.bin", f"{GARBAGE}.info", f"{UNREADABLE}.bin", f"{UNREADABLE}.info"]
         )
 

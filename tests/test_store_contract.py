@@ -21,7 +21,7 @@ import anyio.lowlevel
 import pytest
 from anyio.abc import ByteReceiveStream
 
-from _helpers import pattern
+from _helpers import pattern, stored_names
 from anytus import (
     ConcatenatableStore,
     DataStore,
@@ -255,7 +255,7 @@ async def leftovers(store: Store) -> list[str]:
 
         def listing() -> list[str]:
             try:
-                return sorted(os.listdir(store.path))
+                return stored_names(store.path)
             except FileNotFoundError:
                 return []
 
@@ -1404,7 +1404,7 @@ class TestMemoryStoreOnly:
         async with store.lock(info.id):
             with pytest.raises(anyio.WouldBlock):
                 await store.run_nowait(info.id, lambda upload_: None)
-        assert await anyio.to_thread.run_sync(os.listdir, tmp_path) == []
+        assert await anyio.to_thread.run_sync(stored_names, tmp_path) == []
 
     async def test_a_reader_breaks_when_its_bytes_are_truncated(self) -> None:
         store = MemoryStore()

@@ -44,7 +44,7 @@ from ._exceptions import (
 )
 from ._ids import new_upload_id, validate_upload_id
 from ._info import UploadInfo
-from ._locks import FileLocker
+from ._locks import RECORD_PREFIX, FileLocker, remove_dead_record
 from ._storebase import StoreBase
 from ._streams import UploadReadStream
 
@@ -468,6 +468,9 @@ class FileStore(StoreBase):
                     with contextlib.suppress(OSError):
                         if now - entry.stat().st_mtime > _STALE_TEMP_AGE:
                             os.unlink(entry.path)
+                elif entry.name.startswith(RECORD_PREFIX):
+                    # the lock record of a process that is gone (one that exits removes its own)
+                    remove_dead_record(entry.path)
 
 
 class _Loaded:
