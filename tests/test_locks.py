@@ -31,7 +31,7 @@ from anytus import (
     MemoryLocker,
     RedisLocker,
 )
-from anytus._locks import RECORD_PREFIX, _wait_for_polls
+from anytus._locks import _MAX_RECORDS, RECORD_PREFIX, _wait_for_polls
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -770,6 +770,36 @@ class TestLockRecord:
         await store.cleanup(3600)
         assert record.exists()
         assert foreign.exists()
+
+    async def test_a_removed_record_is_made_again(
+        self, file_locker: FileLocker, lock_dir: Path
+    ) -> None:
+        async with file_locker.lock(UPLOAD_ID, timeout=2):
+            first = self.record_of_this_process(lock_dir)
+        first.unlink()  # by hand, or by a tool that empties the directory
+        async with file_locker.lock(UPLOAD_ID, timeout=2):
+            record = self.record_of_this_process(lock_dir)
+            assert (lock_dir / f"{UPLOAD_ID}.lock").stat().st_ino == record.stat().st_ino
+        assert names(lock_dir) == []
+
+    async def test_idle_records_are_bounded(self, tmp_path: Path) -> None:
+        # one record per directory, each an open file: a process that locks in many directories
+        # keeps a few, and closes (and removes) the least recently used ones it holds no lock in
+        directories = [tmp_path / str(index) for index in range(_MAX_RECORDS + 4)]
+        held = FileLocker(directories[0])
+        async with held.lock(UPLOAD_ID, timeout=2):
+            for directory in directories[1:]:
+                async with FileLocker(directory).lock(UPLOAD_ID, timeout=2):
+                    pass
+            kept = [
+                d for d in directories if any(p.name.startswith(RECORD_PREFIX) for p in d.iterdir())
+            ]
+            # the held one stays, whatever its age
+            assert directories[0] in kept
+            assert len(kept) == _MAX_RECORDS
+            assert (directories[0] / f"{UPLOAD_ID}.lock").stat().st_nlink == 2
+        for directory in directories:
+            assert names(directory) == []
 
     async def test_without_hard_links_each_lock_has_a_file(
         self, file_locker: FileLocker, lock_dir: Path, monkeypatch: pytest.MonkeyPatch

@@ -27,6 +27,7 @@ from _children import BLOCK, block, command
 from _helpers import Chunks, file_sha256, stored_names
 from _server import wait_for
 from anytus import FileLocker, FileStore, UploadInfo
+from anytus._locks import RECORD_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,6 +64,11 @@ def open_log(path: Path) -> IO[bytes]:
 
 def names(directory: Path) -> list[str]:
     return stored_names(directory)
+
+
+def records_of(directory: Path, pid: int) -> list[Path]:
+    """The lock records of process *pid* in *directory*."""
+    return sorted(directory.glob(f"{RECORD_PREFIX}{pid}-*"))
 
 
 def other_backend(name: str) -> str:
@@ -171,6 +177,9 @@ async def test_release_request_reaches_another_process(
             lambda: (work_dir / "locked").exists() or process.returncode is not None, timeout=20
         ), "child to lock"
         assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
+        # the child's lock file is a link to the child's lock record
+        (record,) = records_of(lock_dir, process.pid)
+        assert record.stat().st_ino == (lock_dir / f"{UPLOAD_ID}.lock").stat().st_ino
 
         start = time.monotonic()
         await locker.acquire(UPLOAD_ID, timeout=10)
@@ -185,6 +194,7 @@ async def test_release_request_reaches_another_process(
         finally:
             await locker.release(UPLOAD_ID)
     assert names(lock_dir) == []
+    assert records_of(lock_dir, process.pid) == []  # removed as the child exited
 
 
 async def test_release_request_from_another_process(
@@ -249,9 +259,11 @@ async def test_writer_killed_mid_upload(tmp_path: Path, anyio_backend_name: str)
             code = await process.wait()
     assert code == -signal.SIGKILL
 
-    # the dead writer's lock is still on disk
+    # the dead writer's lock is still on disk, a link to its lock record
     lock_lines = (store_dir / f"{info.id}.lock").read_text().splitlines()
     assert lock_lines[0] == str(process.pid)
+    (record,) = records_of(store_dir, process.pid)
+    assert record.stat().st_ino == (store_dir / f"{info.id}.lock").stat().st_ino
 
     fetched = await store.get_info(info.id)
     stored = data_file.stat().st_size
@@ -280,3 +292,6 @@ async def test_writer_killed_mid_upload(tmp_path: Path, anyio_backend_name: str)
     digest = await anyio.to_thread.run_sync(functools.partial(file_sha256, data_file))
     assert digest == full.hexdigest()
     assert names(store_dir) == sorted([f"{info.id}.bin", f"{info.id}.info"])
+    # a cleanup removes the killed writer's record, and not the complete upload
+    assert await store.cleanup(0) == []
+    assert records_of(store_dir, process.pid) == []

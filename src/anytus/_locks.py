@@ -9,7 +9,7 @@ start time, which covers file systems where ``flock()`` does not reach across ho
 another host counts as held while its holder keeps touching it.
 
 Every lock file of one process says the same, so a process writes its record once, into a *lock
-record* in the directory (``.anytus-locker-<pid>-<token>``, flocked for the process's life), and
+record* in the directory (``.anytus-locker-<pid>-<token>``, flocked while it is open), and
 takes a lock by hard-linking ``[id].lock`` to it: one ``link()``, atomic, failing if the lock file
 exists, and no new inode. Releasing removes the link. Creating and removing a file per lock was a
 third of a small upload's CPU on an ext4 without a journal, which passes over recently freed inodes
@@ -318,71 +318,113 @@ RECORD_PREFIX = ".anytus-locker-"
 _RECORD_TOUCH_AFTER = 1.0
 
 
+#: a process keeps at most this many lock records (one per directory) open, each a file descriptor,
+#: unless more of them have locks held
+_MAX_RECORDS = 8
+
+
 @dataclass(eq=False)
 class _LockRecord:
+    directory: str
     path: str
-    #: open for the process's life, with an exclusive flock() on it
+    #: open (read-only) while the record is in use, with an exclusive flock() on it
     fd: int
     #: time.monotonic() of the last touch
     touched: float
+    #: links being made or held by this process: the record is closed only when there are none
+    holds: int = 0
+    #: time.monotonic() of the last lock taken through it
+    used: float = 0.0
+    #: in :data:`_records`, so that new locks link to it
+    current: bool = True
 
 
 #: this process's lock records, by directory
 _records: dict[str, _LockRecord] = {}
-#: the descriptors of lock records, ever: a lock taken by a link holds one, never closed by unlock
-_record_fds: set[int] = set()
+#: every open lock record by its descriptor (a lock taken by a link holds the record's)
+_records_by_fd: dict[int, _LockRecord] = {}
+#: guards both dicts and the records' counts; held for a dict operation, or while a record is made
 _records_lock = threading.Lock()
 _records_owner = os.getpid()
 
 
-def _lock_record(directory: str, hostname: str) -> _LockRecord | None:
-    """This process's lock record in *directory*, made on first use (in a worker thread); None
-    when none can be made there (no space, no permission, no directory): the caller then makes a
-    lock file of its own, which reports the problem if there is one."""
-    record = _records.get(directory)
-    if record is not None:
-        return record
+def _take_record(directory: str, hostname: str) -> _LockRecord | None:
+    """This process's lock record in *directory*, made on first use, with one more hold on it
+    (given back by :func:`_give_back_record`); None when none can be made there (no space, no
+    permission, no directory): the caller then makes a lock file of its own, which reports the
+    problem if there is one. Runs in a worker thread."""
     with _records_lock:
         record = _records.get(directory)
-        if record is not None:
-            return record
-        path = os.path.join(directory, f"{RECORD_PREFIX}{os.getpid()}-{PROCESS_TOKEN}")
-        assert fcntl is not None
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError:
-            return None
-        try:
-            try:
-                record_bytes = _own_record(hostname)
-                if os.write(fd, record_bytes) != len(record_bytes):
-                    raise OSError(errno.ENOSPC, "short write")
-            finally:
-                os.close(fd)
-            # held open read-only: a file open for writing would keep the file system from being
-            # remounted read-only
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            _unlink_quietly_any(path)
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        if not _records and not _record_fds:
-            atexit.register(_remove_records)
-        record = _records[directory] = _LockRecord(path, fd, time.monotonic())
-        _record_fds.add(fd)
+        if record is None:
+            record = _make_record(directory, hostname)
+            if record is None:
+                return None
+            if not _records_by_fd:
+                atexit.register(_remove_records)
+            _records[directory] = record
+            _records_by_fd[record.fd] = record
+        record.holds += 1
+        record.used = time.monotonic()
+        if len(_records) > _MAX_RECORDS:
+            _close_idle_records()
         return record
 
 
-def _forget_record(directory: str, record: _LockRecord) -> None:
-    """The record's name is gone: make a new one next time (the descriptor stays open, as locks
-    linked to it may still be held)."""
+def _make_record(directory: str, hostname: str) -> _LockRecord | None:
+    path = os.path.join(directory, f"{RECORD_PREFIX}{os.getpid()}-{PROCESS_TOKEN}")
+    assert fcntl is not None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        try:
+            record = _own_record(hostname)
+            if os.write(fd, record) != len(record):
+                raise OSError(errno.ENOSPC, "short write")
+        finally:
+            os.close(fd)
+        # held open read-only: a file open for writing would keep the file system from being
+        # remounted read-only
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        _unlink_quietly_any(path)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return _LockRecord(directory, path, fd, time.monotonic())
+
+
+def _give_back_record(record: _LockRecord, *, gone: bool = False) -> None:
+    """A link to *record* was not made, or its lock is released. *gone*: its name was found
+    removed: the next lock makes a new record."""
     with _records_lock:
-        if _records.get(directory) is record:
-            del _records[directory]
+        record.holds -= 1
+        if gone and record.current:
+            del _records[record.directory]
+            record.current = False
+        if not record.current and record.holds == 0:
+            _close_record(record)
+
+
+def _close_idle_records() -> None:
+    """Close the least recently used records that hold nothing, down to :data:`_MAX_RECORDS`
+    (with ``_records_lock`` held)."""
+    idle = sorted((r for r in _records.values() if r.holds == 0), key=lambda r: r.used)
+    for record in idle[: len(_records) - _MAX_RECORDS]:
+        del _records[record.directory]
+        record.current = False
+        _unlink_quietly_any(record.path)
+        _close_record(record)
+
+
+def _close_record(record: _LockRecord) -> None:
+    del _records_by_fd[record.fd]
+    with contextlib.suppress(OSError):
+        os.close(record.fd)  # drops the flock()
 
 
 def _remove_records() -> None:
@@ -398,11 +440,11 @@ def _after_fork_in_child() -> None:
     # the parent's records are the parent's: a child that kept their descriptors would keep their
     # flock() after the parent died
     global _records_owner
-    for fd in _record_fds:
+    for fd in _records_by_fd:
         with contextlib.suppress(OSError):
             os.close(fd)
     _records.clear()
-    _record_fds.clear()
+    _records_by_fd.clear()
     _records_owner = os.getpid()
 
 
@@ -658,20 +700,25 @@ class FileLocker(Locker):
         """
         assert fcntl is not None
         while True:
-            record = _lock_record(self._directory, self._hostname)
+            record = _take_record(self._directory, self._hostname)
             if record is not None:
                 try:
                     os.link(record.path, lock_path)
                 except FileExistsError:
-                    pass  # held, or left behind: judged below
+                    _give_back_record(record)  # held, or left behind: judged below
                 except FileNotFoundError:
-                    if os.path.isdir(self._directory):
-                        _forget_record(self._directory, record)  # the record was removed
-                    else:
+                    directory_exists = os.path.isdir(self._directory)
+                    # else the record was removed from under us: a new one
+                    _give_back_record(record, gone=directory_exists)
+                    if not directory_exists:
                         os.makedirs(self.path, exist_ok=True)
                     continue
                 except OSError:
-                    pass  # no hard links here (or no room for one): a lock file of its own
+                    # no hard links here (or no room for one): a lock file of its own
+                    _give_back_record(record)
+                except BaseException:
+                    _give_back_record(record)
+                    raise
                 else:
                     now = time.monotonic()
                     if now - record.touched > _RECORD_TOUCH_AFTER:
@@ -836,8 +883,11 @@ class FileLocker(Locker):
                     os.unlink(holder.lock_path)
             _unlink_quietly(holder.stop_path)
         finally:
-            if holder.fd not in _record_fds:
+            record = _records_by_fd.get(holder.fd)
+            if record is None:
                 os.close(holder.fd)  # drops the flock()
+            else:
+                _give_back_record(record)
 
 
 def _unlink_quietly(path: str) -> None:
