@@ -8,6 +8,7 @@ source, so that ruff and mypy check it like the rest of the tests. Not collected
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,29 @@ def writer(store_dir: str, work_dir: str, upload_id: str, backend: str) -> None:
     anyio.run(main, backend=backend)
 
 
+def _wait_to_be_killed() -> None:
+    """In a forked child, whose copy of the event loop must not run: sleep until killed."""
+    while True:
+        signal.pause()
+
+
+def forking_holder(lock_dir: str, work_dir: str, upload_id: str, backend: str) -> None:
+    """Take the lock, then fork a child that sleeps (its PID in ``forked``), then write ``locked``
+    and wait to be killed: the child must not keep the lock alive once we are gone."""
+
+    async def main() -> None:
+        locker = FileLocker(lock_dir)
+        await locker.acquire(upload_id, timeout=10)
+        child = os.fork()
+        if child == 0:
+            _wait_to_be_killed()
+        touch(os.path.join(work_dir, "forked"), str(child))
+        touch(os.path.join(work_dir, "locked"))
+        await anyio.sleep_forever()
+
+    anyio.run(main, backend=backend)
+
+
 def exit_now() -> None:
     """Exit at once (a PID that is certainly dead afterwards)."""
 
@@ -148,6 +172,7 @@ def exit_now() -> None:
 CHILDREN: dict[str, Callable[..., None]] = {
     "competitor": competitor,
     "holder": holder,
+    "forking_holder": forking_holder,
     "requester": requester,
     "writer": writer,
     "exit": exit_now,

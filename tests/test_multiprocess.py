@@ -8,6 +8,7 @@ through ``argv``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -195,6 +196,54 @@ async def test_release_request_reaches_another_process(
             await locker.release(UPLOAD_ID)
     assert names(lock_dir) == []
     assert records_of(lock_dir, process.pid) == []  # removed as the child exited
+
+
+async def test_a_forked_child_does_not_keep_its_parents_locks(
+    dirs: tuple[Path, Path], anyio_backend_name: str
+) -> None:
+    # the child of a fork inherits the lock record's open file, and with it the flock() that says
+    # the parent's locks are held; it closes it, so the locks are free once the parent dies
+    lock_dir, work_dir = dirs
+    locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
+    process = await spawn(
+        "forking_holder",
+        lock_dir,
+        work_dir,
+        UPLOAD_ID,
+        other_backend(anyio_backend_name),
+        stderr_path=work_dir / "stderr",
+    )
+    forked: int | None = None
+    try:
+        async with process:
+            assert await wait_for(
+                lambda: (work_dir / "locked").exists() or process.returncode is not None,
+                timeout=20,
+            ), "child to lock"
+            assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
+            forked = int((work_dir / "forked").read_text())
+            with pytest.raises(anyio.WouldBlock):
+                await locker.acquire_nowait(UPLOAD_ID)
+            process.send_signal(signal.SIGKILL)
+            with anyio.fail_after(10):
+                await process.wait()
+        # the forked child still runs, yet the lock is free at once
+        assert _alive(forked)
+        await locker.acquire_nowait(UPLOAD_ID)
+        await locker.release(UPLOAD_ID)
+    finally:
+        if forked is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(forked, signal.SIGKILL)
+    assert names(lock_dir) == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def test_release_request_from_another_process(
