@@ -31,6 +31,7 @@ from _server import (
     subprocess_env,
     wait_for_sync,
 )
+from anytus._locks import RECORD_PREFIX
 from anytus._serve import BACKLOG
 
 if TYPE_CHECKING:
@@ -335,6 +336,8 @@ def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backen
                 lambda: any("is ready" in line for line in server.stderr_lines)
             )
         assert any(f"worker {holder} exited with status -9" in line for line in server.stderr_lines)
+        # its lock record went with it (the lock file linked to it stays, stale, until taken)
+        assert not list(server.directory.glob(f"{RECORD_PREFIX}{holder}-*"))
         assert server.process.poll() is None
         # the replacement took the dead worker's place in sharing out connections
         spread = connection_spread(server)
@@ -354,6 +357,8 @@ def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backen
             assert resumed.status_code == 204, resumed.text
         assert stored.read_bytes() == data
         assert server.stop(signal.SIGTERM, timeout=30) == 0
+    # the workers that exited with the server removed theirs
+    assert not list(server.directory.glob(f"{RECORD_PREFIX}*"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

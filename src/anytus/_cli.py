@@ -629,6 +629,11 @@ class _Supervisor:
                 del self.starting[receiver]
                 receiver.close()
         logger.error("worker %s exited with status %s", process.pid, process.exitcode)
+        if process.pid is not None and self.options.s3_bucket is None:
+            from ._locks import remove_records_of
+
+            # its lock record: a worker that exits normally removes its own
+            remove_records_of(self.options.directory, process.pid)
         if not self.ever_ready:
             # it never served: a configuration or resource problem that every worker would hit
             logger.error("a worker failed at startup: stopping")

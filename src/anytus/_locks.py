@@ -54,7 +54,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ("RECORD_PREFIX", "FileLocker", "MemoryLocker", "remove_dead_record")
+__all__ = ("RECORD_PREFIX", "FileLocker", "MemoryLocker", "remove_dead_record", "remove_records_of")
 
 logger = logging.getLogger("anytus.locks")
 
@@ -455,6 +455,16 @@ if hasattr(os, "register_at_fork"):
 def _unlink_quietly_any(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def remove_records_of(directory: str | os.PathLike[str], pid: int) -> None:
+    """Remove the lock records that process *pid*, which has exited, left in *directory* (what a
+    supervisor does for a worker it reaped)."""
+    prefix = f"{RECORD_PREFIX}{pid}-"
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                remove_dead_record(entry.path)
 
 
 def remove_dead_record(path: str) -> bool:
