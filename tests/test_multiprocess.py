@@ -90,6 +90,25 @@ async def spawn(child: str, *args: object, stderr_path: Path) -> Process:
         stderr.close()
 
 
+async def spawn_holder(child: str, dirs: tuple[Path, Path], backend: str) -> Process:
+    """Start a child that takes the lock on UPLOAD_ID (``holder`` or ``forking_holder``), and wait
+    until it has."""
+    lock_dir, work_dir = dirs
+    process = await spawn(
+        child, lock_dir, work_dir, UPLOAD_ID, backend, stderr_path=work_dir / "stderr"
+    )
+    try:
+        assert await wait_for(
+            lambda: (work_dir / "locked").exists() or process.returncode is not None, timeout=20
+        ), "child to lock"
+        assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await process.aclose()  # kills it if it still runs
+        raise
+    return process
+
+
 @pytest.fixture
 def dirs(tmp_path: Path) -> tuple[Path, Path]:
     locks = tmp_path / "locks"
@@ -165,19 +184,8 @@ async def test_release_request_reaches_another_process(
 ) -> None:
     lock_dir, work_dir = dirs
     locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
-    process = await spawn(
-        "holder",
-        lock_dir,
-        work_dir,
-        UPLOAD_ID,
-        other_backend(anyio_backend_name),
-        stderr_path=work_dir / "stderr",
-    )
+    process = await spawn_holder("holder", dirs, other_backend(anyio_backend_name))
     async with process:
-        assert await wait_for(
-            lambda: (work_dir / "locked").exists() or process.returncode is not None, timeout=20
-        ), "child to lock"
-        assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
         # the child's lock file is a link to the child's lock record
         (record,) = records_of(lock_dir, process.pid)
         assert record.stat().st_ino == (lock_dir / f"{UPLOAD_ID}.lock").stat().st_ino
@@ -205,22 +213,10 @@ async def test_a_forked_child_does_not_keep_its_parents_locks(
     # the parent's locks are held; it closes it, so the locks are free once the parent dies
     lock_dir, work_dir = dirs
     locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
-    process = await spawn(
-        "forking_holder",
-        lock_dir,
-        work_dir,
-        UPLOAD_ID,
-        other_backend(anyio_backend_name),
-        stderr_path=work_dir / "stderr",
-    )
+    process = await spawn_holder("forking_holder", dirs, other_backend(anyio_backend_name))
     forked: int | None = None
     try:
         async with process:
-            assert await wait_for(
-                lambda: (work_dir / "locked").exists() or process.returncode is not None,
-                timeout=20,
-            ), "child to lock"
-            assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
             forked = int((work_dir / "forked").read_text())
             with pytest.raises(anyio.WouldBlock):
                 await locker.acquire_nowait(UPLOAD_ID)

@@ -311,6 +311,9 @@ def _own_record(hostname: str) -> bytes:
     return record
 
 
+#: how old another host's lock may be before it counts as abandoned (``FileLocker(stale_after=)``)
+DEFAULT_STALE_AFTER = 60.0
+
 #: the name of a process's lock record starts so (then ``<pid>-<token>``)
 RECORD_PREFIX = ".anytus-locker-"
 #: how stale a lock record's mtime may get before a new lock touches it: a process on another host
@@ -468,35 +471,71 @@ def remove_records_of(directory: str | os.PathLike[str], pid: int) -> None:
 
 
 def remove_dead_record(path: str) -> bool:
-    """Remove the lock record at *path* if its process is gone (on this host, by its flock() and
-    its record); True if removed. Locks still linked to it are untouched: they are stale anyway."""
+    """Remove the lock record at *path* if nobody holds it, judged as a lock file with its content
+    would be (another host's counts as held while its mtime is fresh); True if removed. Locks
+    still linked to it are untouched: they are as stale as it is."""
+    try:
+        if not _nobody_holds(path, socket.gethostname(), DEFAULT_STALE_AFTER):
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+def _nobody_holds(path: str, hostname: str, stale_after: float) -> bool | None:
+    """Whether nobody holds the lock file at *path*: no flock() on it, and its record is not
+    another live holder's (:func:`_held_elsewhere`); None if there is no such file. Creates and
+    changes no file."""
     assert fcntl is not None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
+    except FileNotFoundError:
+        return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return False  # its process holds it
-        lines = os.pread(fd, 4096, 0).decode(errors="replace").splitlines()
-        if len(lines) > 1 and lines[1].startswith("anytus "):
-            host, boot_id, start_ticks = ([*lines[1].split()[1:], "", "", ""])[:3]
-            if host != socket.gethostname():
-                return False  # flock() may not reach across hosts: not ours to judge
-            try:
-                pid = int(lines[0])
-            except ValueError:
-                pid = 0
-            if boot_id == _read_boot_id() and _process_start_ticks(pid) == start_ticks:
-                return False  # alive: flock() is not enforced here
-        os.unlink(path)
-        return True
-    except OSError:
-        return False
+        except BlockingIOError:
+            return False
+        # a lock file without a holder's flock(): stale, tusd's, or another host's
+        record = os.pread(fd, 4096, 0)
+        return not _held_elsewhere(path, record, os.fstat(fd).st_mtime, hostname, stale_after)
     finally:
-        os.close(fd)
+        os.close(fd)  # drops the shared flock()
+
+
+def _held_elsewhere(
+    lock_path: str, record: bytes, mtime: float, hostname: str, stale_after: float
+) -> bool:
+    """Judge the record of a lock file (or lock record) whose flock() we just got: whether a
+    live holder has it all the same."""
+    lines = record.decode(errors="replace").splitlines()
+    try:
+        pid = int(lines[0])
+    except (IndexError, ValueError):
+        return False  # empty or garbage: its writer died before finishing it
+    if pid <= 0:
+        return False
+
+    if len(lines) > 1 and lines[1].startswith("anytus "):
+        host, boot_id, start_ticks, token = ([*lines[1].split()[1:], "", "", "", ""])[:4]
+        if host != hostname:
+            # flock() may not reach across hosts on this file system: trust the heartbeat
+            return time.time() - mtime < stale_after
+        if boot_id != _read_boot_id() or start_ticks in ("", "-"):
+            return False
+        if pid == os.getpid():
+            # only a lock this process has on record is held by it; any other lock file with
+            # our PID was left by a previous incarnation (or leaked by a dead event loop)
+            ours = _held_locks.get(lock_path)
+            return token == PROCESS_TOKEN and ours is not None and ours.fd >= 0
+        # the holder's flock() is gone, yet its very process is alive: flock() is not
+        # enforced on this file system, so honour the lock file
+        return _process_start_ticks(pid) == start_ticks
+
+    # a tusd lock file: tusd takes no flock(), so judge by its PID, as tusd does; a lock
+    # with our own PID cannot be tusd's live lock, since we are not tusd
+    return pid != os.getpid() and _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -532,7 +571,7 @@ class FileLocker(Locker):
         holder_poll_interval: float = 0.5,
         acquirer_poll_interval: float = 0.25,
         heartbeat_interval: float = 5.0,
-        stale_after: float = 60.0,
+        stale_after: float = DEFAULT_STALE_AFTER,
     ) -> None:
         if fcntl is None:  # pragma: no cover
             raise RuntimeError("FileLocker needs fcntl.flock(), which this platform lacks")
@@ -775,7 +814,10 @@ class FileLocker(Locker):
                     if (current.st_dev, current.st_ino) != (ours.st_dev, ours.st_ino):
                         os.close(fd)
                         continue
-                    if self._held_elsewhere(lock_path, os.pread(fd, 4096, 0), ours.st_mtime):
+                    record_bytes = os.pread(fd, 4096, 0)
+                    if _held_elsewhere(
+                        lock_path, record_bytes, ours.st_mtime, self._hostname, self.stale_after
+                    ):
                         self._request_release(stop_path)
                         os.close(fd)
                         return None
@@ -821,52 +863,9 @@ class FileLocker(Locker):
             os.ftruncate(fd, 0)
             logger.debug("no space for the record of %s: holding it by flock() alone", lock_path)
 
-    def _held_elsewhere(self, lock_path: str, record: bytes, mtime: float) -> bool:
-        """Judge the record of a lock file whose flock() we just got."""
-        lines = record.decode(errors="replace").splitlines()
-        try:
-            pid = int(lines[0])
-        except (IndexError, ValueError):
-            return False  # empty or garbage: its writer died before finishing it
-        if pid <= 0:
-            return False
-
-        if len(lines) > 1 and lines[1].startswith("anytus "):
-            host, boot_id, start_ticks, token = ([*lines[1].split()[1:], "", "", "", ""])[:4]
-            if host != self._hostname:
-                # flock() may not reach across hosts on this file system: trust the heartbeat
-                return time.time() - mtime < self.stale_after
-            if boot_id != _read_boot_id() or start_ticks in ("", "-"):
-                return False
-            if pid == os.getpid():
-                # only a lock this process has on record is held by it; any other lock file with
-                # our PID was left by a previous incarnation (or leaked by a dead event loop)
-                ours = _held_locks.get(lock_path)
-                return token == PROCESS_TOKEN and ours is not None and ours.fd >= 0
-            # the holder's flock() is gone, yet its very process is alive: flock() is not
-            # enforced on this file system, so honour the lock file
-            return _process_start_ticks(pid) == start_ticks
-
-        # a tusd lock file: tusd takes no flock(), so judge by its PID, as tusd does; a lock
-        # with our own PID cannot be tusd's live lock, since we are not tusd
-        return pid != os.getpid() and _pid_alive(pid)
-
     def _is_free(self, lock_path: str) -> bool:
         """Whether nobody holds the lock, judged without creating or changing any file."""
-        assert fcntl is not None
-        try:
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return True
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            # a lock file without a holder's flock(): stale, tusd's, or another host's
-            return not self._held_elsewhere(lock_path, os.pread(fd, 4096, 0), os.fstat(fd).st_mtime)
-        finally:
-            os.close(fd)  # drops the shared flock()
+        return _nobody_holds(lock_path, self._hostname, self.stale_after) is not False
 
     @staticmethod
     def _request_release(stop_path: str | None) -> None:
