@@ -103,8 +103,10 @@ async def spawn_holder(child: str, dirs: tuple[Path, Path], backend: str) -> Pro
         ), "child to lock"
         assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
     except BaseException:
+        if process.returncode is None:
+            process.kill()
         with anyio.CancelScope(shield=True):
-            await process.aclose()  # kills it if it still runs
+            await process.aclose()
         raise
     return process
 
