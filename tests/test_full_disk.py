@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from _children import command
+from _helpers import stored_names
 from _mounts import fill, tmpfs
 from _server import (
     CLIENT_TLS,
@@ -94,6 +95,19 @@ class TestLocksAtFullDisk:
         await second.acquire_nowait(UPLOAD_ID)
         await second.release(UPLOAD_ID)
         assert sorted(os.listdir(disk)) == ["filler"]
+
+    async def test_a_record_made_before_keeps_the_pid_line(self, disk: Path) -> None:
+        # a lock is a link to the process's lock record, which needs no data block: only a
+        # process without a record yet is left with the flock() alone
+        locker = FileLocker(disk)
+        async with locker.lock("fedcba9876543210fedcba9876543210", timeout=5):
+            pass
+        await fill_up(disk)
+        lock_path = disk / f"{UPLOAD_ID}.lock"
+        async with locker.lock(UPLOAD_ID, timeout=5):
+            assert lock_path.read_text().splitlines()[0] == str(os.getpid())
+            assert flocked(lock_path)
+        assert stored_names(disk) == ["filler"]
 
     async def test_holder_in_another_process_is_honoured(
         self, disk: Path, tmp_path: Path, anyio_backend_name: str
