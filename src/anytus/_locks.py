@@ -772,7 +772,8 @@ class FileLocker(Locker):
                     now = time.monotonic()
                     if now - record.touched > _RECORD_TOUCH_AFTER:
                         record.touched = now
-                        os.utime(record.fd)
+                        with contextlib.suppress(OSError):  # the heartbeat is best effort
+                            os.utime(record.fd)
                     if clear_stop:
                         _unlink_quietly(lock_path[: -len(".lock")] + ".stop")
                     return record.fd
@@ -825,7 +826,8 @@ class FileLocker(Locker):
                         # stale: removed under its flock(), and taken afresh. A file linked
                         # elsewhere is a dead process's record: writing ours into it would make
                         # that process's other stale locks look held.
-                        os.unlink(lock_path)
+                        with contextlib.suppress(FileNotFoundError):  # tusd took it first
+                            os.unlink(lock_path)
                         os.close(fd)
                         continue
                     if ours.st_size:
