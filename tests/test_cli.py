@@ -182,12 +182,14 @@ def test_a_worker_with_more_connections_than_another_lets_it_accept_first() -> N
     counts = [-1, -1, -1]  # as the supervisor starts: no worker accepts yet
     first, second = WorkerLoads(counts, 0), WorkerLoads(counts, 1)
     first.connections(2)
-    assert not first.busier_than_others()  # nobody else accepts
+    assert first.lead() == 0  # nobody else accepts
     second.connections(1)
-    assert first.busier_than_others()
-    assert not second.busier_than_others()
+    assert first.lead() == 1
+    assert second.lead() == 0
+    second.connections(0)
+    assert first.lead() == 2  # it waits longer, the further ahead it is
     second.connections(2)
-    assert not first.busier_than_others()  # a tie: both accept
+    assert first.lead() == 0  # a tie: both accept
     second.connections(-1)  # shutting down (or dead): no longer counts
-    assert not first.busier_than_others()
+    assert first.lead() == 0
     assert counts == [2, -1, -1]

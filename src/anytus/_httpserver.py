@@ -923,19 +923,24 @@ class AcceptBalance(Protocol):
     the first to call ``accept()`` gets it; on asyncio that was the same process 97 times in 100
     (the one that registered last is woken first), so one worker of several served nearly
     everything. With a balance, a process that holds more connections than another waits
-    :data:`ACCEPT_YIELD_DELAY` before it accepts, and a less busy one takes the connection.
+    :data:`ACCEPT_YIELD_DELAY` for each connection it has more (up to :data:`_MAX_YIELD_STEPS`)
+    before it accepts, and a less busy one takes the connection.
     """
 
     def connections(self, count: int) -> None:
         """This process now has *count* connections open (-1: it no longer accepts)."""
 
-    def busier_than_others(self) -> bool:
-        """Whether another process that accepts has fewer connections open than this one."""
+    def lead(self) -> int:
+        """How many more connections this process has open than the least busy other process
+        that accepts (0 when none has fewer)."""
 
 
-#: how long a process busier than another lets it take a new connection first; if it does not
-#: (it may be stalled), the busier one takes it
+#: how long a process busier than another by one connection lets it take a new connection first;
+#: if it does not (it may be stalled), the busier one takes it. The wait grows with the lead, so
+#: that a process stalled for a moment (a busy machine) does not leave another with every
+#: connection of a burst.
 ACCEPT_YIELD_DELAY = 0.005
+_MAX_YIELD_STEPS = 8
 
 
 async def _accept(listener: socket.socket, server: _Server, tg: anyio.abc.TaskGroup) -> None:
@@ -943,10 +948,11 @@ async def _accept(listener: socket.socket, server: _Server, tg: anyio.abc.TaskGr
     listener.setblocking(False)
     while True:
         await anyio.lowlevel.checkpoint()
-        if server.balance is not None and server.balance.busier_than_others():
+        lead = server.balance.lead() if server.balance is not None else 0
+        if lead > 0:
             # a less busy process may take what comes (or what waits) first
             await anyio.wait_readable(listener)
-            await anyio.sleep(ACCEPT_YIELD_DELAY)
+            await anyio.sleep(ACCEPT_YIELD_DELAY * min(lead, _MAX_YIELD_STEPS))
         try:
             sock, _ = listener.accept()
         except (BlockingIOError, InterruptedError):

@@ -268,9 +268,12 @@ class WorkerLoads:
     def connections(self, count: int) -> None:
         self.counts[self.slot] = count
 
-    def busier_than_others(self) -> bool:
+    def lead(self) -> int:
         mine = self.counts[self.slot]
-        return any(0 <= count < mine for slot, count in enumerate(self.counts) if slot != self.slot)
+        others = [
+            count for slot, count in enumerate(self.counts) if slot != self.slot and count >= 0
+        ]
+        return max(0, mine - min(others)) if others else 0
 
 
 class WorkerFailedError(Exception):
