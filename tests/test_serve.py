@@ -372,6 +372,25 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path, backend: str
         )
 
 
+def test_lock_records_of_a_killed_service_are_removed_at_start(tmp_path: Path) -> None:
+    """A service killed whole (an OOM kill of its container) leaves its workers' lock records;
+    the next start removes them, and not another host's that is still fresh."""
+    directory = tmp_path / "uploads"
+    directory.mkdir()
+    dead_pid = subprocess.Popen([sys.executable, "-c", ""])
+    dead_pid.wait()
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    dead = directory / f"{RECORD_PREFIX}{dead_pid.pid}-0123456789abcdef"
+    dead.write_text(f"{dead_pid.pid}\nanytus {socket.gethostname()} {boot_id} 12345 0123\n")
+    os.link(dead, directory / "0123456789abcdef0123456789abcdef.lock")  # a lock it held
+    foreign = directory / f"{RECORD_PREFIX}1-fedcba9876543210"
+    foreign.write_text("1\nanytus some-other-host.example - 1 fedc\n")
+    with run_server_process(directory) as server:
+        assert not dead.exists()
+        assert foreign.exists()
+        assert server.stop(signal.SIGTERM, timeout=30) == 0
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_port_in_use_is_refused(tmp_path: Path, backend: str) -> None:
     """A second server on the same port is refused with a clear message; the first goes on."""

@@ -421,6 +421,11 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequ
             return 1
         if warning is not None:
             logger.warning("%s", warning)
+        from ._locks import remove_dead_records
+
+        # the lock records of processes killed before (a crash of the whole service): their
+        # locks are stale anyway, and nothing else would remove them without --expire-after
+        remove_dead_records(options.directory)
     # the same for the bucket and Redis: reached once here, with a clear message if they aren't
     if (problem := probe_store(options)) is not None:
         print(f"anytus: {problem}", file=sys.stderr)
@@ -630,10 +635,10 @@ class _Supervisor:
                 receiver.close()
         logger.error("worker %s exited with status %s", process.pid, process.exitcode)
         if process.pid is not None and self.options.s3_bucket is None:
-            from ._locks import remove_records_of
+            from ._locks import remove_dead_records
 
             # its lock record: a worker that exits normally removes its own
-            remove_records_of(self.options.directory, process.pid)
+            remove_dead_records(self.options.directory, process.pid)
         if not self.ever_ready:
             # it never served: a configuration or resource problem that every worker would hit
             logger.error("a worker failed at startup: stopping")

@@ -54,7 +54,13 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ("RECORD_PREFIX", "FileLocker", "MemoryLocker", "remove_dead_record", "remove_records_of")
+__all__ = (
+    "RECORD_PREFIX",
+    "FileLocker",
+    "MemoryLocker",
+    "remove_dead_record",
+    "remove_dead_records",
+)
 
 logger = logging.getLogger("anytus.locks")
 
@@ -460,10 +466,10 @@ def _unlink_quietly_any(path: str) -> None:
         os.unlink(path)
 
 
-def remove_records_of(directory: str | os.PathLike[str], pid: int) -> None:
-    """Remove the lock records that process *pid*, which has exited, left in *directory* (what a
-    supervisor does for a worker it reaped)."""
-    prefix = f"{RECORD_PREFIX}{pid}-"
+def remove_dead_records(directory: str | os.PathLike[str], pid: int | None = None) -> None:
+    """Remove the lock records in *directory* (of process *pid* only, if given) whose processes
+    are gone: what ``anytus serve`` does as it starts, and for each worker it reaps."""
+    prefix = RECORD_PREFIX if pid is None else f"{RECORD_PREFIX}{pid}-"
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
             if entry.name.startswith(prefix):
