@@ -97,10 +97,16 @@ async def test_the_lease_is_renewed_while_the_holder_lives(
     hosts: tuple[RedisLocker, RedisLocker],
 ) -> None:
     one, two = hosts
+    key = one._lock_key(UPLOAD_ID)
     async with one.lock(UPLOAD_ID):
-        # three leases long, without asking: still held
-        for _ in range(6):
-            await anyio.sleep(0.5)
+        for _ in range(3):
+            # the lease all but run out (0.6 s of its 1 s left): only a renewal keeps the lock
+            assert await anyio.to_thread.run_sync(one.client.pexpire, key, 600)
+            done = one._held[UPLOAD_ID].renewals
+            # the second renewal from now surely started after the shortening
+            assert await anyio.to_thread.run_sync(one._wait_for_renewals, UPLOAD_ID, done + 2, 10)
+            remaining = await anyio.to_thread.run_sync(one.client.pttl, key)
+            assert remaining > 600, remaining  # a whole lease again
             with pytest.raises(anyio.WouldBlock):
                 await two.acquire_nowait(UPLOAD_ID)
         assert one.locked(UPLOAD_ID)

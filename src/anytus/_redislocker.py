@@ -111,6 +111,8 @@ class _Holder:
     #: monotonic time until which the lease is known to run (renewals push it)
     valid_until: float
     lost: bool = False
+    #: the watcher's renewals of its lease so far (see :meth:`RedisLocker._wait_for_renewals`)
+    renewals: int = 0
     released: anyio.Event = field(default_factory=anyio.Event)
     _asks: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -176,6 +178,8 @@ class RedisLocker(Locker):
         self._held: dict[str, _Holder] = {}
         self._watcher: threading.Thread | None = None
         self._watcher_lock = threading.Lock()
+        #: notified after each renewal (see :meth:`_wait_for_renewals`)
+        self._renewed = threading.Condition()
         self._random = secrets.token_hex(8)
         self._limiter = anyio.CapacityLimiter(16)
 
@@ -416,9 +420,23 @@ class RedisLocker(Locker):
                         self._lose(holder)
                 else:
                     holder.valid_until = max(holder.valid_until, now + self.lease)
+                    with self._renewed:
+                        holder.renewals += 1
+                        self._renewed.notify_all()
                     if result == 2:
                         self._deliver_release(holder)
             time.sleep(max(0.0, self.poll_interval - (time.monotonic() - now)))
+
+    def _wait_for_renewals(self, upload_id: str, count: int, timeout: float) -> bool:
+        """Block until the watcher has renewed the lease of the lock held on *upload_id* *count*
+        times (a test's way to know a renewal happened, without sleeping); False on timeout."""
+
+        def renewed() -> bool:
+            holder = self._held.get(upload_id)
+            return holder is not None and holder.renewals >= count
+
+        with self._renewed:
+            return self._renewed.wait_for(renewed, timeout)
 
     def close(self) -> None:
         """Close the client's connections (locks still held are left to their leases)."""
