@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 from anytus import FileLocker, FileStore
 
@@ -51,23 +52,31 @@ def append_line(path: str, line: str) -> None:
         os.close(fd)
 
 
+#: lines a competitor appends to the shared ``work`` file per hold, a worker-thread hop each
+WORK_LINES = 8
+
+
 def competitor(lock_dir: str, work_dir: str, name: str, rounds: str, backend: str) -> None:
     """Take the lock ``shared`` *rounds* times, once the parent says go on stdin; log each hold's
-    start and end."""
+    start and end, and in between do the work the lock protects: append :data:`WORK_LINES` lines
+    to a shared file, one worker-thread hop each, so that the others run meanwhile."""
 
     async def main() -> None:
-        locker = FileLocker(lock_dir)
+        # a waiter asks again soon: the competitors contend for the lock all along
+        locker = FileLocker(lock_dir, acquirer_poll_interval=0.01)
         # ready: say so on stdout; go: the parent writes a line to our stdin
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         await anyio.wait_readable(sys.stdin.fileno())
         log = os.path.join(work_dir, "log")
+        work = os.path.join(work_dir, "work")
         for i in range(int(rounds)):
             async with locker.lock("shared", timeout=60):
                 append_line(log, f"start {name} {i} {time.monotonic()}")
-                await anyio.sleep(0.03)
+                for line in range(WORK_LINES):
+                    await anyio.to_thread.run_sync(append_line, work, f"{name} {i} {line}")
                 append_line(log, f"end {name} {i} {time.monotonic()}")
-            await anyio.sleep(0.01)
+            await anyio.lowlevel.checkpoint()
 
     anyio.run(main, backend=backend)
 

@@ -24,7 +24,7 @@ import anyio
 import pytest
 
 import anytus
-from _children import BLOCK, block, command
+from _children import BLOCK, WORK_LINES, block, command
 from _helpers import Chunks, file_sha256, stored_names
 from _server import wait_for
 from anytus import FileLocker, FileStore, UploadInfo
@@ -178,6 +178,13 @@ def test_competing_processes_exclude_each_other(dirs: tuple[Path, Path]) -> None
     for name in backends:
         done = sorted(int(b[2]) for b in lines[::2] if b[1] == name)
         assert done == list(range(rounds))
+    # the work each hold did is whole, in order, and not mixed with another's
+    work = (work_dir / "work").read_text().splitlines()
+    holds = [work[at : at + WORK_LINES] for at in range(0, len(work), WORK_LINES)]
+    assert len(holds) == rounds * len(backends)
+    for hold in holds:
+        owner, round_ = hold[0].split()[:2]
+        assert hold == [f"{owner} {round_} {line}" for line in range(WORK_LINES)], work
     assert names(lock_dir) == []
 
 
