@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -32,7 +35,15 @@ import sniffio
 from hypercorn.config import Config
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Iterable,
+        Iterator,
+        Mapping,
+        Sequence,
+    )
 
 __all__ = (
     "ConnectionClosedError",
@@ -51,6 +62,9 @@ __all__ = (
     "subprocess_env",
     "upload_id_of",
     "wait_for",
+    "wait_for_exit",
+    "wait_for_files",
+    "wait_for_files_sync",
 )
 
 #: the header every tus request but OPTIONS and GET must carry
@@ -566,9 +580,92 @@ def connection_spread(server: ServerProcess, count: int = 8) -> list[int]:
             connection.close()
 
 
+# inotify(7): a directory's changes, as events
+_IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+_IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
+_IN_CHANGES = (
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_CLOSE_WRITE
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+)
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+
+def wait_for_files_sync(
+    directory: Path, predicate: Callable[[], bool], *, timeout: float = 20.0
+) -> bool:
+    """Wait until *predicate* (of the files in *directory*) holds, woken by each change another
+    process makes there: a file created, written, renamed or removed (inotify). Return its last
+    value (False after *timeout*)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    watch = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+    if watch < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+
+    def add_watch(path: Path) -> bool:
+        if libc.inotify_add_watch(watch, os.fsencode(path), _IN_CHANGES) >= 0:
+            return True
+        if ctypes.get_errno() != errno.ENOENT:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
+        return False
+
+    try:
+        # watching first, then looking: no change falls between the two. A store makes its
+        # directory on first use: until then, its parent is watched for it.
+        watching = add_watch(directory)
+        if not watching and not add_watch(directory.parent):
+            raise FileNotFoundError(errno.ENOENT, "no such directory", str(directory.parent))
+        deadline = time.monotonic() + timeout
+        while not (result := predicate()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([watch], [], [], remaining)[0]:
+                return predicate()
+            with contextlib.suppress(BlockingIOError):
+                while os.read(watch, 65536):  # drain: the predicate looks at the files anyway
+                    pass
+            watching = watching or add_watch(directory)
+        return result
+    finally:
+        os.close(watch)
+
+
+async def wait_for_files(
+    directory: Path, predicate: Callable[[], bool], *, timeout: float = 5.0
+) -> bool:
+    """:func:`wait_for_files_sync` for async tests: the wait (and *predicate*) runs in a worker
+    thread."""
+    return await anyio.to_thread.run_sync(
+        partial(wait_for_files_sync, directory, predicate, timeout=timeout),
+        abandon_on_cancel=True,
+    )
+
+
+def wait_for_exit(pids: Iterable[int], *, timeout: float = 20.0) -> bool:
+    """Wait until every one of *pids* has exited (children or not), woken by each exit (a pidfd
+    becomes readable); False after *timeout*."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # gone already
+        try:
+            if not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return False
+        finally:
+            os.close(pidfd)
+    return True
+
+
 def wait_for_sync(predicate: Callable[[], bool], *, timeout: float = 20.0) -> bool:
-    """Poll another process's state until *predicate* holds or *timeout* passes (there is
-    nothing to wait on across processes); return its last value."""
+    """Poll *predicate* until it holds or *timeout* passes; return its last value. Only for a
+    server in another process to start listening: that gives no event to wait on (a refused
+    connection says nothing of when it will listen). Files and exits have theirs:
+    :func:`wait_for_files_sync`, :func:`wait_for_exit`."""
     deadline = time.monotonic() + timeout
     while not (result := predicate()) and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -22,7 +22,14 @@ import httpx
 import pytest
 
 from _draft_helpers import RawReader, head_bytes
-from _server import CLIENT_TLS, TUS, ServerProcess, run_server_process, serve_app, wait_for
+from _server import (
+    CLIENT_TLS,
+    TUS,
+    ServerProcess,
+    run_server_process,
+    serve_app,
+    wait_for_files,
+)
 from anytus import FileStore, UploadInfo
 from anytus._draft import VERSIONS
 from anytus.asgi import HookRequest, TusApp
@@ -359,10 +366,10 @@ async def test_cut_creation_keeps_every_byte(srv: Served) -> None:
     h = {**interop(NEWEST), **done(NEWEST, True), "Content-Length": "100"}
     async with await anyio.connect_tcp(host, port) as stream:
         await stream.send(head_bytes("POST", "/files/", f"{host}:{port}", h) + b"x" * 40)
-        assert await wait_for(lambda: any(srv.directory.glob("*.bin")))
+        assert await wait_for_files(srv.directory, lambda: any(srv.directory.glob("*.bin")))
     # the connection is cut 40 bytes into the content
     (bin_file,) = srv.directory.glob("*.bin")
-    assert await wait_for(lambda: bin_file.stat().st_size == 40)
+    assert await wait_for_files(srv.directory, lambda: bin_file.stat().st_size == 40)
     upload_id = bin_file.stem
     head = await srv.http.head(f"{srv.url}{upload_id}", headers=interop(NEWEST))
     assert head.headers["upload-offset"] == "40"
@@ -394,7 +401,9 @@ async def _stop_a_running_append(srv: Served) -> None:
         await stream.send(head_bytes("PATCH", f"/files/{upload_id}", f"{host}:{port}", h))
         await stream.send(b"z" * 100_000)
         # the append holds the upload's lock (tusd's lock file) while it streams
-        assert await wait_for(lambda: (srv.directory / f"{upload_id}.lock").exists())
+        assert await wait_for_files(
+            srv.directory, lambda: (srv.directory / f"{upload_id}.lock").exists()
+        )
         head = await srv.http.head(location, headers=interop(NEWEST))
         status, _, body = await reader.response()
         assert status == 400

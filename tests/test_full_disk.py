@@ -29,7 +29,7 @@ from _server import (
     run_server_process,
     serve_app,
     subprocess_env,
-    wait_for,
+    wait_for_files,
 )
 from anytus import FileLocker, FileStore, StorageFull, SyncUpload, UploadInfo
 from anytus.asgi import TusApp
@@ -123,7 +123,7 @@ class TestLocksAtFullDisk:
             env=subprocess_env(),
         )
         try:
-            assert await wait_for((work / "locked").exists, timeout=20)
+            assert await wait_for_files(work, (work / "locked").exists, timeout=20)
             assert (disk / f"{UPLOAD_ID}.lock").read_bytes() == b""
             locker = FileLocker(disk, acquirer_poll_interval=0.05)
             with pytest.raises(anyio.WouldBlock):

@@ -46,6 +46,7 @@ from _server import (
     subprocess_env,
     upload_id_of,
     wait_for,
+    wait_for_files,
 )
 from anytus import FileStore, HookRejected, UploadInfo
 from anytus.asgi import TusApp
@@ -771,7 +772,9 @@ class TestExpiration:
             clock.advance(61)
             # no request touches the upload: the server's own cleanup must remove it (the
             # directory has no event to wait on)
-            assert await wait_for(lambda: unfinished not in srv.uploads(), timeout=5)
+            assert await wait_for_files(
+                srv.directory, lambda: unfinished not in srv.uploads(), timeout=5
+            )
             assert srv.files() == {f"{finished}.bin", f"{finished}.info"}
 
     async def test_app_cleanup(self, tmp_path: Path) -> None:
@@ -1092,9 +1095,9 @@ class TestBrokenConnections:
             set_linger_zero(stream)
         await stream.aclose()
 
-        assert await wait_for(lambda: srv.data(upload_id) == data[:30_000], timeout=5), len(
-            srv.data(upload_id)
-        )
+        assert await wait_for_files(
+            srv.directory, lambda: srv.data(upload_id) == data[:30_000], timeout=5
+        ), len(srv.data(upload_id))
         assert await srv.tus.offset(upload_id) == 30_000
         resumed = await srv.tus.patch(upload_id, 30_000, data[30_000:])
         assert resumed.status_code == 204
@@ -1191,7 +1194,7 @@ class TestBrokenConnections:
         await wait_locked(srv, upload_id)
         await stream.aclose()
         # the bytes that arrived cannot be checked against the checksum: they must not count
-        assert await wait_for(lambda: srv.data(upload_id) == b"", timeout=5)
+        assert await wait_for_files(srv.directory, lambda: srv.data(upload_id) == b"", timeout=5)
         assert await srv.tus.offset(upload_id) == 0
 
     async def test_lock_timeout_is_423(self, tmp_path: Path) -> None:

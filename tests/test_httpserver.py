@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from _helpers import make_store
-from _server import CLIENT_TLS, TusClient, read_raw_response, wait_for
+from _server import CLIENT_TLS, TusClient, read_raw_response, wait_for, wait_for_files
 from anytus._httpserver import (
     HEAD_TIMEOUT,
     KEEP_ALIVE_TIMEOUT,
@@ -498,7 +498,7 @@ async def test_tus_upload_and_a_disconnect_keeps_the_bytes(tmp_path: Path) -> No
             "Content-Length: 10000\r\n\r\n".encode()
             + b"c" * 3000
         )
-        assert await wait_for(lambda: (tmp_path / f"{second}.bin").exists())
+        assert await wait_for_files(tmp_path, lambda: (tmp_path / f"{second}.bin").exists())
         # the 3000 bytes reach the server before the end of the connection (TCP keeps order)
         await stream.aclose()
 
@@ -724,7 +724,7 @@ async def test_a_release_request_stops_a_raw_body(tmp_path: Path, anyio_backend_
         stream = await connect(address)
         await stream.send(patch_head(upload_id, 0, 4 << 20) + b"s" * sent)
         data_file = tmp_path / f"{upload_id}.bin"
-        assert await wait_for(lambda: data_file.stat().st_size > 0)
+        assert await wait_for_files(data_file.parent, lambda: data_file.stat().st_size > 0)
         offset = await tus.offset(upload_id)
         interrupted = await read_raw_response(stream)
         await stream.aclose()

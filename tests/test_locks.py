@@ -21,7 +21,7 @@ import pytest
 
 from _children import command
 from _helpers import stored_names
-from _server import wait_for
+from _server import wait_for_files
 from anytus import (
     FileLocker,
     FileStore,
@@ -475,7 +475,9 @@ class TestFileLockerFile:
             old = time.time() - 3600
             await anyio.to_thread.run_sync(os.utime, path, (old, old))
             # the next heartbeat (0.2 s) makes it fresh; the file has no event to wait on
-            assert await wait_for(lambda: time.time() - path.stat().st_mtime < 5, timeout=5)
+            assert await wait_for_files(
+                path.parent, lambda: time.time() - path.stat().st_mtime < 5, timeout=5
+            )
 
     async def test_stale_stop_file_does_not_interrupt_new_holder(
         self, file_locker: FileLocker, lock_dir: Path
@@ -661,7 +663,9 @@ class TestFileLockerStale:
         if fmt == "anytus":
             argv = command("holder", lock_dir, work, UPLOAD_ID, "asyncio")
             child = await anyio.to_thread.run_sync(subprocess.Popen, argv)
-            assert await wait_for((work / "locked").exists, timeout=20)  # another process
+            assert await wait_for_files(
+                work, (work / "locked").exists, timeout=20
+            )  # another process
         else:
             child = await anyio.to_thread.run_sync(subprocess.Popen, ["sleep", "30"])
             path.write_bytes(f"{child.pid}\n".encode())

@@ -26,7 +26,7 @@ import pytest
 import anytus
 from _children import BLOCK, WORK_LINES, block, command
 from _helpers import Chunks, file_sha256, stored_names
-from _server import wait_for
+from _server import wait_for_files
 from anytus import FileLocker, FileStore, UploadInfo
 from anytus._locks import RECORD_PREFIX
 
@@ -98,8 +98,10 @@ async def spawn_holder(child: str, dirs: tuple[Path, Path], backend: str) -> Pro
         child, lock_dir, work_dir, UPLOAD_ID, backend, stderr_path=work_dir / "stderr"
     )
     try:
-        assert await wait_for(
-            lambda: (work_dir / "locked").exists() or process.returncode is not None, timeout=20
+        assert await wait_for_files(
+            work_dir,
+            lambda: (work_dir / "locked").exists() or process.returncode is not None,
+            timeout=20,
         ), "child to lock"
         assert (work_dir / "locked").exists(), (work_dir / "stderr").read_text()
     except BaseException:
@@ -303,7 +305,8 @@ async def test_writer_killed_mid_upload(tmp_path: Path, anyio_backend_name: str)
         stderr_path=work_dir / "stderr",
     )
     async with process:
-        assert await wait_for(
+        assert await wait_for_files(
+            store_dir,
             lambda: data_file.stat().st_size >= 2 * 1024 * 1024 or process.returncode is not None,
             timeout=30,
         ), "the child to write 2 MiB"

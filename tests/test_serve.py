@@ -29,7 +29,8 @@ from _server import (
     raw_request,
     run_server_process,
     subprocess_env,
-    wait_for_sync,
+    wait_for_exit,
+    wait_for_files_sync,
 )
 from anytus._locks import RECORD_PREFIX
 from anytus._serve import BACKLOG
@@ -224,9 +225,9 @@ def test_sigterm_during_an_upload_keeps_its_bytes(tmp_path: Path, backend: str) 
         client.start()
         try:
             # mid-upload: some bytes stored, far from all
-            assert wait_for_sync(lambda: stored.exists() and stored.stat().st_size > 0), (
-                server.stderr_lines
-            )
+            assert wait_for_files_sync(
+                server.directory, lambda: stored.exists() and stored.stat().st_size > 0
+            ), server.stderr_lines
             exit_code = server.stop(signal.SIGTERM, timeout=20)
         finally:
             server_gone.set()
@@ -277,7 +278,9 @@ def test_shutdown_waits_for_a_running_upload_and_a_second_signal_does_not(
                 request = raw_request("PATCH", path, host, headers, content_length=len(data))
                 client.sendall(request + data[:100_000])
             locks = [directory / f"{path.rsplit('/', 1)[1]}.lock" for path in target]
-            assert wait_for_sync(lambda: all(lock.exists() for lock in locks)), server.stderr_lines
+            assert wait_for_files_sync(directory, lambda: all(lock.exists() for lock in locks)), (
+                server.stderr_lines
+            )
 
             server.process.send_signal(signal.SIGINT)
             assert server.wait_for_log(
@@ -324,14 +327,20 @@ def test_a_killed_worker_is_replaced_and_its_lock_is_free(tmp_path: Path, backen
                 + data[:100_000]
             )
             # the worker streaming the body holds the lock: its PID is the record's first line
-            assert wait_for_sync(lambda: lock.exists() and lock.read_bytes().count(b"\n") >= 1)
+            assert wait_for_files_sync(
+                server.directory, lambda: lock.exists() and lock.read_bytes().count(b"\n") >= 1
+            )
             holder = int(lock.read_text().split()[0])
             stored = server.directory / f"{upload_id}.bin"
             assert holder in first_workers
             os.kill(holder, signal.SIGKILL)
 
-            # reaped at once: no zombie left for lock judgements to trip on
-            assert wait_for_sync(lambda: not os.path.exists(f"/proc/{holder}")), server.stderr_lines
+            # reaped at once: no zombie left for lock judgements to trip on (the supervisor
+            # logs the exit once it has reaped it)
+            assert server.wait_for_log(
+                lambda: any(f"worker {holder} exited" in line for line in server.stderr_lines)
+            ), server.stderr_lines
+            assert not os.path.exists(f"/proc/{holder}")
             assert server.wait_for_log(
                 lambda: any("is ready" in line for line in server.stderr_lines)
             )
@@ -367,9 +376,8 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path, backend: str
         workers = worker_pids(server)
         server.process.kill()
         server.process.wait()
-        assert wait_for_sync(lambda: not any(running(pid) for pid in workers), timeout=15), (
-            "workers kept running without their supervisor"
-        )
+        assert wait_for_exit(workers, timeout=15), "workers kept running without their supervisor"
+        assert not any(running(pid) for pid in workers)
 
 
 def test_lock_records_of_a_killed_service_are_removed_at_start(tmp_path: Path) -> None:
@@ -547,9 +555,8 @@ def test_out_of_file_descriptors_answers_503(tmp_path: Path) -> None:
             assert b"ERR_TOO_MANY_OPEN_FILES" in head
             assert b"\r\nretry-after: " in head.lower()
         # the peak has passed: it serves again
-        assert wait_for_sync(
-            lambda: httpx.options(server.url, verify=CLIENT_TLS).status_code == 200
-        )
+        # a connection waits in the listen queue until the server has a descriptor again
+        assert httpx.options(server.url, verify=CLIENT_TLS, timeout=20).status_code == 200
         created = httpx.post(server.url, headers={**TUS, "Upload-Length": "3"}, verify=CLIENT_TLS)
         assert created.status_code == 201
         assert server.process.poll() is None
@@ -634,7 +641,7 @@ def test_sigterm_to_every_process_still_waits_for_a_running_upload(
                 raw_request("PATCH", path, host, headers, content_length=len(data)) + data[:100_000]
             )
             lock = directory / f"{path.rsplit('/', 1)[1]}.lock"
-            assert wait_for_sync(lock.exists), server.stderr_lines
+            assert wait_for_files_sync(directory, lock.exists), server.stderr_lines
             for pid in [server.process.pid, *worker_pids(server)]:
                 os.kill(pid, signal.SIGTERM)
             assert server.wait_for_log(

@@ -29,8 +29,8 @@ from _server import (
     raw_request,
     read_raw_response,
     run_server_process,
-    wait_for,
-    wait_for_sync,
+    wait_for_files,
+    wait_for_files_sync,
 )
 
 if TYPE_CHECKING:
@@ -151,7 +151,9 @@ async def test_release_request_across_workers(workers: ServerProcess) -> None:
                 )
                 # the PATCH now holds the lock (its file is there) and waits for more
                 lock_file = workers.directory / f"{upload_id}.lock"
-                assert await wait_for(lock_file.exists), "the PATCH never took the lock"
+                assert await wait_for_files(lock_file.parent, lock_file.exists), (
+                    "the PATCH never took the lock"
+                )
 
                 started = time.monotonic()
                 head = await tus.head(upload_id)
@@ -215,7 +217,9 @@ def test_signal_shuts_down_cleanly(tmp_path: Path, sig: int, worker_count: int) 
             )
             # the PATCH holds the lock (its file is there): the server is reading the body
             lock = directory / f"{upload_id}.lock"
-            assert wait_for_sync(lock.exists, timeout=10), server.stderr_lines[-20:]
+            assert wait_for_files_sync(directory, lock.exists, timeout=10), server.stderr_lines[
+                -20:
+            ]
 
             started = time.monotonic()
             exit_code = server.stop(sig, timeout=20)
