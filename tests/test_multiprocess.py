@@ -122,6 +122,12 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     return locks, work
 
 
+@pytest.fixture
+def locker(dirs: tuple[Path, Path]) -> FileLocker:
+    """This process's locker on the lock directory of :func:`dirs`."""
+    return FileLocker(dirs[0])
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -191,10 +197,9 @@ def test_competing_processes_exclude_each_other(dirs: tuple[Path, Path]) -> None
 
 
 async def test_release_request_reaches_another_process(
-    dirs: tuple[Path, Path], anyio_backend_name: str
+    dirs: tuple[Path, Path], locker: FileLocker, anyio_backend_name: str
 ) -> None:
     lock_dir, work_dir = dirs
-    locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
     process = await spawn_holder("holder", dirs, other_backend(anyio_backend_name))
     async with process:
         # the child's lock file is a link to the child's lock record
@@ -218,12 +223,11 @@ async def test_release_request_reaches_another_process(
 
 
 async def test_a_forked_child_does_not_keep_its_parents_locks(
-    dirs: tuple[Path, Path], anyio_backend_name: str
+    dirs: tuple[Path, Path], locker: FileLocker, anyio_backend_name: str
 ) -> None:
     # the child of a fork inherits the lock record's open file, and with it the flock() that says
     # the parent's locks are held; it closes it, so the locks are free once the parent dies
     lock_dir, work_dir = dirs
-    locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
     process = await spawn_holder("forking_holder", dirs, other_backend(anyio_backend_name))
     forked: int | None = None
     try:
@@ -254,10 +258,9 @@ def _alive(pid: int) -> bool:
 
 
 async def test_release_request_from_another_process(
-    dirs: tuple[Path, Path], anyio_backend_name: str
+    dirs: tuple[Path, Path], locker: FileLocker, anyio_backend_name: str
 ) -> None:
     lock_dir, work_dir = dirs
-    locker = await anyio.to_thread.run_sync(FileLocker, lock_dir)
     loop_thread = threading.get_ident()
     calls: list[int] = []
     with anyio.CancelScope() as scope:
