@@ -340,12 +340,18 @@ class _LockRecord:
     fd: int
     #: time.monotonic() of the last touch
     touched: float
+    #: the record file's device and inode, which every lock file linked to it has
+    identity: tuple[int, int]
     #: links being made or held by this process: the record is closed only when there are none
     holds: int = 0
     #: time.monotonic() of the last lock taken through it
     used: float = 0.0
     #: in :data:`_records`, so that new locks link to it
     current: bool = True
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
 
 
 #: this process's lock records, by directory
@@ -401,10 +407,11 @@ def _make_record(directory: str, hostname: str) -> _LockRecord | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        identity = _identity(os.fstat(fd))
     except OSError:
         os.close(fd)
         return None
-    return _LockRecord(directory, path, fd, time.monotonic())
+    return _LockRecord(directory, path, fd, time.monotonic(), identity)
 
 
 def _give_back_record(record: _LockRecord, *, gone: bool = False) -> None:
@@ -818,7 +825,7 @@ class FileLocker(Locker):
                     except FileNotFoundError:
                         os.close(fd)
                         continue
-                    if (current.st_dev, current.st_ino) != (ours.st_dev, ours.st_ino):
+                    if _identity(current) != _identity(ours):
                         os.close(fd)
                         continue
                     record_bytes = os.pread(fd, 4096, 0)
@@ -891,16 +898,16 @@ class FileLocker(Locker):
 
     @staticmethod
     def _unlock(holder: _FileHolder) -> None:
+        record = _records_by_fd.get(holder.fd)
         try:
             # remove the file only while it is still ours: never a lock someone else took over
             with contextlib.suppress(FileNotFoundError):
                 current = os.stat(holder.lock_path)
-                ours = os.fstat(holder.fd)
-                if (current.st_dev, current.st_ino) == (ours.st_dev, ours.st_ino):
+                ours = record.identity if record is not None else _identity(os.fstat(holder.fd))
+                if _identity(current) == ours:
                     os.unlink(holder.lock_path)
             _unlink_quietly(holder.stop_path)
         finally:
-            record = _records_by_fd.get(holder.fd)
             if record is None:
                 os.close(holder.fd)  # drops the flock()
             else:
