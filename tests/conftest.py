@@ -38,19 +38,31 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 @pytest.fixture(
     params=[
-        pytest.param(("asyncio", {"debug": True}), id="asyncio"),
+        pytest.param(("asyncio", {}), id="asyncio"),
         pytest.param(("trio", {}), id="trio"),
     ]
 )
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
-    """Every async test runs on asyncio (in debug mode) and on trio."""
+    """Every async test runs on asyncio and on trio.
+
+    asyncio runs as applications run it, not in debug mode: debug mode records a stack summary
+    for every callback, future and task, which doubled the time of the asyncio half of the
+    suite, and its checks (loop calls from another thread, slow callbacks) concern code that
+    calls asyncio directly, which anytus does not: it goes through anyio. The in-process ASGI
+    tests (``test_asgi_inprocess.py``) still run asyncio in debug mode.
+    """
     backend: tuple[str, dict[str, object]] = request.param
     return backend
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def blockbuster() -> Iterator[BlockBuster]:
-    """Fail any test in which anytus makes a blocking call on an event loop thread."""
+    """Fail any test in which anytus makes a blocking call on an event loop thread.
+
+    Active for the whole session of a test process, not set up per test: wrapping the ~170
+    functions of the catalogue took a few milliseconds per test. Tests that monkeypatch one of
+    them (a failing ``os.fsync``, say) replace the guard's wrapper for that test only.
+    """
     catalogue = blocking_catalogue()
     catalogue.activate()  # asyncio loops
     try:
