@@ -65,6 +65,7 @@ __all__ = (
     "wait_for_exit",
     "wait_for_files",
     "wait_for_files_sync",
+    "wait_for_log_line",
 )
 
 #: the header every tus request but OPTIONS and GET must carry
@@ -538,19 +539,18 @@ async def read_raw_response(
 
 
 def wait_until_answering(
-    origin: str, process: subprocess.Popen[bytes], *, timeout: float = 30.0, log: Path | None = None
+    origin: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    marker: bytes = b"Uvicorn running on",
+    timeout: float = 30.0,
 ) -> None:
-    """Return once ``GET ORIGIN/`` answers 200 (a server in another process started); fail if
-    *process* exits first or *timeout* passes (with *log*'s text, if given)."""
-
-    def answering() -> bool:
-        assert process.poll() is None, log.read_text() if log else "the server exited"
-        try:
-            return httpx.get(f"{origin}/", timeout=5, verify=CLIENT_TLS).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    assert wait_for_sync(answering, timeout=timeout), log.read_text() if log else origin
+    """Return once a server in another process says in *log* that it listens, and ``GET
+    ORIGIN/`` answers 200; fail if *process* exits first or *timeout* passes."""
+    wait_for_log_line(log, marker, process, timeout=timeout)
+    response = httpx.get(f"{origin}/", timeout=5, verify=CLIENT_TLS)
+    assert response.status_code == 200, (response, log.read_text())
 
 
 def connection_spread(server: ServerProcess, count: int = 8) -> list[int]:
@@ -661,15 +661,28 @@ def wait_for_exit(pids: Iterable[int], *, timeout: float = 20.0) -> bool:
     return True
 
 
-def wait_for_sync(predicate: Callable[[], bool], *, timeout: float = 20.0) -> bool:
-    """Poll *predicate* until it holds or *timeout* passes; return its last value. Only for a
-    server in another process to start listening: that gives no event to wait on (a refused
-    connection says nothing of when it will listen). Files and exits have theirs:
-    :func:`wait_for_files_sync`, :func:`wait_for_exit`."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return result
+def wait_for_log_line(
+    log: Path,
+    marker: bytes,
+    process: subprocess.Popen[bytes],
+    *,
+    after: int = 0,
+    timeout: float = 30.0,
+) -> None:
+    """Return once *marker* shows in *log* past byte *after*: the line a server in another
+    process writes once it listens ("Ready to accept connections", "Running on ..."). Woken by
+    each write to the log (:func:`wait_for_files_sync`); fail, with the log's text, if *process*
+    exits first or *timeout* passes."""
+
+    def written() -> bool:
+        text = log.read_bytes()[after:] if log.exists() else b""
+        if marker in text:
+            return True
+        assert process.poll() is None, f"exited with {process.returncode}: {text!r}"
+        return False
+
+    if not wait_for_files_sync(log.parent, written, timeout=timeout):
+        raise AssertionError(f"no {marker!r} in {log} after {timeout:g} s: {log.read_bytes()!r}")
 
 
 async def wait_for(

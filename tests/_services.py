@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from _server import wait_for_sync
+from _server import wait_for_log_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -57,18 +57,6 @@ def free_port() -> int:
         return port
 
 
-def _wait_connectable(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    def listening() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-        return False
-
-    if not wait_for_sync(listening, timeout=30):
-        raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Redis
 
@@ -90,6 +78,9 @@ class RedisServer:
         executable = shutil.which("redis-server")
         if executable is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        # a restart appends to the same log: only what it writes counts
+        log = self.directory / "redis.log"
+        written = log.stat().st_size if log.exists() else 0
         self.process = subprocess.Popen(
             [
                 executable,
@@ -106,12 +97,14 @@ class RedisServer:
                 "--daemonize",
                 "no",
                 "--loglevel",
-                "warning",
+                "notice",  # for the line that says it listens
+                "--logfile",
+                str(log),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
-        _wait_connectable(self.port, self.process, "redis-server")
+        wait_for_log_line(log, b"Ready to accept connections", self.process, after=written)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -177,7 +170,7 @@ def _client(endpoint: str, env: dict[str, str]) -> Any:
 
 
 @pytest.fixture(scope="session")
-def s3() -> Iterator[S3Service]:
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
     """moto's S3 server (or ``ANYTUS_TEST_S3_ENDPOINT``) with a bucket for the session."""
     endpoint = os.environ.get("ANYTUS_TEST_S3_ENDPOINT")
     if endpoint:
@@ -190,15 +183,17 @@ def s3() -> Iterator[S3Service]:
 
     port = free_port()
     env = {**os.environ, **MOTO_ENV}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,  # werkzeug's " * Running on ..." once it listens
+            env=env,
+        )
     try:
-        _wait_connectable(port, process, "moto_server")
+        wait_for_log_line(log, b"Running on", process)
         endpoint = f"http://127.0.0.1:{port}"
         client = _client(endpoint, env)
         bucket = "anytus-test"

@@ -188,7 +188,7 @@ def run_example(framework: str, directory: Path, log: Path) -> Iterator[str]:
             cwd=log.parent,
         )
     try:
-        wait_until_answering(origin, process, timeout=60, log=log)
+        wait_until_answering(origin, process, log, timeout=60)
         yield origin
     finally:
         process.terminate()

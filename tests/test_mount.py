@@ -253,20 +253,23 @@ def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
         "--root-path",
         "/api",
         "--log-level",
-        "warning",
+        "info",  # for "Uvicorn running on ..." once it listens
         "starlette_app:app",
     ]
-    env = dict(subprocess_env(), ANYTUS_UPLOAD_DIR=str(tmp_path))
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    store = tmp_path / "store"
+    log = tmp_path / "uvicorn.log"
+    env = dict(subprocess_env(), ANYTUS_UPLOAD_DIR=str(store))
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     origin = f"http://127.0.0.1:{port}"
     try:
-        wait_until_answering(origin, process)
+        wait_until_answering(origin, process, log)
         # as a proxy that removed /api passes the request on
         created = httpx.post(
             f"{origin}/uploads/", headers={**TUS, "Upload-Length": "2"}, verify=CLIENT_TLS
@@ -286,7 +289,7 @@ def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
             verify=CLIENT_TLS,
         )
         assert patched.status_code == 204, patched.text
-        assert (tmp_path / f"{upload_id}.bin").read_bytes() == b"ok"
+        assert (store / f"{upload_id}.bin").read_bytes() == b"ok"
     finally:
         process.terminate()
         try:
@@ -294,5 +297,3 @@ def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
