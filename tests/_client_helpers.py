@@ -3,7 +3,7 @@
 Servers, each a real subprocess on 127.0.0.1 that nobody here wrote (or ``anytus serve``):
 
 - ``anytus serve`` on asyncio and on trio;
-- tusd v2.10 (``/work/shared/peers/tusd``, or ``$ANYTUS_TUSD``); tests skip only if it is absent;
+- tusd v2.10 (``shared/peers/tusd`` beside the repository, or ``$ANYTUS_TUSD``); tests skip only if it is absent;
 - ``@tus/server`` with ``@tus/file-store`` on Node (``tests/tus_node_server``; ``npm ci`` there on
   first use, as ``.ci/run`` does up front).
 
@@ -44,7 +44,23 @@ __all__ = (
     "start_peer",
 )
 
-TUSD = Path(os.environ.get("ANYTUS_TUSD", "/work/shared/peers/tusd"))
+_ROOT = Path(__file__).resolve().parent.parent
+#: the peer binaries sit in shared/ beside the repository (or the workplace's); ANYTUS_TUSD
+#: overrides
+TUSD = Path(
+    os.environ.get("ANYTUS_TUSD")
+    or next(
+        (
+            str(candidate)
+            for candidate in (
+                _ROOT.parent / "shared" / "peers" / "tusd",
+                Path("/work/shared/peers/tusd"),
+            )
+            if candidate.exists()
+        ),
+        _ROOT.parent / "shared" / "peers" / "tusd",
+    )
+)
 NODE_SERVER_DIR = Path(__file__).parent / "tus_node_server"
 
 PeerKind = Literal["anytus-asyncio", "anytus-trio", "tusd", "tus-node-server"]
@@ -157,8 +173,14 @@ def start_peer(kind: PeerKind, directory: Path, *extra: str) -> Iterator[Peer]:
     if kind == "tusd":
         if not TUSD.is_file():
             pytest.skip(f"tusd is not at {TUSD}")
+        binary = TUSD
+        if not os.access(binary, os.X_OK):
+            # a copy of shared/ may come without its mode bits: run a private executable copy
+            binary = directory.parent / "tusd-peer"
+            shutil.copyfile(TUSD, binary)
+            binary.chmod(0o755)
         command = [
-            str(TUSD),
+            str(binary),
             *("-host", "127.0.0.1", "-port", "0", "-upload-dir", str(directory)),
             *("-base-path", "/files/", "-verbose=false"),
             *extra,

@@ -52,6 +52,7 @@ __all__ = (
     "RawResponse",
     "ServerProcess",
     "TusClient",
+    "announced_origin",
     "decode_metadata",
     "encode_metadata",
     "raw_request",
@@ -66,6 +67,7 @@ __all__ = (
     "wait_for_files",
     "wait_for_files_sync",
     "wait_for_log_line",
+    "wait_until_answering",
 )
 
 #: the header every tus request but OPTIONS and GET must carry
@@ -539,18 +541,28 @@ async def read_raw_response(
 
 
 def wait_until_answering(
-    origin: str,
     process: subprocess.Popen[bytes],
     log: Path,
     *,
     marker: bytes = b"Uvicorn running on",
     timeout: float = 30.0,
-) -> None:
-    """Return once a server in another process says in *log* that it listens, and ``GET
-    ORIGIN/`` answers 200; fail if *process* exits first or *timeout* passes."""
-    wait_for_log_line(log, marker, process, timeout=timeout)
+) -> str:
+    """Return the origin (``http://127.0.0.1:PORT``) that a server in another process, started
+    on port 0, names in *log* once it listens, after checking that ``GET ORIGIN/`` answers 200;
+    fail if *process* exits first or *timeout* passes. Port 0 leaves the choice of a free port to
+    the server: a port chosen here could be taken by another process before the server binds."""
+    line = wait_for_log_line(log, marker, process, timeout=timeout)
+    origin = announced_origin(line)
     response = httpx.get(f"{origin}/", timeout=5, verify=CLIENT_TLS)
     assert response.status_code == 200, (response, log.read_text())
+    return origin
+
+
+def announced_origin(line: bytes) -> str:
+    """The ``http://HOST:PORT`` in a server's "running on ..." log line."""
+    match = re.search(rb"https?://[^\s/]+:\d+", line)
+    assert match is not None, line
+    return match.group().decode()
 
 
 def connection_spread(server: ServerProcess, count: int = 8) -> list[int]:
@@ -668,21 +680,25 @@ def wait_for_log_line(
     *,
     after: int = 0,
     timeout: float = 30.0,
-) -> None:
-    """Return once *marker* shows in *log* past byte *after*: the line a server in another
-    process writes once it listens ("Ready to accept connections", "Running on ..."). Woken by
-    each write to the log (:func:`wait_for_files_sync`); fail, with the log's text, if *process*
-    exits first or *timeout* passes."""
+) -> bytes:
+    """Return the first whole line of *log* past byte *after* that holds *marker*: the line a
+    server in another process writes once it listens ("Ready to accept connections", "Running
+    on ..."). Woken by each write to the log (:func:`wait_for_files_sync`); fail, with the log's
+    text, if *process* exits first or *timeout* passes."""
+    found: list[bytes] = []
 
     def written() -> bool:
         text = log.read_bytes()[after:] if log.exists() else b""
-        if marker in text:
-            return True
+        for line in text.splitlines(keepends=True):
+            if marker in line and line.endswith(b"\n"):
+                found.append(line)
+                return True
         assert process.poll() is None, f"exited with {process.returncode}: {text!r}"
         return False
 
     if not wait_for_files_sync(log.parent, written, timeout=timeout):
         raise AssertionError(f"no {marker!r} in {log} after {timeout:g} s: {log.read_bytes()!r}")
+    return found[0]
 
 
 async def wait_for(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from _server import wait_for_log_line
+from _server import announced_origin, wait_for_log_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -59,6 +59,10 @@ def free_port() -> int:
 
 # --------------------------------------------------------------------------------------------------
 # Redis
+
+
+class PortTakenError(Exception):
+    """Another process listens on the port a server was to bind."""
 
 
 @dataclasses.dataclass
@@ -104,7 +108,12 @@ class RedisServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
-        wait_for_log_line(log, b"Ready to accept connections", self.process, after=written)
+        try:
+            wait_for_log_line(log, b"Ready to accept connections", self.process, after=written)
+        except AssertionError:
+            if self.process.poll() is not None and b"in use" in log.read_bytes()[written:]:
+                raise PortTakenError(self.port) from None
+            raise
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -116,8 +125,16 @@ class RedisServer:
 @contextlib.contextmanager
 def start_redis() -> Iterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="anytus-redis-") as directory:
-        server = RedisServer(free_port(), Path(directory))
-        server.start()
+        # redis-server cannot pick a free port itself (port 0 turns TCP off): another process
+        # can take the one chosen here before redis binds it, so choose again then
+        for attempt in range(5):
+            server = RedisServer(free_port(), Path(directory))
+            try:
+                server.start()
+                break
+            except PortTakenError:
+                if attempt == 4:
+                    raise
         try:
             yield server
         finally:
@@ -181,20 +198,19 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
         yield S3Service(endpoint, bucket, _client(endpoint, env), env)
         return
 
-    port = free_port()
     env = {**os.environ, **MOTO_ENV}
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            # port 0: werkzeug binds a free port and names it in " * Running on ..."
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,  # werkzeug's " * Running on ..." once it listens
             env=env,
         )
     try:
-        wait_for_log_line(log, b"Running on", process)
-        endpoint = f"http://127.0.0.1:{port}"
+        endpoint = announced_origin(wait_for_log_line(log, b"Running on", process))
         client = _client(endpoint, env)
         bucket = "anytus-test"
         client.create_bucket(Bucket=bucket)

@@ -12,40 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import http_sf
-import pytest
 
+from _client_helpers import start_peer
 from _draft_helpers import RawReader, head_bytes
-from _server import run_server_process, wait_for
+from _server import run_server_process
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
 RECORDING = Path(__file__).parent / "data" / "tusd-draft-6.json"
-#: the peer binaries sit in shared/ beside the repository (or the workplace's); ANYTUS_TUSD
-#: overrides
-TUSD = Path(
-    os.environ.get("ANYTUS_TUSD")
-    or next(
-        (
-            str(candidate)
-            for candidate in (
-                ROOT.parent / "shared" / "peers" / "tusd",
-                Path("/work/shared/peers/tusd"),
-            )
-            if candidate.exists()
-        ),
-        ROOT.parent / "shared" / "peers" / "tusd",
-    )
-)
 V6 = {"Upload-Draft-Interop-Version": "6"}
 APPEND = {**V6, "Content-Type": "application/partial-upload"}
 MAX_SIZE = 1000
@@ -155,49 +136,14 @@ async def run_sequence(port: int) -> dict[str, dict[str, Any]]:
 
 @contextlib.contextmanager
 def running_tusd(directory: Path) -> Iterator[int]:
-    if not TUSD.exists():
-        pytest.skip(f"tusd is not at {TUSD}")
-    import shutil
-    import socket
-
-    directory.mkdir(parents=True, exist_ok=True)
-    binary = TUSD
-    if not os.access(binary, os.X_OK):
-        # a copy of shared/ may come without its mode bits: run a private executable copy
-        binary = directory.parent / "tusd-peer"
-        shutil.copyfile(TUSD, binary)
-        binary.chmod(0o755)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            str(binary), "-host", "127.0.0.1", "-port", str(port), "-upload-dir", str(directory),
-            "-base-path", "/files/", "-verbose=false", "-enable-experimental-protocol",
-            "-max-size", str(MAX_SIZE),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-async def _accepting(port: int) -> bool:
-    try:
-        stream = await anyio.connect_tcp("127.0.0.1", port)
-    except OSError:
-        return False
-    await stream.aclose()
-    return True
+    """tusd with the draft on, on a free port (it picks one and names it); yields the port."""
+    extra = ("-enable-experimental-protocol", "-max-size", str(MAX_SIZE))
+    with start_peer("tusd", directory, *extra) as peer:
+        yield peer.port
 
 
 async def test_recording_is_what_tusd_answers(tmp_path: Path) -> None:
     with running_tusd(tmp_path / "uploads") as port:
-        assert await wait_for(lambda: _accepting(port), timeout=10)
         assert await run_sequence(port) == json.loads(RECORDING.read_text())
 
 
@@ -230,7 +176,6 @@ def record() -> None:
             tempfile.TemporaryDirectory() as directory,
             running_tusd(Path(directory, "uploads")) as port,
         ):
-            await wait_for(lambda: _accepting(port), timeout=10)
             return await run_sequence(port)
 
     observed = anyio.run(main)

@@ -16,7 +16,6 @@ import importlib.util
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -165,19 +164,11 @@ async def test_example_app_serves_uploads_in_process(framework: str, tmp_path: P
         await upload_through_mount(http, origin, tmp_path)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def run_example(framework: str, directory: Path, log: Path) -> Iterator[str]:
-    """Run ``python examples/FRAMEWORK_app.py`` on a free port; yield its origin once it answers."""
-    port = free_port()
-    env = dict(subprocess_env(), PORT=str(port), ANYTUS_UPLOAD_DIR=str(directory))
-    origin = f"http://127.0.0.1:{port}"
+    """Run ``python examples/FRAMEWORK_app.py`` on a free port (``PORT=0``: uvicorn picks one
+    and logs it); yield its origin once it answers."""
+    env = dict(subprocess_env(), PORT="0", ANYTUS_UPLOAD_DIR=str(directory))
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, str(example(framework))],
@@ -188,8 +179,7 @@ def run_example(framework: str, directory: Path, log: Path) -> Iterator[str]:
             cwd=log.parent,
         )
     try:
-        wait_until_answering(origin, process, log, timeout=60)
-        yield origin
+        yield wait_until_answering(process, log, timeout=60)
     finally:
         process.terminate()
         try:
