@@ -12,9 +12,19 @@ API instead of copying; the guard is the small trio-specific part only.
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
+
+# Python caches bytecode unless PYTHONDONTWRITEBYTECODE says not to, as some machines' images do.
+# The suite starts about 250 interpreters (servers, clients, child scripts), each importing
+# anytus, and each test worker assertion-rewrites every test module: without caches each of them
+# compiles all that from source again, some 20 s of CPU in a run and 4 s more per worker in the
+# next. So this run and the processes it starts write caches (``__pycache__``, gitignored), as
+# Python does by default. Set here, before anytus or a test module is imported.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 from _blocking import blocking_catalogue, trio_guard
 
