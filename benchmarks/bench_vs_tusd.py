@@ -86,6 +86,8 @@ TARGETS = ("tusd", "anytus", "anytus-trio", "uvicorn")
 #: floors (``_floor_servers.py``), on request: the most a Python server reaches here with granian's
 #: ASGI (``floor-granian``) and with no ASGI server at all (``floor-threads``)
 FLOORS = ("floor-granian", "floor-threads")
+#: the legs, in the order they run in each round
+LEGS = ("single", "parallel", "small", "head")
 REFERENCE = "tusd"
 #: at most this many HEADs per head leg, whatever the duration (one every 5 ms is ~200/s)
 MAX_PROBES = 100_000
@@ -498,6 +500,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], s
         help=f"comma-separated, of {','.join(TARGETS + FLOORS)} (default: {','.join(TARGETS)})",
     )
     parser.add_argument(
+        "--legs",
+        default=",".join(LEGS),
+        help=f"comma-separated, of {','.join(LEGS)} (default: all)",
+    )
+    parser.add_argument(
         "--anytus-args",
         default="",
         help='extra flags for anytus serve, e.g. "--durability none" or =--durability=none (its '
@@ -532,6 +539,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], s
     if unknown or not names:
         choices = ", ".join(TARGETS + FLOORS)
         parser.error(f"--targets: unknown {', '.join(unknown)}; choose from {choices}")
+    legs = [name.strip() for name in args.legs.split(",") if name.strip()]
+    if not legs or set(legs) - set(LEGS):
+        parser.error(f"--legs: choose from {', '.join(LEGS)}")
+    args.legs = legs
     # what the anytus targets run with: the uvicorn target follows anytus serve's --durability
     durability_parser = argparse.ArgumentParser(add_help=False)
     durability_parser.add_argument("--durability", default="finish")
@@ -564,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = Payload(
             memoryview(payload_bytes), stack.enter_context(open(payload_path, "rb")), "sendfile"
         )
-        legs = make_legs(args, payload)
+        legs = [leg for leg in make_legs(args, payload) if leg.key in args.legs]
         print(
             f"bench_vs_tusd: {args.rounds} round(s), targets {', '.join(names)}; anytus durability "
             f"{durability} (tusd never fsyncs); data in {root}; {os.cpu_count()} CPUs"
@@ -585,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
         # the parallel leg's shape only: one file alone gave 660-870 MiB/s where anytus's single
         # upload, written the same way, did 1,300-1,700 (the disk's rate swings too much for it)
         disk_rates: dict[str, list[float]] = {"parallel": []}
-        shapes = {"parallel": (args.parallel, args.parallel_size)}
+        shapes = (
+            {"parallel": (args.parallel, args.parallel_size)} if "parallel" in args.legs else {}
+        )
         for round_ in range(args.rounds):
             for key, (files, each) in shapes.items():
                 rate = disk_write_rate(targets[0].directory, payload.data, files, each)
