@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from _server import wait_for
 from _services import RedisServer, start_redis
 from anytus import LockTimeout, LockUnavailable, RedisLocker
 
@@ -218,3 +219,49 @@ async def test_redis_unreachable_then_back(prefix: str) -> None:
         await anyio.to_thread.run_sync(locker.check_held, UPLOAD_ID)
         await locker.release(UPLOAD_ID)
         locker.close()
+
+
+async def test_close_during_a_renewal_lets_it_finish(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """close() while the watcher thread waits for Redis to answer a renewal: the renewal ends
+    normally (closing its connection under it failed its read, in the thread), then the watcher
+    stops and closes the client's connections, and renews nothing more."""
+    import redis
+
+    name = f"anytus-test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_server.url, client_name=name)
+    admin = redis.Redis.from_url(redis_server.url)
+    locker = RedisLocker(client=client, prefix=prefix, lease=3.0, poll_interval=0.1)
+
+    def connected() -> bool:
+        return any(entry.get("name") == name for entry in admin.client_list())
+
+    def renewal_waiting() -> bool:
+        return any(
+            entry.get("name") == name and entry.get("cmd") == "evalsha" and "b" in entry["flags"]
+            for entry in admin.client_list()
+        )
+
+    await locker.acquire(UPLOAD_ID)
+    assert await anyio.to_thread.run_sync(locker._wait_for_renewals, UPLOAD_ID, 1, 10)
+    # Redis holds back every script from here on (CLIENT PAUSE WRITE): the next renewal waits
+    await anyio.to_thread.run_sync(lambda: admin.client_pause(30_000, all=False))
+    try:
+        assert await wait_for(lambda: anyio.to_thread.run_sync(renewal_waiting), timeout=10)
+        locker.close()
+    finally:
+        await anyio.to_thread.run_sync(admin.client_unpause)
+    # the renewal that waited completes, the watcher stops and closes the connection
+    assert await anyio.to_thread.run_sync(locker._wait_for_renewals, UPLOAD_ID, 2, 10)
+    assert await wait_for(lambda: anyio.to_thread.run_sync(lambda: not connected()), timeout=10)
+    renewals = locker._held[UPLOAD_ID].renewals
+    assert renewals == 2
+    # the lock is left to its lease; taking another opens a connection again and renews anew
+    assert locker.locked(UPLOAD_ID)
+    await locker.acquire("another")
+    assert await anyio.to_thread.run_sync(locker._wait_for_renewals, "another", 1, 10)
+    await locker.release("another")
+    await locker.release(UPLOAD_ID)
+    locker.close()
+    await anyio.to_thread.run_sync(admin.close)

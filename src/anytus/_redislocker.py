@@ -161,9 +161,6 @@ class RedisLocker(Locker):
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
         self._redis_errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
-        # and ValueError: redis-py's buffer of a connection that close() shut while the watcher
-        # thread was using it
-        self._watch_errors: tuple[type[BaseException], ...] = (*self._redis_errors, ValueError)
         self.client: redis.Redis = client
         self.prefix = prefix
         self.lease = lease
@@ -178,6 +175,8 @@ class RedisLocker(Locker):
         self._held: dict[str, _Holder] = {}
         self._watcher: threading.Thread | None = None
         self._watcher_lock = threading.Lock()
+        #: set by close(): the watcher stops, then closes the client (see close)
+        self._stop_watcher = threading.Event()
         #: notified after each renewal (see :meth:`_wait_for_renewals`)
         self._renewed = threading.Condition()
         self._random = secrets.token_hex(8)
@@ -343,6 +342,8 @@ class RedisLocker(Locker):
             valid_until=started + self.lease,
         )
         with self._watcher_lock:
+            # a close() whose watcher has not stopped yet is overtaken: the locker is in use again
+            self._stop_watcher.clear()
             if self._watcher is None or not self._watcher.is_alive():
                 self._watcher = threading.Thread(
                     target=self._watch, name="anytus-redis-lock-watcher", daemon=True
@@ -380,17 +381,20 @@ class RedisLocker(Locker):
     def _watch(self) -> None:
         """Renew the held leases and look for release requests, every poll interval."""
         idle_since: float | None = None
+        stopping = False
         while True:
             holders = [holder for holder in list(self._held.values()) if not holder.lost]
             now = time.monotonic()
-            if not holders:
+            stopping = self._stop_watcher.is_set()
+            if stopping or not holders:
                 idle_since = idle_since or now
-                if now - idle_since > 2.0:
+                if stopping or now - idle_since > 2.0:
                     with self._watcher_lock:
-                        if not self._held:
+                        stopping = self._stop_watcher.is_set()
+                        if stopping or not self._held:
                             self._watcher = None
-                            return
-                time.sleep(self.poll_interval)
+                            break
+                self._stop_watcher.wait(self.poll_interval)
                 continue
             idle_since = None
             try:
@@ -402,7 +406,7 @@ class RedisLocker(Locker):
                         client=pipe,
                     )
                 results: list[Any] = pipe.execute(raise_on_error=False)
-            except self._watch_errors as exc:
+            except Exception as exc:  # noqa: BLE001 - a dead watcher would lose every lease
                 results = [exc] * len(holders)
             for holder, result in zip(holders, results, strict=True):
                 if isinstance(result, BaseException):
@@ -425,7 +429,11 @@ class RedisLocker(Locker):
                         self._renewed.notify_all()
                     if result == 2:
                         self._deliver_release(holder)
-            time.sleep(max(0.0, self.poll_interval - (time.monotonic() - now)))
+            self._stop_watcher.wait(max(0.0, self.poll_interval - (time.monotonic() - now)))
+        if stopping:
+            # close() found this thread running, perhaps in the middle of a renewal on one of the
+            # client's connections: it is closed here, once nothing uses it
+            self.client.close()
 
     def _wait_for_renewals(self, upload_id: str, count: int, timeout: float) -> bool:
         """Block until the watcher has renewed the lease of the lock held on *upload_id* *count*
@@ -439,5 +447,14 @@ class RedisLocker(Locker):
             return self._renewed.wait_for(renewed, timeout)
 
     def close(self) -> None:
-        """Close the client's connections (locks still held are left to their leases)."""
+        """Close the client's connections (locks still held are left to their leases).
+
+        Does not block: while the lease-renewing thread runs, it is told to stop, and closes
+        them as it does, within one poll interval (or the end of a renewal under way). A later
+        :meth:`acquire` opens connections again."""
+        with self._watcher_lock:
+            if self._watcher is not None and self._watcher.is_alive():
+                # closing a connection under a renewal would fail that renewal's read
+                self._stop_watcher.set()
+                return
         self.client.close()
