@@ -3,7 +3,8 @@
 Servers, each a real subprocess on 127.0.0.1 that nobody here wrote (or ``anytus serve``):
 
 - ``anytus serve`` on asyncio and on trio;
-- tusd v2.10 (``shared/peers/tusd`` beside the repository, or ``$ANYTUS_TUSD``); tests skip only if it is absent;
+- tusd v2.10 (``shared/peers/tusd`` beside the repository, or ``$ANYTUS_TUSD``); tests skip
+  only if it is absent;
 - ``@tus/server`` with ``@tus/file-store`` on Node (``tests/tus_node_server``; ``npm ci`` there on
   first use, as ``.ci/run`` does up front).
 

@@ -55,6 +55,7 @@ __all__ = (
     "announced_origin",
     "decode_metadata",
     "encode_metadata",
+    "logged_process",
     "raw_request",
     "read_raw_response",
     "race_to_completion",
@@ -538,6 +539,36 @@ async def read_raw_response(
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             break
     return RawResponse(status=status, headers=headers, body=rest[:length])
+
+
+@contextlib.contextmanager
+def logged_process(
+    command: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run *command* (a server in another process) with its output in *log*; at exit SIGTERM it,
+    and SIGKILL it if it has not ended 15 s later."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_until_answering(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from _server import announced_origin, wait_for_log_line
+from _server import announced_origin, logged_process, wait_for_log_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -200,24 +200,14 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
 
     env = {**os.environ, **MOTO_ENV}
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            # port 0: werkzeug binds a free port and names it in " * Running on ..."
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,  # werkzeug's " * Running on ..." once it listens
-            env=env,
-        )
-    try:
+    # port 0: werkzeug binds a free port and names it in " * Running on ..." once it listens
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"]
+    with logged_process(command, log, env=env) as process:
         endpoint = announced_origin(wait_for_log_line(log, b"Running on", process))
         client = _client(endpoint, env)
         bucket = "anytus-test"
         client.create_bucket(Bucket=bucket)
         yield S3Service(endpoint, bucket, client, env)
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture

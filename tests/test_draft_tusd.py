@@ -168,7 +168,7 @@ async def test_replay_against_anytus(tmp_path: Path) -> None:
 
 
 def record() -> None:
-    """Record :data:`STEPS` against the tusd at :data:`TUSD` into :data:`RECORDING`."""
+    """Record :data:`STEPS` against the tusd at :data:`_client_helpers.TUSD` into :data:`RECORDING`."""
     import tempfile
 
     async def main() -> dict[str, dict[str, Any]]:

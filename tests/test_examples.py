@@ -30,6 +30,7 @@ from _server import (
     CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
     TUS,
+    logged_process,
     serve_app,
     subprocess_env,
     upload_id_of,
@@ -169,24 +170,9 @@ def run_example(framework: str, directory: Path, log: Path) -> Iterator[str]:
     """Run ``python examples/FRAMEWORK_app.py`` on a free port (``PORT=0``: uvicorn picks one
     and logs it); yield its origin once it answers."""
     env = dict(subprocess_env(), PORT="0", ANYTUS_UPLOAD_DIR=str(directory))
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, str(example(framework))],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=log.parent,
-        )
-    try:
+    command = [sys.executable, str(example(framework))]
+    with logged_process(command, log, env=env, cwd=log.parent) as process:
         yield wait_until_answering(process, log, timeout=60)
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(params=FRAMEWORKS)

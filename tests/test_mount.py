@@ -17,7 +17,6 @@ include the mount.
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +30,7 @@ from _server import (
     CLIENT_TLS,
     TUS,
     TusClient,
+    logged_process,
     serve_app,
     subprocess_env,
     upload_id_of,
@@ -255,15 +255,7 @@ def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
     store = tmp_path / "store"
     log = tmp_path / "uvicorn.log"
     env = dict(subprocess_env(), ANYTUS_UPLOAD_DIR=str(store))
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with logged_process(command, log, env=env) as process:
         origin = wait_until_answering(process, log)
         # as a proxy that removed /api passes the request on
         created = httpx.post(
@@ -285,10 +277,3 @@ def test_uvicorn_root_path_and_a_starlette_mount(tmp_path: Path) -> None:
         )
         assert patched.status_code == 204, patched.text
         assert (store / f"{upload_id}.bin").read_bytes() == b"ok"
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -255,8 +255,7 @@ async def test_close_during_a_renewal_lets_it_finish(
     # the renewal that waited completes, the watcher stops and closes the connection
     assert await anyio.to_thread.run_sync(locker._wait_for_renewals, UPLOAD_ID, 2, 10)
     assert await wait_for(lambda: anyio.to_thread.run_sync(lambda: not connected()), timeout=10)
-    renewals = locker._held[UPLOAD_ID].renewals
-    assert renewals == 2
+    assert locker._held[UPLOAD_ID].renewals == 2
     # the lock is left to its lease; taking another opens a connection again and renews anew
     assert locker.locked(UPLOAD_ID)
     await locker.acquire("another")
