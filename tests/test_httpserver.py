@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import socket
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from anytus._httpserver import (
     WRITE_TIMEOUT,
     serve,
 )
+from anytus._serve import WorkerLoads
 from anytus.asgi import TusApp
 
 if TYPE_CHECKING:
@@ -506,6 +508,74 @@ async def test_tus_upload_and_a_disconnect_keeps_the_bytes(tmp_path: Path) -> No
             return (await tus.offset(second)) == 3000
 
         assert await wait_for(kept)
+
+
+def answers_with(name: bytes) -> Any:
+    """An ASGI app that answers every request with *name*."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await echo(scope, receive, send)
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": name})
+
+    return app
+
+
+@pytest.mark.parametrize("at_once", [False, True], ids=["one-by-one", "at-once"])
+async def test_servers_on_one_socket_even_out_their_connections(at_once: bool) -> None:
+    """Servers that accept on one listening socket (the workers of ``anytus serve --workers``)
+    share out the connections a client keeps open, whether it opens them one by one or all at
+    once: a server with more open than another lets it accept first.
+
+    Here both servers run in this process, on two descriptors of one socket, so that neither is
+    ever stalled by a busy machine (which would rightly make the other take its turn). Left to
+    the kernel and the event loop, one of them takes most connections.
+    """
+    counts = [-1, -1]
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    address = listener.getsockname()
+    stop = anyio.Event()
+    served_by: list[bytes] = []
+    async with anyio.create_task_group() as tg:
+        for slot, sock in enumerate([listener, listener.dup()]):
+            started = anyio.Event()
+            tg.start_soon(
+                functools.partial(
+                    serve,
+                    answers_with(b"%d" % slot),
+                    sock,
+                    shutdown_trigger=stop.wait,
+                    ready=started.set,
+                    balance=WorkerLoads(counts, slot),
+                )
+            )
+            await started.wait()
+        streams: list[SocketStream] = []
+        try:
+            for _ in range(8):
+                streams.append(await connect(address))
+                if not at_once:
+                    await streams[-1].send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    [(_, body)] = await read_responses(streams[-1], 1)
+                    served_by.append(body)
+                    if len(served_by) % 2 == 0:  # each pair: one for each
+                        assert served_by.count(b"0") == served_by.count(b"1"), served_by
+            if at_once:
+                for stream in streams:
+                    await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                for stream in streams:
+                    [(_, body)] = await read_responses(stream, 1)
+                    served_by.append(body)
+        finally:
+            for stream in streams:
+                await stream.aclose()
+            stop.set()
+    assert sorted(served_by) == [b"0"] * 4 + [b"1"] * 4
 
 
 async def test_lifespan_runs_around_serving() -> None:

@@ -946,13 +946,21 @@ _MAX_YIELD_STEPS = 8
 async def _accept(listener: socket.socket, server: _Server, tg: anyio.abc.TaskGroup) -> None:
     """Accept connections on *listener* forever, each handled by *server* in a task of *tg*."""
     listener.setblocking(False)
+    balance = server.balance
     while True:
         await anyio.lowlevel.checkpoint()
-        lead = server.balance.lead() if server.balance is not None else 0
-        if lead > 0:
+        if balance is not None and (lead := balance.lead()) > 0:
             # a less busy process may take what comes (or what waits) first
             await anyio.wait_readable(listener)
             await anyio.sleep(ACCEPT_YIELD_DELAY * min(lead, _MAX_YIELD_STEPS))
+            if balance.lead() > 0:
+                # a less busy server in this process whose wait ended at the same moment goes
+                # first (trio runs the tasks it wakes together in random order)
+                await anyio.lowlevel.checkpoint()
+        if server.stopping:
+            # serve() closes the listener right after it cancels this task, which may already
+            # have been woken (from its sleep) before the cancellation could reach it
+            return
         try:
             sock, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
