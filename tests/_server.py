@@ -623,18 +623,22 @@ def connection_spread(server: ServerProcess, count: int = 8) -> list[int]:
             connection.close()
 
 
-def assert_connections_shared_out(server: ServerProcess, *, rounds: int = 5) -> None:
+def assert_connections_shared_out(server: ServerProcess, *, rounds: int = 10) -> None:
     """Check that *server*'s two workers share out connections opened at once (see
-    :func:`connection_spread`): 4 and 4 nearly always, 3 and 5 when a worker was busy.
+    :func:`connection_spread`): 4 and 4, or 3 and 5 when a worker was busy, in one of *rounds*.
 
-    A worker stalled for tens of milliseconds (a loaded machine) rightly leaves a burst to the
-    other rather than keep the client waiting, so one round in a few may be lopsided; most must
-    not be. (How workers take turns is checked without other processes, where nothing stalls,
-    in ``test_httpserver.py``.)
+    Only one round need be: on a loaded machine a worker may wait a hundred milliseconds and more
+    for a CPU, and then it rightly leaves burst after burst to the other rather than keep the
+    client waiting (a CI run saw ``[[4, 4], [3, 5], [8], [8], [8]]``). How workers take turns is
+    checked where nothing stalls, with both servers in one process, in ``test_httpserver.py``;
+    this checks that the workers of a real supervisor share one socket and both accept on it.
     """
-    spreads = [connection_spread(server) for _ in range(rounds)]
-    shared_out = [spread for spread in spreads if len(spread) == 2 and spread[0] >= 2]
-    assert len(shared_out) > rounds // 2, spreads
+    spreads = []
+    for _ in range(rounds):
+        spreads.append(spread := connection_spread(server))
+        if len(spread) == 2 and spread[0] >= 2:
+            return
+    raise AssertionError(f"connections were not shared out in {rounds} rounds: {spreads}")
 
 
 # inotify(7): a directory's changes, as events
