@@ -157,14 +157,13 @@ async def serve_app(
 # `anytus serve` as a subprocess
 
 
-@dataclasses.dataclass
-class ServerProcess:
-    """A running ``anytus serve`` subprocess."""
+@dataclasses.dataclass(kw_only=True)
+class AnytusProcess:
+    """A running ``anytus serve`` subprocess, whatever its store."""
 
     process: subprocess.Popen[bytes]
     #: the creation URL the server announced, e.g. ``http://127.0.0.1:41234/files/``
     url: str
-    directory: Path
     #: every stderr line so far (the reader thread appends to it)
     stderr_lines: list[str]
     #: notified by the reader thread at each new line, and at the end of the output
@@ -215,6 +214,18 @@ class ServerProcess:
                 raise
         return self.process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would, and reap it."""
+        self.process.kill()
+        self.process.wait()
+
+
+@dataclasses.dataclass(kw_only=True)
+class ServerProcess(AnytusProcess):
+    """A running ``anytus serve --dir DIRECTORY`` subprocess."""
+
+    directory: Path
+
 
 def _read_lines(
     stream: Any, sink: list[str], announced: threading.Event, logged: threading.Condition
@@ -238,17 +249,38 @@ def run_server_process(
     startup_timeout: float = 30.0,
     prefix: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
-    """Run ``python -m anytus serve --port 0 --dir DIRECTORY *ARGS`` and yield it once it listens.
+    """Run ``python -m anytus serve --port 0 --dir DIRECTORY *ARGS`` and yield it once it listens
+    (as :func:`serve_process`)."""
+    with serve_process(
+        "--dir", str(directory), *args, startup_timeout=startup_timeout, prefix=prefix
+    ) as server:
+        yield ServerProcess(
+            process=server.process,
+            url=server.url,
+            stderr_lines=server.stderr_lines,
+            logged=server.logged,
+            directory=directory,
+        )
 
-    *prefix* goes before the command (``prlimit ...``, ``setpriv ...``). One worker unless *args*
-    say ``--workers``: the tests look into one process (its descriptors, its log); the default,
-    ``--workers auto``, has tests of its own.
 
-    The announced ``anytus: serving DIR on http://HOST:PORT/files/`` line gives the URL. stderr is
+@contextlib.contextmanager
+def serve_process(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    startup_timeout: float = 30.0,
+    prefix: Sequence[str] = (),
+) -> Iterator[AnytusProcess]:
+    """Run ``python -m anytus serve --host 127.0.0.1 --port 0 *ARGS`` (*ARGS* name the store) and
+    yield it once it listens.
+
+    *env* is added to the environment. *prefix* goes before the command (``prlimit ...``,
+    ``setpriv ...``). One worker unless *args* say ``--workers``: the tests look into one process
+    (its descriptors, its log); the default, ``--workers auto``, has tests of its own.
+
+    The announced ``anytus: serving ... on http://HOST:PORT/files/`` line gives the URL. stderr is
     drained by a thread for the whole lifetime (the server logs every request there). Teardown sends
     SIGTERM, waits, then kills.
     """
-    env = subprocess_env()
     command = [
         *prefix,
         sys.executable,
@@ -259,8 +291,6 @@ def run_server_process(
         "127.0.0.1",
         "--port",
         "0",
-        "--dir",
-        str(directory),
         *([] if any(arg.startswith("--workers") for arg in args) else ["--workers", "1"]),
         *args,
     ]
@@ -269,7 +299,7 @@ def run_server_process(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env={**subprocess_env(), **(env or {})},
     )
     lines: list[str] = []
     announced = threading.Event()
@@ -286,9 +316,7 @@ def run_server_process(
             raise AssertionError(
                 f"anytus serve exited ({process.poll()}) without announcing: {lines!r}"
             )
-        yield ServerProcess(
-            process=process, url=url, directory=directory, stderr_lines=lines, logged=logged
-        )
+        yield AnytusProcess(process=process, url=url, stderr_lines=lines, logged=logged)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -30,11 +25,12 @@ from _server import (
     CLIENT_TLS,
     OFFSET_CONTENT_TYPE,
     TUS,
+    AnytusProcess,
     ConnectionClosedError,
     TusClient,
     raw_request,
     read_raw_response,
-    subprocess_env,
+    serve_process,
     wait_for,
 )
 from _services import (
@@ -48,7 +44,6 @@ if TYPE_CHECKING:
 
 MIB = 1 << 20
 LEASE = 2.0
-_BANNER = re.compile(r"anytus: serving .+ on (?P<url>http://[^\s/]+:\d+/\S*)")
 
 pytestmark = pytest.mark.slow
 
@@ -121,41 +116,14 @@ async def raw_patch(
             return 0
 
 
-class Host:
-    """One ``anytus serve`` process."""
-
-    def __init__(self, process: subprocess.Popen[bytes], url: str, lines: list[str]) -> None:
-        self.process = process
-        self.url = url
-        self.lines = lines
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-
-def _drain(stream: Any, lines: list[str], announced: threading.Event) -> None:
-    for raw in iter(stream.readline, b""):
-        lines.append(raw.decode(errors="replace").rstrip("\n"))
-        announced.set() if _BANNER.search(lines[-1]) else None
-    announced.set()
-
-
 @contextlib.contextmanager
-def host(s3: S3Service, prefix: str, redis_url: str, backend: str) -> Iterator[Host]:
-    command = [
-        sys.executable,
-        "-m",
-        "anytus",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
+def host(s3: S3Service, prefix: str, redis_url: str, backend: str) -> Iterator[AnytusProcess]:
+    """One ``anytus serve`` process: a host (killing it kills the host)."""
+    with serve_process(
         "--backend",
         backend,
         "--workers",
-        "1",  # a host is one process here: killing it kills the host
+        "1",
         "--s3-bucket",
         s3.bucket,
         "--s3-endpoint",
@@ -166,52 +134,31 @@ def host(s3: S3Service, prefix: str, redis_url: str, backend: str) -> Iterator[H
         redis_url,
         "--redis-lease",
         str(LEASE),
-    ]
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**subprocess_env(), **s3.env},
-    )
-    lines: list[str] = []
-    announced = threading.Event()
-    reader = threading.Thread(target=_drain, args=(process.stderr, lines, announced), daemon=True)
-    reader.start()
-    try:
-        announced.wait(30)
-        url = next((m.group("url") for line in lines if (m := _BANNER.search(line))), None)
-        assert url is not None, lines
-        yield Host(process, url, lines)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        reader.join(5)
-        if process.stderr is not None:
-            process.stderr.close()
+        env=s3.env,
+    ) as server:
+        yield server
 
 
 @contextlib.contextmanager
-def two_hosts(s3: S3Service, redis_url: str) -> Iterator[tuple[Host, Host, str]]:
+def two_hosts(s3: S3Service, redis_url: str) -> Iterator[tuple[AnytusProcess, AnytusProcess, str]]:
     prefix = f"hosts-{uuid.uuid4().hex[:8]}/"
     with host(s3, prefix, redis_url, "asyncio") as a, host(s3, prefix, redis_url, "trio") as b:
         yield a, b, prefix
 
 
 @pytest.fixture(scope="module")
-def shared_hosts(s3: S3Service, redis_server: RedisServer) -> Iterator[tuple[Host, Host, str]]:
+def shared_hosts(
+    s3: S3Service, redis_server: RedisServer
+) -> Iterator[tuple[AnytusProcess, AnytusProcess, str]]:
     """Two hosts for the tests that leave them running."""
     with two_hosts(s3, redis_server.url) as hosts:
         yield hosts
 
 
 @pytest.fixture
-def fresh_hosts(s3: S3Service, redis_server: RedisServer) -> Iterator[tuple[Host, Host, str]]:
+def fresh_hosts(
+    s3: S3Service, redis_server: RedisServer
+) -> Iterator[tuple[AnytusProcess, AnytusProcess, str]]:
     """Two hosts for a test that kills one."""
     with two_hosts(s3, redis_server.url) as hosts:
         yield hosts
@@ -225,7 +172,9 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def hosts_on_own_redis(s3: S3Service, own_redis: RedisServer) -> Iterator[tuple[Host, Host, str]]:
+def hosts_on_own_redis(
+    s3: S3Service, own_redis: RedisServer
+) -> Iterator[tuple[AnytusProcess, AnytusProcess, str]]:
     with two_hosts(s3, own_redis.url) as hosts:
         yield hosts
 
@@ -252,7 +201,7 @@ def parts_stored(s3: S3Service, prefix: str, upload_id: str) -> int:
 
 
 async def test_an_upload_started_on_a_resumes_on_b(
-    shared_hosts: tuple[Host, Host, str],
+    shared_hosts: tuple[AnytusProcess, AnytusProcess, str],
 ) -> None:
     a, b, _ = shared_hosts
     data = pattern(7 * MIB + 12345, seed=21)
@@ -272,7 +221,7 @@ async def test_an_upload_started_on_a_resumes_on_b(
 
 
 async def test_four_patches_over_two_hosts_never_interleave(
-    shared_hosts: tuple[Host, Host, str], s3: S3Service
+    shared_hosts: tuple[AnytusProcess, AnytusProcess, str], s3: S3Service
 ) -> None:
     """Four PATCHes at one offset, two through each host, all four in flight at once (each sends
     the rest of its body once every one has sent its first piece): at most one succeeds, and the
@@ -324,7 +273,7 @@ async def test_four_patches_over_two_hosts_never_interleave(
 
 
 async def test_a_host_killed_mid_patch_resumes_on_the_other_within_the_lease(
-    fresh_hosts: tuple[Host, Host, str], s3: S3Service
+    fresh_hosts: tuple[AnytusProcess, AnytusProcess, str], s3: S3Service
 ) -> None:
     data = pattern(8 * MIB, seed=22)
     sent_part = anyio.Event()
@@ -367,7 +316,7 @@ async def test_a_host_killed_mid_patch_resumes_on_the_other_within_the_lease(
 
 
 async def test_a_half_open_client_on_a_does_not_block_b(
-    shared_hosts: tuple[Host, Host, str], redis_server: RedisServer
+    shared_hosts: tuple[AnytusProcess, AnytusProcess, str], redis_server: RedisServer
 ) -> None:
     """A client sends part of a PATCH body to A and goes silent without closing: a request to
     B asks A to let go, and gets through within 3 s."""
@@ -409,7 +358,9 @@ async def test_a_half_open_client_on_a_does_not_block_b(
 
 
 async def test_redis_away_mid_upload(
-    s3: S3Service, own_redis: RedisServer, hosts_on_own_redis: tuple[Host, Host, str]
+    s3: S3Service,
+    own_redis: RedisServer,
+    hosts_on_own_redis: tuple[AnytusProcess, AnytusProcess, str],
 ) -> None:
     """Redis stops while A streams a PATCH: A's lease runs out and the request stops; requests
     get a clear 503 while Redis is away; once it is back the upload resumes, byte-exact."""
@@ -449,9 +400,9 @@ async def test_redis_away_mid_upload(
             assert response.status_code == 503
             assert "lock service" in response.text, response.text
             # A gives up its lock once the lease has run out without a renewal
-            assert await wait_for(
-                lambda: any("lost the lock" in line for line in a.lines), timeout=LEASE + 5
-            ), "\n".join(a.lines)
+            assert await a.logs(
+                lambda: any("lost the lock" in line for line in a.stderr_lines), timeout=LEASE + 5
+            ), "\n".join(a.stderr_lines)
             tg.cancel_scope.cancel()
         # nothing was written without the lock: S3 holds the first megabyte, unchanged
         assert await anyio.to_thread.run_sync(stored, s3, prefix, upload_id) == data[:MIB]
