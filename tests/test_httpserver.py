@@ -19,6 +19,7 @@ import pytest
 
 from _helpers import make_store
 from _server import CLIENT_TLS, TusClient, read_raw_response, wait_for, wait_for_files
+from anytus import _httpserver
 from anytus._httpserver import (
     HEAD_TIMEOUT,
     KEEP_ALIVE_TIMEOUT,
@@ -576,6 +577,43 @@ async def test_servers_on_one_socket_even_out_their_connections(at_once: bool) -
                 await stream.aclose()
             stop.set()
     assert sorted(served_by) == [b"0"] * 4 + [b"1"] * 4
+
+
+class _AlwaysAhead:
+    """An accept balance by which this server always has one connection more than another."""
+
+    def connections(self, count: int) -> None:
+        pass
+
+    def lead(self) -> int:
+        return 1
+
+
+async def test_a_server_told_to_stop_during_its_turn_never_accepts_on_the_closed_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server waiting for a less busy one to accept first (see above) may be told to stop
+    while it waits, and :func:`serve` then closes the listening socket at once: when its wait
+    ends it must stop, not call ``accept()`` on a closed descriptor (which failed the shutdown
+    with ``OSError: [Errno 9] Bad file descriptor``)."""
+    # a wait long enough to close the socket in, whatever the machine's load
+    monkeypatch.setattr(_httpserver, "ACCEPT_YIELD_DELAY", 1.0)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    server = _httpserver._Server(answers_with(b"0"), balance=_AlwaysAhead())
+    client = await connect(listener.getsockname())  # waits in the backlog: readable
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_httpserver._accept, listener, server, tg)
+            for _ in range(10):  # it sees the socket readable, and starts its wait
+                await anyio.wait_all_tasks_blocked()
+                await anyio.lowlevel.checkpoint()
+            server.stopping = True
+            listener.close()
+    finally:
+        await client.aclose()
+    assert server.open == 0
 
 
 async def test_lifespan_runs_around_serving() -> None:
