@@ -459,8 +459,14 @@ class Server:
                 self.process.wait()
 
 
-def start_anytus(directory: Path, log: Path, extra: list[str]) -> Server:
+def start_anytus(
+    directory: Path, log: Path, extra: list[str], *, src: Path | None = None
+) -> Server:
+    """Start ``anytus serve`` on *directory*, logging to *log*; *src*: run the anytus package found
+    there (another checkout's ``src``) instead of this one's."""
     command, env = anytus_command()
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     command += ["serve", "--host", "127.0.0.1", "--port", "0", "--dir", str(directory), *extra]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(

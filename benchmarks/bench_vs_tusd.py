@@ -12,6 +12,9 @@ uses in turn, unless ``--separate-dirs``), started once:
   (an access line per request and a line per created and completed upload cost about 15% of a
   small request's CPU); ``--anytus-args`` adds flags (``--log-level info`` logs as by default);
 - ``anytus-trio``: the same with ``--backend trio``;
+- with ``--base-src PATH`` (another checkout's ``src``, e.g. a ``git worktree`` of an earlier
+  commit), ``anytus-base``: ``anytus serve`` from there, with the same flags as ``anytus``, for an
+  A/B of two versions against tusd in one run;
 - ``uvicorn``: ``TusApp(FileStore(dir), base_path="/files/")`` under uvicorn (``_uvicorn_app.py``)
   with httptools and uvloop (``uvicorn[standard]``, in ``pip install -e '.[bench]'``), one
   process, with the durability given in ``--anytus-args``;
@@ -89,6 +92,8 @@ FLOORS = ("floor-granian", "floor-threads")
 #: the legs, in the order they run in each round
 LEGS = ("single", "parallel", "small", "head")
 REFERENCE = "tusd"
+#: ``anytus serve`` from the checkout named by ``--base-src``
+BASE = "anytus-base"
 #: at most this many HEADs per head leg, whatever the duration (one every 5 ms is ~200/s)
 MAX_PROBES = 100_000
 
@@ -142,7 +147,13 @@ class Target:
     error: str = ""
 
 
-def start_target(target: Target, tusd: Path, anytus_args: list[str], durability: str) -> Server:
+def start_target(
+    target: Target,
+    tusd: Path,
+    anytus_args: list[str],
+    durability: str,
+    base_src: Path | None = None,
+) -> Server:
     if target.name == "tusd":
         port = free_port()
         command = [str(tusd), "-host", "127.0.0.1", "-port", str(port)]
@@ -172,10 +183,13 @@ def start_target(target: Target, tusd: Path, anytus_args: list[str], durability:
     extra = ["--backend", "trio"] if target.name == "anytus-trio" else []
     # quiet, as tusd is run (-verbose=false); a --log-level in --anytus-args comes later and wins
     extra += ["--log-level", "warning", *anytus_args]
+    src = base_src if target.name == BASE else None
     target.command = shlex.join(
         ["anytus", "serve", "--port", "0", "--dir", str(target.directory), *extra]
     )
-    return start_anytus(target.directory, target.log, extra)
+    if src is not None:
+        target.command = f"PYTHONPATH={shlex.quote(str(src))} {target.command}"
+    return start_anytus(target.directory, target.log, extra, src=src)
 
 
 def disk_write_rate(directory: Path, data: memoryview, files: int, each: int) -> float:
@@ -524,6 +538,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], s
         small_seconds="5; quick 2",
     )
     parser.add_argument("--head-seconds", type=float, help="head leg duration (5; quick 2)")
+    parser.add_argument(
+        "--base-src",
+        type=Path,
+        help=f"another checkout's src directory: adds the target {BASE}, anytus serve from there "
+        "with anytus's flags, right after anytus",
+    )
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args(argv)
@@ -539,6 +559,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], s
     if unknown or not names:
         choices = ", ".join(TARGETS + FLOORS)
         parser.error(f"--targets: unknown {', '.join(unknown)}; choose from {choices}")
+    if args.base_src is not None:
+        if not (args.base_src / "anytus" / "__init__.py").is_file():
+            parser.error(f"--base-src: no anytus package in {args.base_src}")
+        args.base_src = args.base_src.resolve()
+        at = names.index("anytus") + 1 if "anytus" in names else len(names)
+        names.insert(at, BASE)
     legs = [name.strip() for name in args.legs.split(",") if name.strip()]
     if not legs or set(legs) - set(LEGS):
         parser.error(f"--legs: choose from {', '.join(LEGS)}")
@@ -584,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             target.directory.mkdir(exist_ok=True)
             try:
                 target.server = start_target(
-                    target, args.tusd, shlex.split(args.anytus_args), durability
+                    target, args.tusd, shlex.split(args.anytus_args), durability, args.base_src
                 )
             except (OSError, RuntimeError) as exc:
                 target.error = str(exc)
