@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from _server import run_server_process, upload_id_of
+from _server import end_process, run_server_process, upload_id_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -209,13 +209,7 @@ def start_peer(kind: PeerKind, directory: Path, *extra: str) -> Iterator[Peer]:
             url = found.group(1)
         yield Peer(kind, url, directory, process)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process, 10)
         if reader is not None:
             reader.join(10)  # the pipe's end, now that the server is gone
         if process.stdout is not None and not (reader is not None and reader.is_alive()):

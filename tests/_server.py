@@ -318,13 +318,7 @@ def serve_process(
             )
         yield AnytusProcess(process=process, url=url, stderr_lines=lines, logged=logged)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process)
         reader.join(5)
         # a file closed while another thread reads it fails that read
         if process.stderr is not None and not reader.is_alive():
@@ -591,9 +585,16 @@ def logged_process(
     try:
         yield process
     finally:
+        end_process(process)
+
+
+def end_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """Stop a server in another process: SIGTERM, then SIGKILL if it is not gone after
+    *timeout*; reaped either way."""
+    if process.poll() is None:
         process.terminate()
         try:
-            process.wait(15)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
