@@ -1365,6 +1365,27 @@ class TestCheckpoints:
         assert await store.list_uploads() == [info.id]
         assert (await store.get_info(info.id)).offset == 3
 
+    @pytest.mark.parametrize("given", [False, True], ids=["by-id", "loaded"])
+    @pytest.mark.parametrize("start", [0, 1, 4], ids=["whole", "part", "out-of-range"])
+    async def test_entering_a_reader_is_a_checkpoint(
+        self, store: Store, given: bool, start: int
+    ) -> None:
+        # an upload loaded already has nothing to wait for, and a range outside its bytes is
+        # refused without any I/O: entering is still a checkpoint
+        info = await upload(store, b"abc", size=10)
+        loaded = await store.get_upload(info.id)
+        reached = False
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            reader = (
+                loaded.get_reader(start=start) if given else store.get_reader(info.id, start=start)
+            )
+            async with reader:
+                pass
+            reached = True
+        assert not reached
+        assert scope.cancelled_caught
+
 
 # --------------------------------------------------------------------------------------------------
 # what only MemoryStore does

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import functools
 import itertools
 import os
 import secrets
@@ -45,13 +46,12 @@ from ._exceptions import (
 from ._ids import new_upload_id, validate_upload_id
 from ._info import UploadInfo
 from ._locks import RECORD_PREFIX, FileLocker, remove_dead_record
-from ._storebase import StoreBase
+from ._storebase import ReaderContext, StoreBase
 from ._streams import UploadReadStream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
-    from types import TracebackType
 
     from ._asgi_types import BodySink
     from ._datastore import InlineHold
@@ -209,7 +209,20 @@ class FileStore(StoreBase):
         :raises ValueError: on entering, if the range is not within the stored bytes
         """
         self._info_path(upload_id)
-        return _ReaderContext(self, upload_id, None, start, end)
+        return ReaderContext(
+            functools.partial(self.get_upload, upload_id), self._open_reader, start, end
+        )
+
+    async def _open_reader(self, upload: FileUpload, start: int, end: int) -> UploadReadStream:
+        fd = await self._run(_open_read, upload._data_path)
+        return UploadReadStream(
+            fd,
+            start,
+            end,
+            # reads are cheap next to a thread hop: take several buffers' worth per hop
+            chunk_size=max(4 * self.buffer_size, _MIN_READ_CHUNK),
+            limiter=self._limiter,
+        )
 
     # -- one hop ----------------------------------------------------------------------------
 
@@ -621,7 +634,7 @@ class FileUpload(_Loaded, ThreadFedUpload):
     def get_reader(
         self, *, start: int = 0, end: int | None = None
     ) -> AbstractAsyncContextManager[UploadReadStream]:
-        return _ReaderContext(self._store, self._info.id, self, start, end)
+        return ReaderContext.of(self, self._store._open_reader, start, end)
 
     async def declare_length(self, length: int) -> UploadInfo:
         self._info = await self._store._run(self._store._declare_length_sync, self._info, length)
@@ -871,53 +884,6 @@ class _Appender:
             finally:
                 self._writing = False
                 self._progress.set()
-
-
-class _ReaderContext:
-    def __init__(
-        self,
-        store: FileStore,
-        upload_id: str,
-        upload: FileUpload | None,
-        start: int,
-        end: int | None,
-    ) -> None:
-        self._store = store
-        self._upload_id = upload_id
-        self._upload = upload
-        self._start = start
-        self._end = end
-        self._stream: UploadReadStream | None = None
-
-    async def __aenter__(self) -> UploadReadStream:
-        store = self._store
-        if self._upload is None:
-            self._upload = await store.get_upload(self._upload_id)
-        upload = self._upload
-        offset = upload.info.offset
-        end = offset if self._end is None else self._end
-        if not 0 <= self._start <= end <= offset:
-            await anyio.lowlevel.checkpoint()
-            raise ValueError(f"range {self._start}-{end} is not within the {offset} bytes stored")
-        fd = await store._run(_open_read, upload._data_path)
-        self._stream = UploadReadStream(
-            fd,
-            self._start,
-            end,
-            # reads are cheap next to a thread hop: take several buffers' worth per hop
-            chunk_size=max(4 * store.buffer_size, _MIN_READ_CHUNK),
-            limiter=store._limiter,
-        )
-        return self._stream
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._stream is not None:
-            await self._stream.aclose()
 
 
 def _read_file(path: str) -> bytes:

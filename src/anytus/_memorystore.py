@@ -8,6 +8,7 @@ runs in a worker thread; every coroutine is still a checkpoint, as trio asks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import TYPE_CHECKING, TypeVar
 
@@ -29,12 +30,11 @@ from ._exceptions import (
 )
 from ._ids import new_upload_id, validate_upload_id
 from ._locks import MemoryLocker
-from ._storebase import StoreBase
+from ._storebase import ReaderContext, StoreBase
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
-    from types import TracebackType
 
     from ._info import UploadInfo
 
@@ -147,7 +147,12 @@ class MemoryStore(StoreBase):
         :raises ValueError: on entering, if the range is not within the stored bytes
         """
         validate_upload_id(upload_id)
-        return _ReaderContext(self, upload_id, None, start, end)
+        return ReaderContext(
+            functools.partial(self.get_upload, upload_id), self._open_reader, start, end
+        )
+
+    async def _open_reader(self, upload: MemoryUpload, start: int, end: int) -> MemoryReadStream:
+        return MemoryReadStream(upload._live_entry().data, start, end)
 
     # -- one hop ----------------------------------------------------------------------------
 
@@ -257,7 +262,7 @@ class MemoryUpload(Upload):
     def get_reader(
         self, *, start: int = 0, end: int | None = None
     ) -> AbstractAsyncContextManager[MemoryReadStream]:
-        return _ReaderContext(self._store, self._info.id, self, start, end)
+        return ReaderContext.of(self, self._store._open_reader, start, end)
 
     async def declare_length(self, length: int) -> UploadInfo:
         await anyio.lowlevel.checkpoint()
@@ -395,42 +400,3 @@ class MemoryReadStream(ByteReceiveStream):
         closing task is cancelled."""
         self._closed = True
         await anyio.lowlevel.checkpoint()
-
-
-class _ReaderContext:
-    def __init__(
-        self,
-        store: MemoryStore,
-        upload_id: str,
-        upload: MemoryUpload | None,
-        start: int,
-        end: int | None,
-    ) -> None:
-        self._store = store
-        self._upload_id = upload_id
-        self._upload = upload
-        self._start = start
-        self._end = end
-        self._stream: MemoryReadStream | None = None
-
-    async def __aenter__(self) -> MemoryReadStream:
-        if self._upload is None:
-            self._upload = await self._store.get_upload(self._upload_id)
-        else:
-            await anyio.lowlevel.checkpoint()
-        upload = self._upload
-        offset = upload.info.offset
-        end = offset if self._end is None else self._end
-        if not 0 <= self._start <= end <= offset:
-            raise ValueError(f"range {self._start}-{end} is not within the {offset} bytes stored")
-        self._stream = MemoryReadStream(upload._live_entry().data, self._start, end)
-        return self._stream
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._stream is not None:
-            await self._stream.aclose()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -46,12 +47,11 @@ from ._exceptions import (
 from ._ids import new_upload_id, validate_upload_id
 from ._info import UploadInfo
 from ._locks import MemoryLocker
-from ._storebase import CoreStoreBase
+from ._storebase import CoreStoreBase, ReaderContext
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
-    from types import TracebackType
 
     from ._datastore import StoreComposer
 
@@ -360,7 +360,31 @@ class S3Store(CoreStoreBase):
         :raises ValueError: on entering, if the range is not within the stored bytes
         """
         validate_upload_id(upload_id)
-        return _ReaderContext(self, upload_id, None, start, end)
+        return ReaderContext(
+            functools.partial(self.get_upload, upload_id), self._open_reader, start, end
+        )
+
+    async def _open_reader(self, upload: S3Upload, start: int, end: int) -> S3ReadStream:
+        if end == start:
+            return S3ReadStream(self, None, 0)
+        state = upload._state
+        if state.multipart and state.parts:
+            raise UploadNotFinished(
+                f"upload {state.info.id} is unfinished: S3 cannot read its uploaded parts"
+            )
+        key = upload._key if not state.multipart else upload._key + ".part"
+        byte_range = f"bytes={start}-{end - 1}"
+
+        def open_body() -> Any:
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+            except Exception as exc:
+                if _is_missing(exc):
+                    raise UploadNotFound(f"upload {state.info.id} is gone") from None
+                raise
+            return response["Body"]
+
+        return S3ReadStream(self, await self._run(open_body), end - start)
 
     # -- extensions ---------------------------------------------------------------------------
 
@@ -678,7 +702,7 @@ class S3Upload(Upload):
     def get_reader(
         self, *, start: int = 0, end: int | None = None
     ) -> AbstractAsyncContextManager[S3ReadStream]:
-        return _ReaderContext(self._store, self._state.info.id, self, start, end)
+        return ReaderContext.of(self, self._store._open_reader, start, end)
 
     async def declare_length(self, length: int) -> UploadInfo:
         state = self._state
@@ -850,64 +874,3 @@ class S3ReadStream(ByteReceiveStream):
                 await anyio.to_thread.run_sync(body.close)
         else:
             await anyio.lowlevel.checkpoint()
-
-
-class _ReaderContext:
-    def __init__(
-        self,
-        store: S3Store,
-        upload_id: str,
-        upload: S3Upload | None,
-        start: int,
-        end: int | None,
-    ) -> None:
-        self._store = store
-        self._upload_id = upload_id
-        self._upload = upload
-        self._start = start
-        self._end = end
-        self._stream: S3ReadStream | None = None
-
-    async def __aenter__(self) -> S3ReadStream:
-        if self._upload is None:
-            self._upload = await self._store.get_upload(self._upload_id)
-        upload = self._upload
-        state = upload._state
-        offset = state.info.offset
-        end = offset if self._end is None else self._end
-        if not 0 <= self._start <= end <= offset:
-            raise ValueError(f"range {self._start}-{end} is not within the {offset} bytes stored")
-        if end == self._start:
-            self._stream = S3ReadStream(self._store, None, 0)
-            await anyio.lowlevel.checkpoint()
-            return self._stream
-        if state.multipart and state.parts:
-            raise UploadNotFinished(
-                f"upload {self._upload_id} is unfinished: S3 cannot read its uploaded parts"
-            )
-        key = upload._key if not state.multipart else upload._key + ".part"
-        byte_range = f"bytes={self._start}-{end - 1}"
-
-        def open_body() -> Any:
-            try:
-                response = self._store.client.get_object(
-                    Bucket=self._store.bucket, Key=key, Range=byte_range
-                )
-            except Exception as exc:
-                if _is_missing(exc):
-                    raise UploadNotFound(f"upload {self._upload_id} is gone") from None
-                raise
-            return response["Body"]
-
-        body = await self._store._run(open_body)
-        self._stream = S3ReadStream(self._store, body, end - self._start)
-        return self._stream
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._stream is not None:
-            await self._stream.aclose()

@@ -1,12 +1,15 @@
-"""What every store of anytus shares: the lock methods, ``use_in`` and expiry cleanup."""
+"""What every store of anytus shares: the lock methods, ``use_in``, expiry cleanup and the
+readers' context."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
+from anyio.abc import ByteReceiveStream
 
 from ._core import is_expired
 from ._datastore import (
@@ -18,6 +21,7 @@ from ._datastore import (
     OneHopStore,
     TerminatableStore,
     TruncatableStore,
+    Upload,
 )
 from ._exceptions import (
     CorruptUploadInfo,
@@ -30,13 +34,17 @@ from ._exceptions import (
 from ._oncelog import OnceLog
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Sequence
+    from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
+    from types import TracebackType
 
     from ._datastore import Locker, StoreComposer
     from ._info import UploadInfo
 
-__all__ = ("CoreStoreBase", "StoreBase")
+__all__ = ("CoreStoreBase", "ReaderContext", "StoreBase")
+
+UploadT = TypeVar("UploadT", bound=Upload)
+StreamT = TypeVar("StreamT", bound=ByteReceiveStream)
 
 #: uploads that cleanup cannot read or remove are logged once, not on every pass
 _cleanup_log = OnceLog(logging.getLogger("anytus.store"))
@@ -220,3 +228,63 @@ class StoreBase(CoreStoreBase, OneHopStore):
     Subclasses implement the storage; this gives them tusd's lock methods, ``use_in`` and
     :meth:`cleanup`, written once.
     """
+
+
+class ReaderContext(Generic[UploadT, StreamT]):
+    """What ``get_reader`` returns, for a store and for a loaded upload alike.
+
+    Entering it is a checkpoint: it loads the upload (or, given one, checkpoints), checks the
+    range against the offset, and opens the stream with *open_stream*. Exiting closes the stream.
+
+    :param load: loads the upload; see :meth:`of` for an upload loaded already
+    :param open_stream: opens a stream over ``[start, end)`` of the upload, the range checked
+    """
+
+    __slots__ = ("_end", "_load", "_open_stream", "_start", "_stream")
+
+    def __init__(
+        self,
+        load: Callable[[], Awaitable[UploadT]],
+        open_stream: Callable[[UploadT, int, int], Awaitable[StreamT]],
+        start: int,
+        end: int | None,
+    ) -> None:
+        self._load = load
+        self._open_stream = open_stream
+        self._start = start
+        self._end = end
+        self._stream: StreamT | None = None
+
+    @classmethod
+    def of(
+        cls,
+        upload: UploadT,
+        open_stream: Callable[[UploadT, int, int], Awaitable[StreamT]],
+        start: int,
+        end: int | None,
+    ) -> ReaderContext[UploadT, StreamT]:
+        """The reader of an upload loaded already (entering it is still a checkpoint)."""
+
+        async def loaded() -> UploadT:
+            await anyio.lowlevel.checkpoint()
+            return upload
+
+        return cls(loaded, open_stream, start, end)
+
+    async def __aenter__(self) -> StreamT:
+        upload = await self._load()
+        offset = upload.info.offset
+        end = offset if self._end is None else self._end
+        if not 0 <= self._start <= end <= offset:
+            raise ValueError(f"range {self._start}-{end} is not within the {offset} bytes stored")
+        self._stream = await self._open_stream(upload, self._start, end)
+        return self._stream
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
