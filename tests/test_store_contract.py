@@ -1386,6 +1386,28 @@ class TestCheckpoints:
         assert not reached
         assert scope.cancelled_caught
 
+    async def test_every_receive_is_a_checkpoint(self, store: Store) -> None:
+        # a chunk, the end of the range, a closed stream: a cancelled reader takes nothing
+        info = await upload(store, b"abc")
+
+        async def cancelled_receive(stream: ByteReceiveStream) -> None:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await stream.receive(1)
+                pytest.fail("receive() went on in a cancelled scope")
+
+        async with store.get_reader(info.id) as stream:
+            await cancelled_receive(stream)
+            assert await stream.receive(1) == b"a"
+            assert await stream.receive() == b"bc"
+            await cancelled_receive(stream)
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()
+            await stream.aclose()
+            await cancelled_receive(stream)
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.receive()
+
 
 # --------------------------------------------------------------------------------------------------
 # what only MemoryStore does

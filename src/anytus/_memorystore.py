@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.abc import ByteReceiveStream
 
 from ._datastore import (
     Locker,
@@ -31,6 +30,7 @@ from ._exceptions import (
 from ._ids import new_upload_id, validate_upload_id
 from ._locks import MemoryLocker
 from ._storebase import ReaderContext, StoreBase
+from ._streams import RangeReadStream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Sequence
@@ -355,45 +355,27 @@ def _terminate(store: MemoryStore, upload_id: str) -> None:
         raise UploadNotFound(f"upload {upload_id} not found")
 
 
-class MemoryReadStream(ByteReceiveStream):
+class MemoryReadStream(RangeReadStream):
     """Reads a byte range of a :class:`MemoryStore` upload (what :meth:`MemoryStore.get_reader`
-    opens).
+    opens), in chunks of at most 1 MiB by default.
 
     The range is fixed when the stream is opened; bytes are copied out chunk by chunk, so writes
-    that append to the upload meanwhile are never blocked.
+    that append to the upload meanwhile are never blocked. A truncation below the range breaks
+    the stream.
     """
 
+    _source = "the upload's data"
+
     def __init__(self, data: bytearray, start: int, end: int) -> None:
+        super().__init__(end - start, _READ_CHUNK)
         self._data = data
         self._position = start
-        self._end = end
-        self._closed = False
-        self._guard = anyio.ResourceGuard("reading from")
 
-    @property
-    def remaining(self) -> int:
-        """Bytes left to read."""
-        return self._end - self._position
-
-    async def receive(self, max_bytes: int | None = None) -> bytes:
-        """Return the next chunk: at most *max_bytes* (default: 1 MiB).
-
-        :raises ~anyio.EndOfStream: after the last byte
-        :raises ~anyio.ClosedResourceError: if the stream was closed
-        :raises ~anyio.BrokenResourceError: if the upload was truncated below the range
-        """
-        with self._guard:
-            await anyio.lowlevel.checkpoint()
-            if self._closed:
-                raise anyio.ClosedResourceError
-            size = min(max_bytes or _READ_CHUNK, self._end - self._position)
-            if size <= 0:
-                raise anyio.EndOfStream
-            data = bytes(self._data[self._position : self._position + size])
-            if not data:
-                raise anyio.BrokenResourceError(f"upload data ended {self.remaining} bytes early")
-            self._position += len(data)
-            return data
+    async def _read(self, size: int) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        data = bytes(self._data[self._position : self._position + size])
+        self._position += len(data)
+        return data
 
     async def aclose(self) -> None:
         """Close the stream. Idempotent; a checkpoint, but the stream is closed even when the

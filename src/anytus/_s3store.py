@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.abc import ByteReceiveStream
 
 from ._datastore import Locker, Upload
 from ._exceptions import (
@@ -48,6 +47,7 @@ from ._ids import new_upload_id, validate_upload_id
 from ._info import UploadInfo
 from ._locks import MemoryLocker
 from ._storebase import CoreStoreBase, ReaderContext
+from ._streams import RangeReadStream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
@@ -828,42 +828,21 @@ async def _stream_all(sources: Sequence[S3Upload]) -> AsyncIterator[bytes]:
                 yield chunk
 
 
-class S3ReadStream(ByteReceiveStream):
-    """Streams a byte range of an object (what :meth:`S3Store.get_reader` opens); each read is a
-    worker-thread hop."""
+class S3ReadStream(RangeReadStream):
+    """Streams a byte range of an object (what :meth:`S3Store.get_reader` opens), in chunks of
+    at most 1 MiB by default; each read is a worker-thread hop."""
+
+    _source = "the object"
 
     def __init__(self, store: S3Store, body: Any, length: int) -> None:
+        super().__init__(length, _READ_CHUNK)
         self._store = store
         self._body = body
-        self._remaining = length
-        self._closed = False
-        self._guard = anyio.ResourceGuard("reading from")
 
-    @property
-    def remaining(self) -> int:
-        """Bytes left to read."""
-        return self._remaining
-
-    async def receive(self, max_bytes: int | None = None) -> bytes:
-        """Return the next chunk: at most *max_bytes* (default: 1 MiB).
-
-        :raises ~anyio.EndOfStream: after the last byte
-        :raises ~anyio.ClosedResourceError: if the stream was closed
-        :raises ~anyio.BrokenResourceError: if the object ended early
-        """
-        with self._guard:
-            if self._closed:
-                await anyio.lowlevel.checkpoint()
-                raise anyio.ClosedResourceError
-            size = min(max_bytes or _READ_CHUNK, self._remaining)
-            if size <= 0 or self._body is None:
-                await anyio.lowlevel.checkpoint()
-                raise anyio.EndOfStream
-            data: bytes = await self._store._run(self._body.read, size)
-            if not data:
-                raise anyio.BrokenResourceError(f"object ended {self._remaining} bytes early")
-            self._remaining -= len(data)
-            return data
+    async def _read(self, size: int) -> bytes:
+        assert self._body is not None  # only an empty range has none, and it is never read
+        data: bytes = await self._store._run(self._body.read, size)
+        return data
 
     async def aclose(self) -> None:
         """Close the stream (and its connection). Idempotent."""
