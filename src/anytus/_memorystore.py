@@ -209,8 +209,8 @@ class MemoryStore(StoreBase):
         return self.clock()
 
 
-class MemoryUpload(Upload):
-    """One upload of a :class:`MemoryStore`, loaded once (see :meth:`MemoryStore.get_upload`)."""
+class _Loaded:
+    """An upload of a :class:`MemoryStore` as loaded: its state then, and its entry."""
 
     def __init__(self, store: MemoryStore, entry: _Entry) -> None:
         self._store = store
@@ -219,7 +219,12 @@ class MemoryUpload(Upload):
 
     @property
     def info(self) -> UploadInfo:
+        """The upload as loaded, updated by what was done to it since."""
         return self._info
+
+
+class MemoryUpload(_Loaded, Upload):
+    """One upload of a :class:`MemoryStore`, loaded once (see :meth:`MemoryStore.get_upload`)."""
 
     def __repr__(self) -> str:
         return f"<MemoryUpload {self._info.id} at {self._info.offset}/{self._info.size}>"
@@ -298,17 +303,8 @@ class MemoryUpload(Upload):
         self._info = entry.snapshot()
 
 
-class _SyncMemoryUpload(SyncUpload):
+class _SyncMemoryUpload(_Loaded, SyncUpload):
     """A :class:`MemoryUpload` as :meth:`MemoryStore.run_nowait` hands it to its function."""
-
-    def __init__(self, store: MemoryStore, entry: _Entry) -> None:
-        self._store = store
-        self._entry = entry
-        self._info = entry.snapshot()
-
-    @property
-    def info(self) -> UploadInfo:
-        return self._info
 
     def write(self, data: bytes) -> int:
         info = self._info
