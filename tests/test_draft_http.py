@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import subprocess
 import time
@@ -381,6 +382,27 @@ async def test_cut_creation_keeps_every_byte(srv: Served) -> None:
     )
     assert last.status_code == 200
     assert srv.data(upload_id) == b"x" * 40 + b"y" * 60
+
+
+async def test_cut_content_is_logged_as_interrupted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # as a tus PATCH cut short is: one line, with what was stored
+    caplog.set_level(logging.INFO, logger="anytus.asgi")
+    async with running(tmp_path / "s") as srv:
+        host, port = srv.address
+        h = {**interop(NEWEST), **done(NEWEST, True), "Content-Length": "100"}
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(head_bytes("POST", "/files/", f"{host}:{port}", h) + b"x" * 40)
+            assert await wait_for_files(srv.directory, lambda: any(srv.directory.glob("*.bin")))
+        (bin_file,) = srv.directory.glob("*.bin")
+        assert await wait_for_files(srv.directory, lambda: bin_file.stat().st_size == 40)
+    # the server has stopped: the request is over
+    lines = [r.getMessage() for r in caplog.records if r.name == "anytus.asgi"]
+    interrupted = [line for line in lines if "interrupted" in line]
+    assert interrupted == [
+        f"upload {bin_file.stem} interrupted (at 40 of 100 bytes, the client disconnected)"
+    ]
 
 
 async def test_offset_retrieval_stops_a_running_append(tmp_path: Path) -> None:

@@ -793,12 +793,8 @@ class TusApp:
             length=request.length,
             checksum=request.checksum,
         )
-        _log_interruption(exchange, appended)
-        if appended.completed:
-            await self._finished(appended.info)
-        if appended.error is not None:
-            raise appended.error
-        return self.core.appended(appended.info, self._clock(), created=False, with_body=True)
+        info = await self._settle(appended)
+        return self.core.appended(info, self._clock(), created=False, with_body=True)
 
     async def _create(self, exchange: _Exchange, request: core.Create) -> core.Response:
         draft = UploadInfo(
@@ -813,12 +809,7 @@ class TusApp:
             appended = await self._append(
                 exchange, info.id, offset=0, length=None, checksum=request.checksum
             )
-            _log_interruption(exchange, appended)
-            if appended.completed:
-                await self._finished(appended.info)
-            if appended.error is not None:
-                raise appended.error
-            info = appended.info
+            info = await self._settle(appended)
         elif info.is_complete:
             # "Upload-Length: 0" is complete the moment it exists
             await self._finished(info)
@@ -833,6 +824,9 @@ class TusApp:
         length: int | None,
         checksum: proto.Checksum | None,
     ) -> _Appended:
+        """Write the request body to the upload (read whole first if it is small), and log it if
+        it ended before its end. The caller runs ``on_finish`` and answers the error, if any
+        (:meth:`_settle`)."""
         content_length = exchange.request.content_length
         if content_length is not None and content_length <= SMALL_BODY:
             interrupt = anyio.CancelScope()
@@ -841,8 +835,18 @@ class TusApp:
             appended = await self._append_small(exchange, upload_id, offset, length, checksum, data)
             if body_error is not None and appended.error is None:
                 appended = dataclasses.replace(appended, error=body_error)
-            return appended
-        return await self._append_streaming(exchange, upload_id, offset, length, checksum)
+        else:
+            appended = await self._append_streaming(exchange, upload_id, offset, length, checksum)
+        _log_interruption(exchange, appended)
+        return appended
+
+    async def _settle(self, appended: _Appended) -> UploadInfo:
+        """After a write: ``on_finish`` if it completed the upload, then its error, if any."""
+        if appended.completed:
+            await self._finished(appended.info)
+        if appended.error is not None:
+            raise appended.error
+        return appended.info
 
     async def _append_small(
         self,
