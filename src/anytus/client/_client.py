@@ -221,7 +221,20 @@ class _UploadState:
 # -- request bodies --------------------------------------------------------------------------------
 
 
-class _FileBody(httpx.AsyncByteStream):
+class _BodyStream(httpx.AsyncByteStream):
+    """A request body that iterates itself (``__anext__``); there is nothing to close."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _FileBody(_BodyStream):
     """Bytes ``[start, end)`` of an open file, read in worker threads a piece at a time.
 
     A request stream of our own, iterated by httpcore directly: httpx would wrap an async
@@ -242,12 +255,6 @@ class _FileBody(httpx.AsyncByteStream):
         self._end = end
         self._limiter = limiter
         self._on_sent = on_sent
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def aclose(self) -> None:
-        pass
 
     async def __anext__(self) -> bytes:
         if self._position >= self._end:
@@ -321,7 +328,7 @@ def _digest(data: memoryview, algorithm: str) -> bytes:
     return digest.digest()
 
 
-class _MemoryBody(httpx.AsyncByteStream):
+class _MemoryBody(_BodyStream):
     """A chunk held in memory, handed to httpx in pieces (for progress)."""
 
     def __init__(self, data: memoryview, start: int, on_sent: Callable[[int], None]) -> None:
@@ -329,12 +336,6 @@ class _MemoryBody(httpx.AsyncByteStream):
         self._sent = 0
         self._start = start
         self._on_sent = on_sent
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def aclose(self) -> None:
-        pass
 
     async def __anext__(self) -> bytes:
         if self._sent >= len(self._data):
@@ -346,17 +347,11 @@ class _MemoryBody(httpx.AsyncByteStream):
         return piece  # type: ignore[return-value]
 
 
-class _NoBody(httpx.AsyncByteStream):
+class _NoBody(_BodyStream):
     """The body of a request without one."""
-
-    def __aiter__(self) -> Self:
-        return self
 
     async def __anext__(self) -> bytes:
         raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        pass
 
 
 class _Source(Protocol):

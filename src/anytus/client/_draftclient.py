@@ -13,10 +13,9 @@ the client learns the upload's URL before the request ends, so that a cut creati
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from functools import partial
-from typing import TYPE_CHECKING, BinaryIO, Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
@@ -36,7 +35,9 @@ from ._client import (
     _produce_chunks,
     _Progress,
     _reporter,
+    _response_error,
     _Retry,
+    _size,
     _Source,
     client_tls_context,
     stream_piece,
@@ -242,7 +243,7 @@ class DraftUploader:
                     return url, offset, _max_size(response)
                 if _is_draft_answer(response):
                     # the server speaks this version and refused the request itself
-                    raise _error(response)
+                    raise _response_error(response)
                 refusals.append(f"{version}: {response.status_code}")
             raise ExtensionUnsupported(
                 f"{self.client.url} does not speak the resumable-upload draft at interop "
@@ -734,7 +735,7 @@ class DraftUploader:
         client = self.client
         version, state = await self.state(url)
         async with _opened(path) as file:
-            size = await anyio.to_thread.run_sync(_fstat_size, file)
+            size = await anyio.to_thread.run_sync(_size, file)
             if state.length is not None and state.length != size:
                 raise ValueError(f"{path} has {size} bytes, the upload at {url} {state.length}")
             progress.total = size
@@ -753,21 +754,7 @@ class DraftUploader:
         return url
 
 
-def _fstat_size(file: BinaryIO) -> int:
-    return os.fstat(file.fileno()).st_size
-
-
 async def _drain(source: AsyncIterable[bytes]) -> None:
     async for piece in source:
         if piece:
             raise ValueError("the source yielded more than length=0 bytes")
-
-
-def _error(response: httpx.Response) -> ResponseError:
-    try:
-        body = response.text
-    except (httpx.ResponseNotRead, UnicodeDecodeError):
-        body = ""
-    return ResponseError(
-        response.request.method, str(response.request.url), response.status_code, body
-    )
