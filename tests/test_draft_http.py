@@ -362,16 +362,21 @@ async def test_expired_upload(tmp_path: Path) -> None:
 # -- interruption -----------------------------------------------------------------------------------
 
 
-async def test_cut_creation_keeps_every_byte(srv: Served) -> None:
+async def cut_creation(srv: Served) -> str:
+    """A creation with 100 bytes of content whose connection is cut after 40; its upload ID,
+    once the 40 bytes are stored."""
     host, port = srv.address
     h = {**interop(NEWEST), **done(NEWEST, True), "Content-Length": "100"}
     async with await anyio.connect_tcp(host, port) as stream:
         await stream.send(head_bytes("POST", "/files/", f"{host}:{port}", h) + b"x" * 40)
         assert await wait_for_files(srv.directory, lambda: any(srv.directory.glob("*.bin")))
-    # the connection is cut 40 bytes into the content
     (bin_file,) = srv.directory.glob("*.bin")
     assert await wait_for_files(srv.directory, lambda: bin_file.stat().st_size == 40)
-    upload_id = bin_file.stem
+    return bin_file.stem
+
+
+async def test_cut_creation_keeps_every_byte(srv: Served) -> None:
+    upload_id = await cut_creation(srv)
     head = await srv.http.head(f"{srv.url}{upload_id}", headers=interop(NEWEST))
     assert head.headers["upload-offset"] == "40"
     assert head.headers["upload-complete"] == "?0"
@@ -390,18 +395,12 @@ async def test_cut_content_is_logged_as_interrupted(
     # as a tus PATCH cut short is: one line, with what was stored
     caplog.set_level(logging.INFO, logger="anytus.asgi")
     async with running(tmp_path / "s") as srv:
-        host, port = srv.address
-        h = {**interop(NEWEST), **done(NEWEST, True), "Content-Length": "100"}
-        async with await anyio.connect_tcp(host, port) as stream:
-            await stream.send(head_bytes("POST", "/files/", f"{host}:{port}", h) + b"x" * 40)
-            assert await wait_for_files(srv.directory, lambda: any(srv.directory.glob("*.bin")))
-        (bin_file,) = srv.directory.glob("*.bin")
-        assert await wait_for_files(srv.directory, lambda: bin_file.stat().st_size == 40)
+        upload_id = await cut_creation(srv)
     # the server has stopped: the request is over
     lines = [r.getMessage() for r in caplog.records if r.name == "anytus.asgi"]
     interrupted = [line for line in lines if "interrupted" in line]
     assert interrupted == [
-        f"upload {bin_file.stem} interrupted (at 40 of 100 bytes, the client disconnected)"
+        f"upload {upload_id} interrupted (at 40 of 100 bytes, the client disconnected)"
     ]
 
 
