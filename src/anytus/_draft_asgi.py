@@ -27,10 +27,12 @@ from ._draft import (
     Version,
     bind,
 )
+from ._exchange import Body
 from ._info import UploadInfo
 
 if TYPE_CHECKING:
-    from .asgi import TusApp, _Exchange
+    from ._exchange import Exchange
+    from .asgi import TusApp
 
 __all__ = ("INFORMATIONAL", "handle")
 
@@ -38,7 +40,7 @@ __all__ = ("INFORMATIONAL", "handle")
 INFORMATIONAL = "http.response.informational"
 
 
-async def handle(app: TusApp, exchange: _Exchange, version: Version) -> core.Response | None:
+async def handle(app: TusApp, exchange: Exchange, version: Version) -> core.Response | None:
     """Answer one draft request (errors are raised, for the app to answer by the version)."""
     draft = cast("DraftCore", app.draft)
     exchange.builder = bind(draft, version)
@@ -77,7 +79,7 @@ async def _load(app: TusApp, upload_id: str) -> UploadInfo:
 
 
 async def _create(
-    app: TusApp, exchange: _Exchange, draft: DraftCore, version: Version, request: DraftCreate
+    app: TusApp, exchange: Exchange, draft: DraftCore, version: Version, request: DraftCreate
 ) -> core.Response:
     new = UploadInfo(size=request.length, metadata=request.metadata)
     if app.on_create is not None:
@@ -97,7 +99,7 @@ async def _create(
 
 
 async def _append(
-    app: TusApp, exchange: _Exchange, draft: DraftCore, version: Version, request: DraftAppend
+    app: TusApp, exchange: Exchange, draft: DraftCore, version: Version, request: DraftAppend
 ) -> core.Response:
     info = await _write(
         app,
@@ -114,7 +116,7 @@ async def _append(
 
 async def _write(
     app: TusApp,
-    exchange: _Exchange,
+    exchange: Exchange,
     draft: DraftCore,
     version: Version,
     upload_id: str,
@@ -124,14 +126,12 @@ async def _write(
 ) -> UploadInfo:
     """Append the request content through the app's write path, by the draft's rules; then,
     for ``Upload-Complete: ?1`` content received whole, complete the upload."""
-    from .asgi import _Body
-
     exchange.planner = draft.planner(version, complete=complete, length=length)
     appended = await app._append(exchange, upload_id, offset=offset, length=None, checksum=None)
     info = appended.info
     completed = appended.completed
     try:
-        received_whole = exchange.body is _Body.DONE or not exchange.request.has_body
+        received_whole = exchange.body is Body.DONE or not exchange.request.has_body
         if complete and appended.error is None and received_whole and not info.is_complete:
             # "An upload is marked as completed if a request [...] included the Upload-Complete
             # header field with a true value and the request content was fully processed."
@@ -151,7 +151,7 @@ async def _write(
     return info
 
 
-async def _send_interim(exchange: _Exchange, response: core.Response) -> None:
+async def _send_interim(exchange: Exchange, response: core.Response) -> None:
     """Send an informational response if the server can (see the module's docstring)."""
     extensions: Any = exchange.scope.get("extensions") or {}
     if INFORMATIONAL not in extensions:

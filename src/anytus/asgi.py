@@ -35,7 +35,6 @@ __all__ = (
 
 import contextlib
 import dataclasses
-import enum
 import logging
 import math
 import time
@@ -65,6 +64,7 @@ from ._exceptions import (
     UploadNotFound,
     storage_error,
 )
+from ._exchange import SMALL_BODY, Body, BodyReader, Exchange, HookRequest, hashing
 from ._info import UploadInfo
 from ._oncelog import OnceLog
 
@@ -73,12 +73,10 @@ if TYPE_CHECKING:
 
     from ._asgi_types import (
         ASGIReceiveCallable,
-        ASGIReceiveEvent,
         ASGISendCallable,
         BodySink,
         HTTPResponseBodyEvent,
         HTTPScope,
-        ReadBodyInto,
     )
     from ._datastore import DataStore, Locker, SyncUpload, TerminatableStore, Upload
 
@@ -86,20 +84,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: a body at most this long (by its ``Content-Length``) is read whole before the upload is
-#: touched, and written with the lock, load and unlock in one worker-thread hop
-SMALL_BODY: Final = 64 * 1024
 # After an early answer (409, 413, 415...) the rest of the request body is read and dropped for up
 # to this long, as nginx's lingering close does: clients that write the whole body before reading
 # (httpx, requests...) then get the answer on a healthy connection instead of a reset. A body still
 # unread after that is not worth more (tus/tusd#1371): the connection is closed.
 _LINGER_TIME: Final = 5.0
-
-
-class _HeaderBuilder(Protocol):
-    def response_headers(
-        self, request: core.Request, response: core.Response, extra: Sequence[tuple[str, str]]
-    ) -> list[tuple[str, str]]: ...
 
 
 class _StoreLike(Protocol):
@@ -108,263 +97,8 @@ class _StoreLike(Protocol):
     def use_in(self, composer: StoreComposer) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class HookRequest:
-    """The HTTP request an ``on_create`` hook is called for."""
-
-    #: the method (after ``X-HTTP-Method-Override``), upper case
-    method: str
-    #: the request path, percent-decoded
-    path: str
-    #: request headers: lower-case names, Latin-1-decoded values, repeats joined with ``", "``
-    headers: Mapping[str, str]
-    #: the client's address, if the server knows it
-    client: tuple[str, int] | None
-    #: ``"http"`` or ``"https"``
-    scheme: str
-
-
 OnCreate = Callable[[UploadInfo, HookRequest], Awaitable[None]]
 OnUpload = Callable[[UploadInfo], Awaitable[None]]
-
-
-class _Body(enum.Enum):
-    """Where the request body stands."""
-
-    #: bytes may still arrive
-    UNREAD = enum.auto()
-    #: the last message arrived (or there was no body)
-    DONE = enum.auto()
-    #: the client stalled or was interrupted: the rest is not waited for
-    ABANDONED = enum.auto()
-    #: the request side ended early (``http.disconnect``): nothing more arrives; the answer is
-    #: still sent, for a client that only half-closed
-    DISCONNECTED = enum.auto()
-
-
-class _Exchange:
-    """One HTTP request and its answer: the ASGI callables and the connection's state."""
-
-    __slots__ = (
-        "body",
-        "builder",
-        "extra_headers",
-        "planner",
-        "receive",
-        "request",
-        "response_started",
-        "scope",
-        "send",
-    )
-
-    def __init__(
-        self,
-        scope: HTTPScope,
-        receive: ASGIReceiveCallable,
-        send: ASGISendCallable,
-        request: core.Request,
-    ) -> None:
-        self.scope = scope
-        self.receive = receive
-        self.send = send
-        self.request = request
-        self.body = _Body.UNREAD
-        self.response_started = False
-        #: headers every response to this request carries, errors included (``Location``)
-        self.extra_headers: list[tuple[str, str]] = []
-        #: builds the response headers: the tus core, or the draft's for a draft request
-        self.builder: _HeaderBuilder | None = None
-        #: the append rules (``TusCore.plan_append`` unless the draft's)
-        self.planner: Callable[..., core.AppendPlan] | None = None
-
-    @property
-    def scheme(self) -> str:
-        return self.scope.get("scheme") or "http"
-
-    def body_reader_into(self) -> ReadBodyInto | None:
-        """The server's ``read_into`` (anytus's own server, see ``_httpserver.RAW_BODY``) if it
-        can take this request's body now, else None."""
-        extensions = cast("dict[str, Any]", self.scope.get("extensions") or {})
-        extension = extensions.get(_RAW_BODY)
-        if not extension or self.body is not _Body.UNREAD or not extension["available"]():
-            return None
-        read_into: ReadBodyInto = extension["read_into"]
-        return read_into
-
-    def after_body_into(
-        self, outcome: str, exceeded: TusError, idle_timeout: float
-    ) -> tuple[TusError | None, bool]:
-        """The body's state after ``read_into`` ended with *outcome*: the error to answer with,
-        if any, and whether the whole body arrived."""
-        if outcome == "complete":
-            self.body = _Body.DONE
-            return None, True
-        if outcome == "disconnected":
-            self.body = _Body.DISCONNECTED
-            return None, False
-        # the rest of the body was not read, and cannot be any more
-        self.body = _Body.ABANDONED
-        if outcome == "idle":
-            return RequestBodyTimeout(f"no data received for {idle_timeout:g} seconds"), False
-        if outcome == "limit":
-            return exceeded, False
-        return None, False  # the store failed, or a release request stopped the transfer
-
-    @property
-    def body_pending(self) -> bool:
-        """Whether the headers announced a body that has not been read to its end."""
-        return self.body is _Body.UNREAD and self.request.has_body
-
-    def hook_request(self) -> HookRequest:
-        client = self.scope.get("client")
-        return HookRequest(
-            method=self.request.method,
-            path=self.scope["path"],
-            headers=dict(self.request.headers),
-            client=(str(client[0]), int(client[1])) if client else None,
-            scheme=self.scheme,
-        )
-
-    async def read_small(
-        self, idle_timeout: float, interrupt: anyio.CancelScope
-    ) -> tuple[bytes, TusError | None]:
-        """Read a small body whole (at most :data:`SMALL_BODY` bytes are kept); stop early on a
-        disconnect, once the client has been idle for *idle_timeout*, or when *interrupt* is
-        cancelled (a shutdown): then return what came, to be stored, and the error to answer
-        with."""
-        chunks: list[bytes] = []
-        size = 0
-        with interrupt:
-            while self.body is _Body.UNREAD:
-                message: ASGIReceiveEvent | None = None
-                with anyio.move_on_after(idle_timeout):
-                    message = await self.receive()
-                if message is None:
-                    self.body = _Body.ABANDONED
-                    timeout = RequestBodyTimeout(f"no data received for {idle_timeout:g} seconds")
-                    return b"".join(chunks), timeout
-                if message["type"] != "http.request":
-                    self.body = _Body.DISCONNECTED
-                    break
-                body = message.get("body", b"")
-                if body and size < SMALL_BODY:
-                    chunks.append(body[: SMALL_BODY - size])
-                    size += len(chunks[-1])
-                if not message.get("more_body", False):
-                    self.body = _Body.DONE
-        if interrupt.cancelled_caught and self.body is _Body.UNREAD:
-            self.body = _Body.ABANDONED
-            return b"".join(chunks), ServerShuttingDown()
-        return b"".join(chunks), None
-
-
-class _BodyReader:
-    """The request body as an async iterator of ``bytes`` for ``write_chunk``.
-
-    As tusd's ``bodyReader``: the store never sees a body error. A disconnect or a body longer
-    than *limit* end the iteration cleanly after the last byte that may be stored, and the reason
-    is kept in :attr:`error` / the exchange's body state for the handler to act on once the bytes
-    are safely in the store. A stalled body is ended by :meth:`watch_idle`, which runs beside the
-    write and cancels it (the store keeps what it took, as for a release request).
-
-    A class, not an async generator: the store may stop iterating early, and an async generator
-    would need ``aclosing()`` discipline (trio's async-generator notes).
-    """
-
-    __slots__ = (
-        "_exceeded",
-        "_exchange",
-        "_hasher",
-        "_limit",
-        "_started",
-        "complete",
-        "error",
-        "last_activity",
-    )
-
-    def __init__(
-        self,
-        exchange: _Exchange,
-        *,
-        limit: int | None,
-        exceeded: TusError,
-        hasher: core.Hasher | None,
-    ) -> None:
-        self._exchange = exchange
-        self._limit = limit
-        self._exceeded = exceeded
-        self._hasher = hasher
-        self._started = False
-        #: why the body ended early (timeout, too long), if it did
-        self.error: TusError | None = None
-        #: the body's last byte has arrived
-        self.complete = exchange.body is _Body.DONE
-        #: when the last message arrived (``anyio.current_time()``)
-        self.last_activity = anyio.current_time()
-
-    def __aiter__(self) -> _BodyReader:
-        return self
-
-    async def __anext__(self) -> bytes:
-        exchange = self._exchange
-        if not self._started:
-            # the client is idle only from when the body is asked for: the time the store took
-            # to get ready (opening the file) is not the client's
-            self._started = True
-            self.last_activity = anyio.current_time()
-        while exchange.body is _Body.UNREAD and self.error is None:
-            # No fail_after() here: one per message (64 KiB from some servers) was 12-16% of the
-            # CPU time of a large PATCH. Stamping the time is all the idle watchdog needs.
-            message = await exchange.receive()
-            self.last_activity = anyio.current_time()
-            if message["type"] != "http.request":
-                # "http.disconnect": the body ends here; what came before is kept (tus: "The
-                # Server SHOULD always attempt to store as much of the received data as possible")
-                exchange.body = _Body.DISCONNECTED
-                break
-            body = message.get("body", b"")
-            if not message.get("more_body", False):
-                exchange.body = _Body.DONE
-                self.complete = True
-            if self._limit is not None:
-                if len(body) > self._limit:
-                    # store exactly what fits, then refuse the rest
-                    body = body[: self._limit]
-                    self.error = self._exceeded
-                    self.complete = False
-                self._limit -= len(body)
-            if body:
-                if self._hasher is not None:
-                    self._hasher.update(body)
-                return body
-        raise StopAsyncIteration
-
-    async def watch_idle(self, timeout: float, body_scope: anyio.CancelScope) -> None:
-        """Cancel *body_scope* once no message has arrived for *timeout* seconds."""
-        while True:
-            idle = anyio.current_time() - self.last_activity
-            if idle >= timeout:
-                self._exchange.body = _Body.ABANDONED
-                self.error = RequestBodyTimeout(f"no data received for {timeout:g} seconds")
-                body_scope.cancel()
-                return
-            await anyio.sleep(timeout - idle)
-
-
-#: the scope extension of anytus's own server (``_httpserver.RAW_BODY``)
-_RAW_BODY = "anytus.body_into"
-
-
-def _hashing(sink: BodySink, hasher: core.Hasher | None) -> BodySink:
-    """*sink*, feeding *hasher* first (in the worker thread)."""
-    if hasher is None:
-        return sink
-
-    def hash_and_store(view: memoryview) -> None:
-        hasher.update(view)
-        sink(view)
-
-    return hash_and_store
 
 
 #: where TusApp leaves the error it answered with, in the request's scope (read by error_of)
@@ -417,14 +151,14 @@ def _log_event(event: str, info: UploadInfo, detail: str | None = None) -> None:
     )
 
 
-def _log_interruption(exchange: _Exchange, appended: _Appended) -> None:
+def _log_interruption(exchange: Exchange, appended: _Appended) -> None:
     """Log a body that ended before its end: the client went away, went quiet, or another
     request or the shutdown stopped it (what arrived is stored)."""
     if appended.info.is_complete:
         return
-    if exchange.body is _Body.DISCONNECTED:
+    if exchange.body is Body.DISCONNECTED:
         _log_event("interrupted", appended.info, "the client disconnected")
-    elif exchange.body is _Body.ABANDONED and appended.error is not None:
+    elif exchange.body is Body.ABANDONED and appended.error is not None:
         _log_event("interrupted", appended.info, appended.error.message)
 
 
@@ -647,7 +381,7 @@ class TusApp:
             core.normalize_headers(scope["headers"]),
             base_path=base_path if isinstance(base_path, str) else None,
         )
-        exchange = _Exchange(scope, receive, send, request)
+        exchange = Exchange(scope, receive, send, request)
         version = self.draft.version_of(request.headers) if self.draft is not None else None
         response: core.Response | None
         try:
@@ -724,7 +458,7 @@ class TusApp:
         text, valid = known
         return text if valid else BasePathMismatch(text)
 
-    async def _handle(self, exchange: _Exchange, request: core.TusRequest) -> core.Response | None:
+    async def _handle(self, exchange: Exchange, request: core.TusRequest) -> core.Response | None:
         if isinstance(request, core.Head):
             return await self._head(exchange, request)
         if isinstance(request, core.Patch):
@@ -767,7 +501,7 @@ class TusApp:
 
     # -- HEAD -----------------------------------------------------------------------------------
 
-    async def _head(self, exchange: _Exchange, request: core.Head) -> core.Response:
+    async def _head(self, exchange: Exchange, request: core.Head) -> core.Response:
         now = self._clock()
         result = await self._one_hop_or_none(request.upload_id, _info_of, read_only=True)
         if result is not None and not core.is_expired(result[0], self.expire_after, now):
@@ -785,7 +519,7 @@ class TusApp:
 
     # -- PATCH and creation-with-upload ---------------------------------------------------------
 
-    async def _patch(self, exchange: _Exchange, request: core.Patch) -> core.Response:
+    async def _patch(self, exchange: Exchange, request: core.Patch) -> core.Response:
         appended = await self._append(
             exchange,
             request.upload_id,
@@ -796,7 +530,7 @@ class TusApp:
         info = await self._settle(appended)
         return self.core.appended(info, self._clock(), created=False, with_body=True)
 
-    async def _create(self, exchange: _Exchange, request: core.Create) -> core.Response:
+    async def _create(self, exchange: Exchange, request: core.Create) -> core.Response:
         draft = UploadInfo(
             size=request.size, metadata=request.metadata, is_partial=request.is_partial
         )
@@ -817,7 +551,7 @@ class TusApp:
 
     async def _append(
         self,
-        exchange: _Exchange,
+        exchange: Exchange,
         upload_id: str,
         *,
         offset: int,
@@ -850,7 +584,7 @@ class TusApp:
 
     async def _append_small(
         self,
-        exchange: _Exchange,
+        exchange: Exchange,
         upload_id: str,
         offset: int,
         length: int | None,
@@ -858,7 +592,7 @@ class TusApp:
         data: bytes,
     ) -> _Appended:
         """Write a body that was read whole: one hop when the lock is free."""
-        whole = exchange.body is _Body.DONE
+        whole = exchange.body is Body.DONE
         verdict: TusError | None = None
         if checksum is not None:
             hasher = core.new_hasher(checksum.algorithm)
@@ -916,7 +650,7 @@ class TusApp:
 
     async def _append_streaming(
         self,
-        exchange: _Exchange,
+        exchange: Exchange,
         upload_id: str,
         offset: int,
         length: int | None,
@@ -958,7 +692,7 @@ class TusApp:
                 passed = 0  # bytes the transfer handed to the store
 
                 def transfer(sink: BodySink) -> Awaitable[tuple[int, str]]:
-                    hashed = _hashing(sink, hasher)
+                    hashed = hashing(sink, hasher)
 
                     def counting(view: memoryview) -> None:
                         nonlocal passed
@@ -981,7 +715,7 @@ class TusApp:
                     outcome, plan.exceeded, self.idle_timeout
                 )
             else:
-                reader = _BodyReader(
+                reader = BodyReader(
                     exchange, limit=plan.limit, exceeded=plan.exceeded, hasher=hasher
                 )
                 with self._interruptible(body_scope):
@@ -1007,11 +741,11 @@ class TusApp:
             # a body read to its end was stored whole: a release request that came after that
             # (while the store closed the file) interrupted nothing
             if error is None and body_scope.cancelled_caught and not complete:
-                exchange.body = _Body.ABANDONED
+                exchange.body = Body.ABANDONED
                 error = ServerShuttingDown() if self._interrupting else UploadInterrupted()
 
             if checksum is not None and hasher is not None:
-                whole = error is None and exchange.body is not _Body.DISCONNECTED
+                whole = error is None and exchange.body is not Body.DISCONNECTED
                 verdict = self.core.checksum_verdict(checksum, hasher.digest(), whole=whole)
                 if verdict is not None:
                     if upload.info.offset != plan.offset:
@@ -1023,7 +757,7 @@ class TusApp:
 
     # -- concatenation --------------------------------------------------------------------------
 
-    async def _create_final(self, exchange: _Exchange, request: core.CreateFinal) -> core.Response:
+    async def _create_final(self, exchange: Exchange, request: core.CreateFinal) -> core.Response:
         partials = []
         for partial_id in request.partial_ids:
             try:
@@ -1059,7 +793,7 @@ class TusApp:
 
     # -- GET ------------------------------------------------------------------------------------
 
-    async def _get(self, exchange: _Exchange, request: core.Get) -> core.Response | None:
+    async def _get(self, exchange: Exchange, request: core.Get) -> core.Response | None:
         async with contextlib.AsyncExitStack() as stack:
             stream: ByteReceiveStream | None = None
             now = self._clock()
@@ -1110,14 +844,14 @@ class TusApp:
             await self._send_stream(exchange, stream)
         return None
 
-    async def _send_stream(self, exchange: _Exchange, stream: ByteReceiveStream) -> None:
+    async def _send_stream(self, exchange: Exchange, stream: ByteReceiveStream) -> None:
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:
                 # a client that goes away ends the download instead of reading the whole file
                 while (await exchange.receive())["type"] != "http.disconnect":
                     pass
-                exchange.body = _Body.DISCONNECTED
+                exchange.body = Body.DISCONNECTED
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch_disconnect)
@@ -1130,7 +864,7 @@ class TusApp:
 
     # -- DELETE ---------------------------------------------------------------------------------
 
-    async def _delete(self, exchange: _Exchange, request: core.Delete) -> core.Response:
+    async def _delete(self, exchange: Exchange, request: core.Delete) -> core.Response:
         try:
             result = await self._one_hop_or_none(request.upload_id, _terminate)
         except (CorruptUploadInfo, StorageError):
@@ -1233,11 +967,11 @@ class TusApp:
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _send_response(self, exchange: _Exchange, response: core.Response) -> None:
+    async def _send_response(self, exchange: Exchange, response: core.Response) -> None:
         builder = exchange.builder or self.core
         headers = builder.response_headers(exchange.request, response, exchange.extra_headers)
         drain = False
-        if (exchange.body_pending or exchange.body is _Body.ABANDONED) and exchange.scope.get(
+        if (exchange.body_pending or exchange.body is Body.ABANDONED) and exchange.scope.get(
             "http_version"
         ) in ("1.0", "1.1"):
             # The rest of the body is still on its way (an early 409, 413, 415...). A server
@@ -1263,18 +997,18 @@ class TusApp:
             body = b""
         await self._send_last(exchange, body)
 
-    async def _drain(self, exchange: _Exchange) -> None:
+    async def _drain(self, exchange: Exchange) -> None:
         # Bounded in time (_LINGER_TIME, and the idle timeout): past that the body stays unread
         # and the server closes the connection after the response.
         with anyio.move_on_after(min(self.idle_timeout, _LINGER_TIME)):
             while exchange.body_pending:
                 message = await exchange.receive()
                 if message["type"] != "http.request":
-                    exchange.body = _Body.DISCONNECTED
+                    exchange.body = Body.DISCONNECTED
                 elif not message.get("more_body", False):
-                    exchange.body = _Body.DONE
+                    exchange.body = Body.DONE
 
-    async def _send_last(self, exchange: _Exchange, body: bytes) -> None:
+    async def _send_last(self, exchange: Exchange, body: bytes) -> None:
         message: HTTPResponseBodyEvent = {
             "type": "http.response.body",
             "body": body,
@@ -1296,9 +1030,7 @@ class TusApp:
             await exchange.send(message)
             tg.cancel_scope.cancel()
 
-    async def _start(
-        self, exchange: _Exchange, status: int, headers: list[tuple[str, str]]
-    ) -> None:
+    async def _start(self, exchange: Exchange, status: int, headers: list[tuple[str, str]]) -> None:
         exchange.response_started = True
         await exchange.send(
             {
@@ -1312,7 +1044,7 @@ class TusApp:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _url(self, exchange: _Exchange, upload_id: str) -> str:
+    def _url(self, exchange: Exchange, upload_id: str) -> str:
         """The absolute URL of an upload (see :meth:`anytus._core.TusCore.upload_url`)."""
         return self.core.upload_url(
             exchange.request,
