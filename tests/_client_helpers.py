@@ -33,7 +33,7 @@ import pytest
 from _server import end_process, run_server_process, upload_id_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 __all__ = (
     "NODE_SERVER_DIR",
@@ -41,7 +41,9 @@ __all__ = (
     "Peer",
     "PeerKind",
     "Proxy",
+    "lazy_peers",
     "node_server_ready",
+    "payload",
     "start_peer",
 )
 
@@ -214,6 +216,30 @@ def start_peer(kind: PeerKind, directory: Path, *extra: str) -> Iterator[Peer]:
             reader.join(10)  # the pipe's end, now that the server is gone
         if process.stdout is not None and not (reader is not None and reader.is_alive()):
             process.stdout.close()
+
+
+@contextlib.contextmanager
+def lazy_peers(
+    factory: pytest.TempPathFactory, extra: Callable[[PeerKind], tuple[str, ...]] = lambda _: ()
+) -> Iterator[dict[PeerKind, Peer]]:
+    """Servers by kind, each started on first use (``peers[kind]``, with ``extra(kind)`` for
+    :func:`start_peer`) and all stopped on exit: a module's tests share them."""
+    with contextlib.ExitStack() as stack:
+
+        class Lazy(dict[PeerKind, Peer]):
+            def __missing__(self, kind: PeerKind) -> Peer:
+                directory = factory.mktemp(kind)
+                peer = self[kind] = stack.enter_context(start_peer(kind, directory, *extra(kind)))
+                return peer
+
+        yield Lazy()
+
+
+def payload(tmp_path: Path, size: int, name: str = "payload.bin", *, text: bool = False) -> Path:
+    """A file of *size* bytes (random, or letters only when the proxy must read request lines)."""
+    path = tmp_path / name
+    path.write_bytes(b"a" * size if text else os.urandom(size))
+    return path
 
 
 class Proxy:

@@ -23,7 +23,7 @@ import anyio
 import httpx
 import pytest
 
-from _client_helpers import Peer, PeerKind, Proxy, start_peer
+from _client_helpers import Peer, PeerKind, Proxy, lazy_peers, payload, start_peer
 from _server import CLIENT_TLS, TUS, serve_app, subprocess_env, upload_id_of
 from anytus import (
     ConnectionFailed,
@@ -53,38 +53,8 @@ def fast_client(url: str, store: URLStore) -> TusClient:
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[PeerKind, Peer]]:
     """One server of each kind for the module (started on first use)."""
-    stack = _LazyPeers(tmp_path_factory)
-    try:
-        yield stack.peers
-    finally:
-        stack.close()
-
-
-class _LazyPeers:
-    def __init__(self, factory: pytest.TempPathFactory) -> None:
-        self._factory = factory
-        self._managers: list[Any] = []
-        self.peers = _PeerDict(self)
-
-    def start(self, kind: PeerKind) -> Peer:
-        manager = start_peer(kind, self._factory.mktemp(kind))
-        peer = manager.__enter__()
-        self._managers.append(manager)
-        return peer
-
-    def close(self) -> None:
-        for manager in reversed(self._managers):
-            manager.__exit__(None, None, None)
-
-
-class _PeerDict(dict[PeerKind, Peer]):
-    def __init__(self, owner: _LazyPeers) -> None:
-        super().__init__()
-        self._owner = owner
-
-    def __missing__(self, kind: PeerKind) -> Peer:
-        peer = self[kind] = self._owner.start(kind)
-        return peer
+    with lazy_peers(tmp_path_factory) as started:
+        yield started
 
 
 @pytest.fixture(params=KINDS)
@@ -96,13 +66,6 @@ def peer(request: pytest.FixtureRequest, peers: dict[PeerKind, Peer]) -> Peer:
 @pytest.fixture
 def store(tmp_path: Path) -> URLStore:
     return URLStore(tmp_path / "store" / "uploads.json")
-
-
-def payload(tmp_path: Path, size: int, name: str = "payload.bin", *, text: bool = False) -> Path:
-    """A file of *size* bytes (random, or letters only when the proxy must read request lines)."""
-    path = tmp_path / name
-    path.write_bytes(b"a" * size if text else os.urandom(size))
-    return path
 
 
 async def head(url: str) -> httpx.Response:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from _client_helpers import Peer, PeerKind, Proxy, start_peer
+from _client_helpers import Peer, PeerKind, Proxy, lazy_peers, payload, start_peer
 from _server import serve_app, subprocess_env, upload_id_of
 from anytus import ExtensionUnsupported, FileStore, MaxSizeExceeded, ResponseError
 from anytus._sfv import dict_ints, parse_dict
@@ -39,21 +39,12 @@ NEWEST = {"anytus-asyncio": 10, "anytus-trio": 10, "tusd": 6}
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[PeerKind, Peer]]:
     """One server of each kind for the module, started on first use."""
-    managers: list[Any] = []
 
-    class Lazy(dict[PeerKind, Peer]):
-        def __missing__(self, kind: PeerKind) -> Peer:
-            extra = ("-enable-experimental-protocol",) if kind == "tusd" else ()
-            manager = start_peer(kind, tmp_path_factory.mktemp(kind), *extra)
-            peer = self[kind] = manager.__enter__()
-            managers.append(manager)
-            return peer
+    def extra(kind: PeerKind) -> tuple[str, ...]:
+        return ("-enable-experimental-protocol",) if kind == "tusd" else ()
 
-    try:
-        yield Lazy()
-    finally:
-        for manager in reversed(managers):
-            manager.__exit__(None, None, None)
+    with lazy_peers(tmp_path_factory, extra) as started:
+        yield started
 
 
 @pytest.fixture(params=KINDS)
@@ -65,12 +56,6 @@ def server(request: pytest.FixtureRequest, servers: dict[PeerKind, Peer]) -> Pee
 @pytest.fixture
 def store(tmp_path: Path) -> URLStore:
     return URLStore(tmp_path / "store" / "uploads.json")
-
-
-def payload(tmp_path: Path, size: int, name: str = "payload.bin", *, text: bool = False) -> Path:
-    path = tmp_path / name
-    path.write_bytes(b"a" * size if text else os.urandom(size))
-    return path
 
 
 def draft_client(url: str, store: URLStore | bool, **kwargs: Any) -> TusClient:
