@@ -121,3 +121,20 @@ def test_asgi_module_exports_the_types_of_tus_app_call() -> None:
     }
     app: asgi.ASGIApp = asgi.TusApp(anytus.FileStore("unused"))  # mypy checks that it fits
     assert callable(app)
+
+
+@pytest.mark.parametrize("module_name", ["anytus", "anytus.asgi", "anytus.client"])
+def test_public_dataclasses_annotations_resolve(module_name: str) -> None:
+    """A public dataclass's annotations resolve at run time: pydantic, FastAPI and Litestar read
+    them (``typing.get_type_hints``) when one appears in a model or a handler."""
+    import dataclasses
+    import typing
+
+    module = importlib.import_module(module_name)
+    checked = []
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if inspect.isclass(obj) and dataclasses.is_dataclass(obj):
+            typing.get_type_hints(obj)
+            checked.append(name)
+    assert checked  # UploadInfo; HookRequest; StoredUpload

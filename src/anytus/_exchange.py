@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+
+# at run time too: HookRequest is public, and its annotations must resolve (typing.get_type_hints)
+from collections.abc import Mapping  # noqa: TC003
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import anyio
@@ -16,7 +19,7 @@ import anyio
 from ._exceptions import RequestBodyTimeout, ServerShuttingDown, TusError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
 
     from . import _core as core
     from ._asgi_types import (

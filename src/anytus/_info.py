@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
+# at run time too: UploadInfo is public, and its annotations must resolve (typing.get_type_hints,
+# as pydantic and FastAPI do for a dataclass in a response model)
+from collections.abc import Mapping  # noqa: TC003
+from typing import Any
 
 __all__ = ("UploadInfo",)
 
