@@ -8,6 +8,7 @@ works without them and ``anytus upload`` without them says what to install.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,12 +135,24 @@ def run_upload(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     try:
         return anyio.run(_upload_all, args)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
         print(
             "anytus: interrupted; run the same command again to continue the upload",
             file=sys.stderr,
         )
         return 130
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether *exc*, out of ``anyio.run``, is how Ctrl-C ended the run."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    # Before Python 3.11 a task cannot be uncancelled, so the event loop runner (anyio's
+    # backport of asyncio.Runner) cannot tell its SIGINT cancellation from any other and raises
+    # the main task's CancelledError instead of KeyboardInterrupt; nothing else cancels it
+    return sys.version_info < (3, 11) and isinstance(exc, asyncio.CancelledError)
 
 
 async def _upload_all(args: argparse.Namespace) -> int:
