@@ -28,6 +28,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from _helpers import Chunks
 from anytus import FileStore, MemoryStore, UploadInfo
 
 if TYPE_CHECKING:
@@ -39,23 +40,6 @@ if TYPE_CHECKING:
 FIELDS = ("id", "size", "offset", "metadata", "is_partial", "is_final", "partial_uploads")
 
 _ids = itertools.count()
-
-
-class _Chunks:
-    """*pieces* as an async iterable (a class: a store may stop before the end, and an async
-    generator left so warns when it is collected)."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self._pieces = iter(pieces)
-
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return next(self._pieces)
-        except StopIteration:
-            raise StopAsyncIteration from None
 
 
 def _outcome(value: Any) -> Any:
@@ -139,7 +123,7 @@ class StoresAgree(RuleBasedStateMachine):
     def write(self, upload_id: str, shift: int, pieces: list[bytes]) -> None:
         async def write_at_offset(store: Any) -> Any:
             info = await store.get_info(upload_id)
-            return await store.write_chunk(upload_id, info.offset + shift, _Chunks(pieces))
+            return await store.write_chunk(upload_id, info.offset + shift, Chunks(pieces))
 
         self.both(write_at_offset)
 
