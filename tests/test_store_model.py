@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 )
 
 from _helpers import Chunks
-from anytus import FileStore, MemoryStore, UploadInfo
+from anytus import FileStore, MemoryStore, SyncUpload, UploadInfo
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -126,6 +126,25 @@ class StoresAgree(RuleBasedStateMachine):
             return await store.write_chunk(upload_id, info.offset + shift, Chunks(pieces))
 
         self.both(write_at_offset)
+
+    @rule(
+        upload_id=uploads,
+        data=st.binary(max_size=8),
+        more=st.none() | st.integers(-1, 3),
+        back=st.none() | st.integers(0, 3),
+    )
+    def one_hop(self, upload_id: str, data: bytes, more: int | None, back: int | None) -> None:
+        # what a small PATCH does in one worker-thread hop (OneHopStore.run_nowait): a length
+        # declared around the offset, the bytes written, maybe some taken back
+        def steps(upload: SyncUpload) -> Any:
+            if more is not None:
+                upload.declare_length(max(upload.info.offset + more, 0))
+            upload.write(data)
+            if back is not None:
+                upload.truncate(max(upload.info.offset - back, 0))
+            return _outcome(upload.info)
+
+        self.both(lambda store: store.run_nowait(upload_id, steps))
 
     @rule(upload_id=uploads, more=st.integers(-2, 3))
     def declare_length(self, upload_id: str, more: int) -> None:
