@@ -8,7 +8,7 @@ works without them and ``anytus upload`` without them says what to install.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,27 +135,47 @@ def run_upload(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     try:
         return anyio.run(_upload_all, args)
-    except BaseException as exc:
-        if not _interrupted(exc):
-            raise
-        print(
-            "anytus: interrupted; run the same command again to continue the upload",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt:  # before the uploads began, or on a platform without signals
+        _say_interrupted()
         return 130
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether *exc*, out of ``anyio.run``, is how Ctrl-C ended the run."""
-    if isinstance(exc, KeyboardInterrupt):
-        return True
-    # Before Python 3.11 a task cannot be uncancelled, so the event loop runner (anyio's
-    # backport of asyncio.Runner) cannot tell its SIGINT cancellation from any other and raises
-    # the main task's CancelledError instead of KeyboardInterrupt; nothing else cancels it
-    return sys.version_info < (3, 11) and isinstance(exc, asyncio.CancelledError)
+def _say_interrupted() -> None:
+    print("anytus: interrupted; run the same command again to continue the upload", file=sys.stderr)
 
 
 async def _upload_all(args: argparse.Namespace) -> int:
+    """Upload the files; Ctrl-C cancels the uploads (what the server has stays there) and says
+    how to resume, with the exit status 130.
+
+    Ctrl-C is taken here, not left to the event loop's runner: before Python 3.11 that raises the
+    main task's cancellation instead of ``KeyboardInterrupt``, so it would end in a traceback.
+    """
+    import anyio
+
+    interrupted = False
+    status = 130
+    async with anyio.create_task_group() as tg:
+        if sys.platform != "win32":  # no signal handlers in asyncio's Windows loop
+
+            async def cancel_on_sigint() -> None:
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                    async for _ in signals:
+                        interrupted = True
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(cancel_on_sigint)
+        status = await _upload_files(args)
+        tg.cancel_scope.cancel()
+    if interrupted:
+        _say_interrupted()
+        return 130
+    return status
+
+
+async def _upload_files(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
