@@ -18,6 +18,7 @@ import stat
 import threading
 import time
 import tracemalloc
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -536,6 +537,33 @@ class TestDurability:
         await store.terminate(deferred.id)
         with pytest.raises(UploadNotFound):
             await store.get_info(deferred.id)
+
+    @pytest.mark.parametrize("durability", ["finish", "always"])
+    async def test_fsyncs_of_concurrent_steps_run_side_by_side(
+        self, store_dir: Path, durability: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Steps that fsync get a worker thread each, not one shared hop in turn: fsyncs side
+        by side share the file system's journal commits. Four creations, then four one-hop writes
+        that complete their uploads, all fsync at once (each meets the other three)."""
+        store = await make_store(store_dir, durability=durability)
+        uploads = [await store.new_upload(UploadInfo(size=1)) for _ in range(4)]
+        meeting = threading.Barrier(4, timeout=10)
+        fsync = os.fsync
+
+        def meet_then_fsync(fd: int) -> None:
+            meeting.wait()
+            fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", meet_then_fsync)
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(store.new_upload, UploadInfo(size=1))
+        async with anyio.create_task_group() as tg:
+            for info in uploads:
+                tg.start_soon(partial(store.run_nowait, info.id, lambda upload: upload.write(b"x")))
+        monkeypatch.undo()
+        for info in uploads:
+            assert (await store.get_info(info.id)).is_complete
 
 
 # --------------------------------------------------------------------------------------------------

@@ -134,6 +134,7 @@ class FileStore(StoreBase):
         read_only: bool = False,
         abandon: bool | None = None,
         alone: bool = False,
+        syncs: bool = False,
     ) -> T:
         """Run a blocking step in a worker thread; storage failures become a StorageError.
 
@@ -142,13 +143,18 @@ class FileStore(StoreBase):
         for a write's fsync; a step whose time grows with the data (writing, copying, listing)
         goes *alone*, in a hop of its own, so that it never holds up the short ones.
 
+        A step that *syncs* (may fsync, as the durability setting says) goes alone too: fsyncs
+        one after another in a shared hop each wait for the disk in turn, while fsyncs in threads
+        side by side overlap there (and share commits on a journaled file system): on the
+        development VM's disk, 8 threads did 3.2 times the fsyncs per second of one.
+
         Read-only steps are abandoned on cancellation (the thread finishes alone), unless
         *abandon* is False; anything that changes a file is waited for, so no change happens
         behind the caller's back.
         """
         abandon_on_cancel = read_only if abandon is None else abandon
         try:
-            if alone:
+            if alone or (syncs and self.durability != "none"):
                 return await anyio.to_thread.run_sync(
                     fn, *args, limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
                 )
@@ -173,7 +179,7 @@ class FileStore(StoreBase):
         """
         # a new ID is made in the worker thread: it reads the system's random source
         upload_id = validate_upload_id(info.id) if info.id else None
-        return await self._run(self._create_sync, info, upload_id)
+        return await self._run(self._create_sync, info, upload_id, syncs=True)
 
     async def get_upload(self, upload_id: str) -> FileUpload:
         """Load the upload (one read of ``[id].info``, one ``stat`` of its data) to act on it.
@@ -246,7 +252,13 @@ class FileStore(StoreBase):
         try:
             # a cancelled caller leaves the hop to finish: the lock is let go in the thread
             return await self._run(
-                self._run_locked_sync, hold, upload_id, fn, read_only=read_only, abandon=False
+                self._run_locked_sync,
+                hold,
+                upload_id,
+                fn,
+                read_only=read_only,
+                abandon=False,
+                syncs=not read_only,
             )
         finally:
             hold.close()
@@ -637,11 +649,20 @@ class FileUpload(_Loaded, ThreadFedUpload):
         return ReaderContext.of(self, self._store._open_reader, start, end)
 
     async def declare_length(self, length: int) -> UploadInfo:
-        self._info = await self._store._run(self._store._declare_length_sync, self._info, length)
+        self._info = await self._store._run(
+            self._store._declare_length_sync, self._info, length, syncs=True
+        )
         return self._info
 
     async def truncate(self, offset: int) -> None:
-        await self._store._run(self._store._truncate_sync, self._info, self._data_path, offset)
+        store = self._store
+        await store._run(
+            store._truncate_sync,
+            self._info,
+            self._data_path,
+            offset,
+            syncs=store.durability == "always",
+        )
         self._info = dataclasses.replace(self._info, offset=offset)
 
     async def terminate(self) -> None:
