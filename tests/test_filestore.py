@@ -565,6 +565,40 @@ class TestDurability:
         for info in uploads:
             assert (await store.get_info(info.id)).is_complete
 
+    async def test_loading_never_waits_for_a_thread_behind_fsyncs(
+        self, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Steps that fsync take at most a quarter of the store's threads: with every fsync stuck
+        on a slow disk, loading an upload (a HEAD) still gets a thread at once."""
+        store = FileStore(store_dir, durability="finish", max_threads=8)
+        existing = await store.new_upload(UploadInfo(size=1))
+        release = threading.Event()
+        stuck = threading.Semaphore(0)
+        unstuck = threading.Event()
+        fsync = os.fsync
+
+        def stuck_fsync(fd: int) -> None:
+            stuck.release()
+            release.wait(10)
+            unstuck.set()
+            fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", stuck_fsync)
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(store.new_upload, UploadInfo(size=1))
+                # two creations are stuck in fsync (a quarter of the eight threads), eight wait
+                for _ in range(2):
+                    await anyio.to_thread.run_sync(stuck.acquire)
+                assert (await store.get_info(existing.id)).id == existing.id
+                # (a wait for a thread is shielded: a timeout here could not end it)
+                assert not unstuck.is_set(), "loading waited for an fsync to end"
+                release.set()
+        finally:
+            release.set()
+        assert len(await store.list_uploads()) == 11
+
 
 # --------------------------------------------------------------------------------------------------
 # listing and cleanup
