@@ -30,6 +30,7 @@ from anytus import (
     LockTimeout,
     MemoryLocker,
     RedisLocker,
+    _locks,
 )
 from anytus._locks import _MAX_RECORDS, RECORD_PREFIX, _wait_for_polls
 
@@ -781,6 +782,47 @@ class TestLockRecord:
             record = self.record_of_this_process(lock_dir)
             assert (lock_dir / f"{UPLOAD_ID}.lock").stat().st_ino == record.stat().st_ino
         assert names(lock_dir) == []
+
+    async def test_a_lock_linked_as_the_record_is_made_again_is_let_go(
+        self, file_locker: FileLocker, lock_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The record's name is removed (a tool empties the directory) while two threads lock:
+        one finds the name gone and makes a new record under it, the other had taken the old
+        record just before and now links to the name, so its lock file is a link to the new
+        record. Released, that lock file must go; left behind, it would keep the upload locked
+        (every waiter 423) for as long as the process runs."""
+        async with file_locker.lock(UPLOAD_ID, timeout=2):
+            pass
+        directory, hostname = str(lock_dir.absolute()), socket.gethostname()
+
+        def race() -> tuple[_locks._LockRecord, _locks._LockRecord]:
+            stale = _locks._take_record(directory, hostname)  # the thread about to link
+            assert stale is not None
+            os.unlink(stale.path)
+            finder = _locks._take_record(directory, hostname)
+            assert finder is stale
+            _locks._give_back_record(finder, gone=True)  # the other: its link found no name
+            remade = _locks._take_record(directory, hostname)  # ... so it made a new record
+            assert remade is not None
+            _locks._give_back_record(remade)
+            return stale, remade
+
+        stale, remade = await anyio.to_thread.run_sync(race)
+        assert remade is not stale
+        assert remade.path == stale.path
+        take_record = _locks._take_record
+        handed = iter([stale])
+        monkeypatch.setattr(
+            _locks, "_take_record", lambda d, h: next(handed, None) or take_record(d, h)
+        )
+
+        async with file_locker.lock(UPLOAD_ID, timeout=2):
+            lock_file = await anyio.Path(lock_dir / f"{UPLOAD_ID}.lock").stat()
+            assert (lock_file.st_dev, lock_file.st_ino) == remade.identity
+        assert names(lock_dir) == []
+        with anyio.fail_after(5):
+            await file_locker.acquire_nowait(UPLOAD_ID)  # free at once, not held by a leftover
+        await file_locker.release(UPLOAD_ID)
 
     async def test_idle_records_are_bounded(self, tmp_path: Path) -> None:
         # one record per directory, each an open file: a process that locks in many directories

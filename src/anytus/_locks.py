@@ -782,6 +782,16 @@ class FileLocker(Locker):
                     _give_back_record(record)
                     raise
                 else:
+                    linked = _identity_of(lock_path)
+                    if linked != record.identity:
+                        # The record's name was removed and another thread of ours made a new
+                        # record under it before our link: the lock file links to that one, and
+                        # unlocking through ours would leave it behind, held as long as we run.
+                        # Undo the link (no one else can have it) and take the lock again.
+                        if linked is not None:
+                            _unlink_if_linked_to(lock_path, linked)
+                        _give_back_record(record, gone=True)
+                        continue
                     now = time.monotonic()
                     if now - record.touched > _RECORD_TOUCH_AFTER:
                         record.touched = now
@@ -912,6 +922,21 @@ class FileLocker(Locker):
                 os.close(holder.fd)  # drops the flock()
             else:
                 _give_back_record(record)
+
+
+def _identity_of(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at *path*, or None if there is none."""
+    try:
+        return _identity(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _unlink_if_linked_to(lock_path: str, identity: tuple[int, int]) -> None:
+    """Remove the lock file at *lock_path* if it is still the file *identity* names."""
+    with contextlib.suppress(FileNotFoundError):
+        if _identity(os.stat(lock_path)) == identity:
+            os.unlink(lock_path)
 
 
 def _unlink_quietly(path: str) -> None:
