@@ -90,7 +90,8 @@ class FileStore(StoreBase):
         times this size
     :param durability: when data is fsynced (``.info`` files are always written atomically,
         and fsynced unless durability is ``"none"``)
-    :param max_threads: how many worker threads the store uses at once
+    :param max_threads: how many worker threads the store uses at once; at most a quarter of them
+        (at least one) wait on fsyncs, so that loading an upload always finds a thread
     """
 
     def __init__(
