@@ -787,10 +787,12 @@ class TestLockRecord:
         self, file_locker: FileLocker, lock_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The record's name is removed (a tool empties the directory) while two threads lock:
-        one finds the name gone and makes a new record under it, the other had taken the old
-        record just before and now links to the name, so its lock file is a link to the new
-        record. Released, that lock file must go; left behind, it would keep the upload locked
-        (every waiter 423) for as long as the process runs."""
+        one finds the name gone and makes a new record, the other had taken the old record just
+        before and now links to its name. Were the new record made under the old name, that link
+        would be to the new record, and releasing through the old one would leave the lock file
+        behind, keeping the upload locked (every waiter 423) for as long as the process runs. A
+        record is never made again under a name: the link fails, and the lock is taken through
+        the new record."""
         async with file_locker.lock(UPLOAD_ID, timeout=2):
             pass
         directory, hostname = str(lock_dir.absolute()), socket.gethostname()
@@ -809,7 +811,7 @@ class TestLockRecord:
 
         stale, remade = await anyio.to_thread.run_sync(race)
         assert remade is not stale
-        assert remade.path == stale.path
+        assert remade.path != stale.path
         take_record = _locks._take_record
         handed = iter([stale])
         monkeypatch.setattr(

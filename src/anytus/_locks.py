@@ -9,7 +9,7 @@ start time, which covers file systems where ``flock()`` does not reach across ho
 another host counts as held while its holder keeps touching it.
 
 Every lock file of one process says the same, so a process writes its record once, into a *lock
-record* in the directory (``.anytus-locker-<pid>-<token>``, flocked while it is open), and
+record* in the directory (``.anytus-locker-<pid>-<token>-<n>``, flocked while it is open), and
 takes a lock by hard-linking ``[id].lock`` to it: one ``link()``, atomic, failing if the lock file
 exists, and no new inode. Releasing removes the link. Creating and removing a file per lock was a
 third of a small upload's CPU on an ext4 without a journal, which passes over recently freed inodes
@@ -320,7 +320,7 @@ def _own_record(hostname: str) -> bytes:
 #: how old another host's lock may be before it counts as abandoned (``FileLocker(stale_after=)``)
 DEFAULT_STALE_AFTER = 60.0
 
-#: the name of a process's lock record starts so (then ``<pid>-<token>``)
+#: the name of a process's lock record starts so (then ``<pid>-<token>-<n>``)
 RECORD_PREFIX = ".anytus-locker-"
 #: how stale a lock record's mtime may get before a new lock touches it: a process on another host
 #: judges a lock by its file's mtime (``stale_after``), and every lock file of ours is the record
@@ -354,6 +354,8 @@ def _identity(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
+#: numbers this process's lock records, so that no name is used twice
+_record_serials = itertools.count()
 #: this process's lock records, by directory
 _records: dict[str, _LockRecord] = {}
 #: every open lock record by its descriptor (a lock taken by a link holds the record's)
@@ -386,7 +388,10 @@ def _take_record(directory: str, hostname: str) -> _LockRecord | None:
 
 
 def _make_record(directory: str, hostname: str) -> _LockRecord | None:
-    path = os.path.join(directory, f"{RECORD_PREFIX}{os.getpid()}-{PROCESS_TOKEN}")
+    # a new name for each record: a thread that took the record before its name was removed
+    # then fails to link to it, and never links to a newer record by the old name
+    serial = next(_record_serials)
+    path = os.path.join(directory, f"{RECORD_PREFIX}{os.getpid()}-{PROCESS_TOKEN}-{serial}")
     assert fcntl is not None
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -782,16 +787,6 @@ class FileLocker(Locker):
                     _give_back_record(record)
                     raise
                 else:
-                    linked = _identity_of(lock_path)
-                    if linked != record.identity:
-                        # The record's name was removed and another thread of ours made a new
-                        # record under it before our link: the lock file links to that one, and
-                        # unlocking through ours would leave it behind, held as long as we run.
-                        # Undo the link (no one else can have it) and take the lock again.
-                        if linked is not None:
-                            _unlink_if_linked_to(lock_path, linked)
-                        _give_back_record(record, gone=True)
-                        continue
                     now = time.monotonic()
                     if now - record.touched > _RECORD_TOUCH_AFTER:
                         record.touched = now
@@ -922,21 +917,6 @@ class FileLocker(Locker):
                 os.close(holder.fd)  # drops the flock()
             else:
                 _give_back_record(record)
-
-
-def _identity_of(path: str) -> tuple[int, int] | None:
-    """The device and inode of the file at *path*, or None if there is none."""
-    try:
-        return _identity(os.stat(path))
-    except FileNotFoundError:
-        return None
-
-
-def _unlink_if_linked_to(lock_path: str, identity: tuple[int, int]) -> None:
-    """Remove the lock file at *lock_path* if it is still the file *identity* names."""
-    with contextlib.suppress(FileNotFoundError):
-        if _identity(os.stat(lock_path)) == identity:
-            os.unlink(lock_path)
 
 
 def _unlink_quietly(path: str) -> None:
