@@ -72,8 +72,8 @@ def start(target: str, cpu: int, root: Path, tusd: Path) -> Server:
     directory.mkdir()
     port = free_port()
     command = ["taskset", "--cpu-list", str(cpu), *command_of(target, port, directory, tusd)]
-    _, env = anytus_command()
-    return start_listening(command, env, root / f"{target}.log", port)
+    # anytus_command's environment: this checkout's anytus, if none is installed
+    return start_listening(command, anytus_command()[1], root / f"{target}.log", port)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, root, ignore_errors=True)
         payload_path = root / "payload.bin"
-        payload_path.write_bytes(os.urandom(KIB))
+        payload_bytes = os.urandom(KIB)
+        payload_path.write_bytes(payload_bytes)
         payload = Payload(
-            memoryview(payload_path.read_bytes()),
+            memoryview(payload_bytes),
             stack.enter_context(open(payload_path, "rb")),
             "sendall",
         )

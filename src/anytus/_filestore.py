@@ -160,16 +160,13 @@ class FileStore(StoreBase):
         behind the caller's back.
         """
         abandon_on_cancel = read_only if abandon is None else abandon
+        syncs = syncs and self.durability != "none"
         try:
-            if syncs and self.durability != "none":
-                async with self._sync_limiter:
+            if alone or syncs:
+                async with self._sync_limiter if syncs else contextlib.nullcontext():
                     return await anyio.to_thread.run_sync(
                         fn, *args, limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
                     )
-            if alone:
-                return await anyio.to_thread.run_sync(
-                    fn, *args, limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
-                )
             return await self._hops.run(
                 fn, *args, abandon_on_cancel=abandon_on_cancel, kind=read_only
             )
