@@ -489,17 +489,20 @@ _LINES = [
 ]
 
 
+# built once: hypothesis validates a strategy each time one is made, which cost these tests
+# more than the readers they compare
+_METHOD = st.sampled_from(_METHODS)
+_TARGET = st.sampled_from(_TARGETS)
+_VERSION = st.sampled_from(_VERSIONS)
+_HEADER_LINES = st.lists(st.sampled_from(_LINES), max_size=6)
+_NEWLINE = st.sampled_from([b"\r\n", b"\r\n", b"\n"])
+
+
 @st.composite
 def heads(draw: st.DrawFn) -> bytes:
-    request_line = b" ".join(
-        [
-            draw(st.sampled_from(_METHODS)),
-            draw(st.sampled_from(_TARGETS)),
-            draw(st.sampled_from(_VERSIONS)),
-        ]
-    )
-    lines = draw(st.lists(st.sampled_from(_LINES), max_size=6))
-    newline = draw(st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
+    request_line = b" ".join([draw(_METHOD), draw(_TARGET), draw(_VERSION)])
+    lines = draw(_HEADER_LINES)
+    newline = draw(_NEWLINE)
     return newline.join([request_line, *lines]) + newline + newline
 
 
@@ -601,6 +604,13 @@ def test_chunked_bodies_agree_with_h11(pieces: list[bytes], step: int) -> None:
     assert ours == theirs, encoded
 
 
+_STREAM_COUNT = st.integers(1, 3)
+_STREAM_METHOD = st.sampled_from([b"PATCH", b"POST", b"HEAD", b"GET"])
+_STREAM_BODY = st.binary(max_size=40)
+_STREAM_LINES = st.lists(st.sampled_from(_LINES[12:]), max_size=3)
+_FRAMING = st.sampled_from(["length", "chunked", "none"])
+
+
 @st.composite
 def request_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     """One to three requests back to back (pipelined), each with a body framed by
@@ -608,12 +618,12 @@ def request_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     requests' heads (a body may hold anything, header names and blank lines included)."""
     requests = []
     heads = []
-    for _ in range(draw(st.integers(1, 3))):
-        method = draw(st.sampled_from([b"PATCH", b"POST", b"HEAD", b"GET"]))
-        body = draw(st.binary(max_size=40))
+    for _ in range(draw(_STREAM_COUNT)):
+        method = draw(_STREAM_METHOD)
+        body = draw(_STREAM_BODY)
         lines = [method + b" /files/x HTTP/1.1", b"Host: x"]
-        lines += draw(st.lists(st.sampled_from(_LINES[12:]), max_size=3))
-        framing = draw(st.sampled_from(["length", "chunked", "none"]))
+        lines += draw(_STREAM_LINES)
+        framing = draw(_FRAMING)
         if framing == "length":
             lines.append(b"Content-Length: %d" % len(body))
             encoded = body
